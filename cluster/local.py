@@ -1,0 +1,39 @@
+"""Where a sweep runs: the embedded local Ray by default, or an existing cluster by address."""
+from __future__ import annotations
+
+import os
+
+# Set before Ray or MLflow start: no auth token for the embedded cluster, and nothing phoned home
+# (these machines are often offline, where telemetry only adds timeouts).
+QUIET_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    # Checkpointing every epoch with num_to_keep forces a cheap state snapshot each time; short epochs warn about it.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def prepare_env() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Start or join Ray; returns a description of where the sweep runs.
+
+    Without an address (and without ``RAY_ADDRESS``) an embedded local Ray starts: ``address="local"``,
+    because a bare ``ray.init()`` can try to join a stale cluster recorded in /tmp/ray.
+    """
+    prepare_env()
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        return "the Ray instance already running in this process"
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"the Ray cluster at {address}"
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    return "an embedded local Ray"

@@ -1,0 +1,156 @@
+"""The sweep driver: from a validated sweep file to a finished Ray Tune experiment logged in MLflow.
+
+    run_sweep(load_sweep("quickstart"))      # what `lslu-sweep run quickstart` does
+    resume_sweep("quickstart")                # what `lslu-sweep resume quickstart` does
+
+The driver writes ``lslu_sweep.json`` beside Tune's own experiment state; ``resume`` reads it back to
+continue the same parent run and the same trial runs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from cluster.local import connect
+from cluster.tracking import resolve_tracking_uri, ui_command
+from orchestrator import summary
+from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
+from orchestrator.search import make_scheduler, make_searcher
+from search_spaces.schema import Sweep, parse_sweep
+from trainables.trainable import train_trial
+from trainables.tracking import SweepContext
+
+MANIFEST = "lslu_sweep.json"
+DEFAULT_STORAGE = "ray_results"
+
+
+@dataclass
+class SweepOutcome:
+    name: str  # the Tune experiment name, also the parent run's name: <sweep>-<date>
+    path: str  # the Tune experiment directory
+    context: SweepContext
+    rows: list[dict]
+    best: dict | None
+    text: str  # what the driver printed at the end
+    interrupted: bool = False  # the driver stopped before every trial ended (Ctrl+C): resume it
+    results: object = None  # Ray Tune's ResultGrid
+
+
+def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | None = None, address: str | None = None,
+              smoke_test: bool = False, callbacks: tuple = (), echo=print) -> SweepOutcome:
+    if smoke_test:
+        sweep = sweep.shrunk()
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    storage_path = Path(storage or DEFAULT_STORAGE).expanduser().resolve()
+    where = connect(address)
+    name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
+    echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
+    exp_dir = storage_path / name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": name, "sweep_file": sweep.file, "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}
+    (exp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    tuner = tune.Tuner(
+        _trainable(sweep, ctx),
+        tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), scheduler=make_scheduler(sweep),
+                                    num_samples=sweep.spec.search.num_samples, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage_path), callbacks=[RunCloser(tracking_uri), *callbacks],
+            failure_config=tune.FailureConfig(max_failures=sweep.spec.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+    return _finish(sweep, name, str(exp_dir), ctx, tuner.fit(), echo)
+
+
+def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None,
+                 echo=print) -> SweepOutcome:
+    """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks; runs are reused."""
+    exp_dir = find_experiment(name, storage)
+    manifest = json.loads((exp_dir / MANIFEST).read_text())
+    sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"])
+    if manifest["smoke_test"]:
+        sweep = sweep.shrunk()
+    ctx = SweepContext(**manifest["context"])
+    if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
+        ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
+    where = connect(address)
+    MlflowClient(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
+    echo(f"resuming sweep {exp_dir.name} on {where}")
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
+    return _finish(sweep, exp_dir.name, str(exp_dir), ctx, tuner.fit(), echo)
+
+
+def find_experiment(name: str, storage: str | None = None) -> Path:
+    """``<storage>/<name>`` or, for a sweep name, its newest experiment ``<storage>/<name>-<date>``."""
+    root = Path(storage or DEFAULT_STORAGE).expanduser().resolve()
+    exact = root / name
+    if (exact / MANIFEST).exists():
+        return exact
+    candidates = sorted((p for p in root.glob(f"{name}-*") if (p / MANIFEST).exists()), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        known = sorted(p.parent.name for p in root.glob(f"*/{MANIFEST}"))
+        raise FileNotFoundError(f"no sweep {name!r} under {root}; sweeps there: {', '.join(known) or 'none'}")
+    return candidates[-1]
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directories (Tune's default packs every config value into the name)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _trainable(sweep: Sweep, ctx: SweepContext):
+    r = sweep.spec.resources
+    return tune.with_resources(tune.with_parameters(train_trial, sweep=ctx), {"cpu": r.cpu, "gpu": r.gpu})
+
+
+def unfinished_trials(path: str, num_samples: int) -> int:
+    """Trials not yet ended (plus those not yet created) in Tune's saved experiment state."""
+    trials = tune.ExperimentAnalysis(path).trials
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials) + max(0, num_samples - len(trials))
+
+
+def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, echo) -> SweepOutcome:
+    client = MlflowClient(ctx.tracking_uri)
+    rows = summary.trial_rows(result_grid)
+    pending = unfinished_trials(path, sweep.spec.search.num_samples)
+    if pending:  # open trial runs stay open: `resume` reopens them
+        client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
+        client.set_terminated(ctx.parent_run_id, "KILLED")
+        text = (f"\nsweep {name} was interrupted with {pending} trial(s) unfinished; its state is saved.\n"
+                f"Continue it with: lslu-sweep resume {name}")
+        echo(text)
+        return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
+    closed = close_leftover_runs(ctx)
+    client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
+    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    best = summary.best_row(rows, metric, mode)
+    client.log_text(ctx.parent_run_id, summary.results_csv(rows), "results.csv")
+    if best:
+        client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
+        client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric])
+        client.set_tag(ctx.parent_run_id, "best_trial_run_id", best["mlflow_run_id"])
+    statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
+    client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
+    lines = ["", summary.table(rows, list(sweep.spec.space), metric), ""]
+    lines.append(f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
+                 + (f"; {closed} run(s) left open were marked failed" if closed else ""))
+    if best:
+        lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
+        lines.append("best config: " + ", ".join(f"{k[7:]}={best[k]}" for k in best if k.startswith("config.")
+                                                 and (k[7:] in sweep.spec.space or k == "config.mask")))
+    else:
+        lines.append("no trial finished with a result")
+    lines += ["", "Browse the results in the MLflow UI:", f"  {ui_command(ctx.tracking_uri)}",
+              f"  then open http://127.0.0.1:5000/#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}",
+              f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
+    text = "\n".join(lines)
+    echo(text)
+    return SweepOutcome(name, path, ctx, rows, best, text, results=result_grid)

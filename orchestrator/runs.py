@@ -1,0 +1,115 @@
+"""The driver's side of MLflow: the sweep's experiment and parent run, and closing runs trials left open."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from cluster.tracking import default_artifact_location
+from search_spaces.schema import Sweep
+from trainables.tracking import SweepContext, act_history_from_run, end, log_theta_omega
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str | None:
+    """The commit of the lslu-sweep checkout the driver runs from, if it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment named after the sweep file, created (or restored from the bin) on first use."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool) -> SweepContext:
+    client = MlflowClient(tracking_uri)
+    exp_id = experiment_id(client, sweep.name, tracking_uri)
+    shared_tags = {"sweep_file_sha256": sweep.sha256}
+    commit = git_commit()
+    if commit:
+        shared_tags["mlflow.source.git.commit"] = commit
+    tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name, "smoke_test": str(smoke_test).lower(),
+            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial."}
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    s = sweep.spec.search
+    params = {"algorithm": s.algorithm, "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples,
+              "max_concurrent": s.max_concurrent, "scheduler": s.scheduler, "seed": s.seed, "searched": ",".join(sweep.spec.space),
+              "site_count": sweep.site_count, "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_text(run.info.run_id, sweep.source, "sweep.yaml")
+    return SweepContext(tracking_uri, exp_id, run.info.run_id, sweep.name, shared_tags)
+
+
+def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "") -> bool:
+    """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed)."""
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        return False
+    if status == "stopped_early":
+        log_theta_omega(client, run_id, _rows(client, run_id), run.info.run_name)
+    end(client, run_id, status, reason)
+    return True
+
+
+def _rows(client: MlflowClient, run_id: str) -> list[dict]:
+    from trainables.plots import theta_omega_rows
+
+    return theta_omega_rows(act_history_from_run(client, run_id))
+
+
+def close_leftover_runs(ctx: SweepContext) -> int:
+    """Mark every child run still RUNNING at the end of the sweep as failed; returns how many."""
+    client = MlflowClient(ctx.tracking_uri)
+    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        end(client, run.info.run_id, "failed", "the sweep ended while this trial's run was still open")
+    return len(runs)
+
+
+class RunCloser(Callback):
+    """Ends the MLflow run of a trial Tune stopped (ASHA) or gave up on, as soon as that happens."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self):  # Tune checkpoints callbacks with the experiment: keep the client out
+        return {"tracking_uri": self.tracking_uri, "_client": None}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "stopped_early", "stopped by the scheduler")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "failed", f"trial errored; see {trial.error_file or 'the Ray Tune log'}")
+
+    def _close(self, trial, status: str, reason: str) -> None:
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            for attempt in range(3):
+                try:
+                    close_run(self.client, run_id, status, reason)
+                    return
+                except Exception as exc:  # a busy SQLite store or a server hiccup must not stop the sweep
+                    log.warning("could not close MLflow run %s (attempt %d): %s", run_id, attempt + 1, exc)
+                    time.sleep(1 + attempt)

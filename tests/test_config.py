@@ -1,0 +1,40 @@
+import pytest
+
+from trainables.config import ConfigError, TrialConfig
+
+
+def test_site_keys_fold_into_a_mask():
+    cfg = TrialConfig.from_flat({"site_0": 1, "site_1": 0, "site_2": 0, "site_3": 1, "policy": "mask", "n": 2})
+    assert (cfg.policy, cfg.mask, cfg.policy_spec) == ("mask", "1001", "mask:1001")
+    assert "site_0" not in cfg.to_dict()
+
+
+@pytest.mark.parametrize("flat, key", [
+    ({"epochz": 3}, "epochz"),
+    ({"epochs": "ten"}, "epochs"),
+    ({"n": 1.5}, "n"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"model": "resnet9000"}, "model"),
+    ({"insert_act": "swish9"}, "insert_act"),
+    ({"act": "prelu_x"}, "act"),
+    ({"policy": "mask:0101"}, "policy"),
+    ({"policy": "mask", "mask": "01a1"}, "mask"),
+    ({"site_0": 1, "site_2": 1}, "site_*"),
+    ({"site_0": 1, "policy": "all"}, "policy"),
+    ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs"),
+])
+def test_bad_values_name_the_key(flat, key):
+    with pytest.raises(ConfigError) as err:
+        TrialConfig.from_flat(flat)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{key}: ")
+
+
+def test_yaml_style_strings_for_floats_are_accepted():
+    assert TrialConfig.from_flat({"lr": "1e-3"}).lr == 1e-3  # PyYAML reads 1e-3 as a string
+
+
+def test_n_zero_means_no_insertion():
+    assert not TrialConfig.from_flat({"n": 0}).inserts
+    assert not TrialConfig.from_flat({"policy": "none"}).inserts
+    assert TrialConfig.from_flat({"n": 1}).inserts

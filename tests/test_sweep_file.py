@@ -1,0 +1,100 @@
+"""Sweep files: the presets validate; each kind of bad file is refused with the file and key named, exit 2."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from search_spaces.schema import PRESET_DIR, load_sweep
+
+GOOD = """
+name: tiny
+trial: {epochs: 2, n: 1}
+space:
+  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  mask: {type: sites}
+search: {num_samples: 2, grace_period: 1}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in PRESET_DIR.glob("*.yaml")))
+def test_presets_validate_and_begin_with_their_command(preset):
+    sweep = load_sweep(str(PRESET_DIR / preset))
+    first_line = (PRESET_DIR / preset).read_text().splitlines()[0]
+    assert first_line.startswith("# lslu-sweep run ") and preset in first_line
+    assert sweep.spec.search.num_samples >= 1
+
+
+def test_quickstart_searches_what_the_issue_asks():
+    sweep = load_sweep("quickstart")
+    assert {"n", "dropout", "lr", "mask"} <= set(sweep.spec.space)
+    assert (sweep.spec.search.algorithm, sweep.spec.search.scheduler, sweep.spec.search.num_samples) == ("tpe", "asha", 8)
+    assert sweep.site_count == 4
+
+
+def test_a_good_file_validates(tmp_path, capsys):
+    assert main(["validate", str(_write(tmp_path, GOOD))]) == 0
+    assert "the mask spans 4 sites" in capsys.readouterr().out
+
+
+BAD = [
+    ("unknown top-level section", "name: x\ntrials: {}\n", "trials: unknown key"),
+    ("unknown trial key", "name: x\ntrial: {epochz: 3}\n", "trial.epochz: unknown key"),
+    ("wrong type", "name: x\ntrial: {epochs: ten}\n", "trial.epochs: "),
+    ("unknown model", "name: x\ntrial: {model: resnet9000}\n", "trial.model: unknown model 'resnet9000'; valid choices: digits_cnn"),
+    ("unknown activation", "name: x\ntrial: {insert_act: swish9}\n", "trial.insert_act: unknown activation"),
+    ("unknown activation among choices", "name: x\nspace: {act: [relu, tanhh]}\n", "space.act.choices[1]: unknown activation 'tanhh'"),
+    ("range upside down", "name: x\nspace: {lr: {type: float, low: 0.1, high: 0.01}}\n", "space.lr.low: must not exceed high"),
+    ("log range through zero", "name: x\nspace: {lr: {type: float, low: 0, high: 0.1, log: true}}\n", "space.lr.low: a log-scaled range needs low > 0"),
+    ("range edge out of bounds", "name: x\nspace: {dropout: {type: float, low: 0.0, high: 1.5}}\n", "space.dropout.high: "),
+    ("unknown distribution type", "name: x\nspace: {n: {type: normal, low: 1, high: 3}}\n", "space.n: expected a distribution"),
+    ("unknown distribution key", "name: x\nspace: {n: {type: int, low: 1, hi: 3}}\n", "space.n.hi: unknown key"),
+    ("searched key not in config", "name: x\nspace: {depth: [1, 2]}\n", "space.depth: not a trial config key"),
+    ("key fixed and searched", "name: x\ntrial: {n: 2}\nspace: {n: [1, 2]}\n", "space.n: also fixed in trial.n"),
+    ("sites on another key", "name: x\nspace: {n: {type: sites}}\n", "space.n: type 'sites' is only valid for the key 'mask'"),
+    ("sites with a fixed non-mask policy", "name: x\ntrial: {policy: all}\nspace: {mask: {type: sites}}\n", "trial.policy: the space searches the mask"),
+    ("unknown metric", "name: x\nsearch: {metric: accuracy}\n", "search.metric: unknown metric 'accuracy'"),
+    ("unknown algorithm", "name: x\nsearch: {algorithm: bohb}\n", "search.algorithm: "),
+    ("zero samples", "name: x\nsearch: {num_samples: 0}\n", "search.num_samples: "),
+    ("negative gpu", "name: x\nresources: {gpu: -1}\n", "resources.gpu: "),
+    ("grace period beyond epochs", "name: x\ntrial: {epochs: 2}\nsearch: {grace_period: 3}\n", "search.grace_period: must not exceed"),
+    ("bad name", "name: 'my sweep!'\n", "name: "),
+    ("missing name", "trial: {}\n", "name: Field required"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping"),
+    ("not YAML", "name: [x\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("case, text, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_files_are_refused_naming_file_and_key(tmp_path, capsys, case, text, message):
+    path = _write(tmp_path, text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_run_refuses_before_ray_or_mlflow_start(tmp_path):
+    """`lslu-sweep run` on a bad file exits 2 with one line, having imported neither Ray nor MLflow."""
+    path = _write(tmp_path, "name: x\ntrial: {epochs: -1}\n")
+    code = ("import sys; from orchestrator.cli import main; rc = main(['run', sys.argv[1]]); "
+            "print('LOADED', 'ray' in sys.modules, 'mlflow' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "trial.epochs: " in proc.stderr and "Traceback" not in proc.stderr
+    assert "LOADED False False" in proc.stdout
+    assert not (Path(tmp_path) / "mlruns.db").exists()
+
+
+def test_missing_file_names_the_presets(capsys):
+    assert main(["validate", "no_such_sweep"]) == 2
+    assert "presets: quickstart" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""LSLU, the learnable series linear unit (papers/000 eq. 15–17; the forward pass of DESIGN.md §2).
+
+Training form, for x of shape (N, C, H, W):
+
+    y = x
+    for i in 1..n:  y = theta[i] * f(y) + omega[i]
+    out = bn(depthwise_conv(f(y), weight, padding=n))
+
+``fuse()`` folds ``bn`` into the depthwise conv (weight and bias) and keeps the series, unlike the
+authors' deploy path, which drops it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.activations.registry import register_act
+
+BASES = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}  # F.gelu is the exact (erf) GELU
+GRANULARITIES = ("layer", "channel")
+
+
+class LSLU(nn.Module):
+    def __init__(self, channels: int, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"lslu needs channels >= 1 (the site's channel count), got {channels!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"lslu needs n >= 1 (n = 0 means: keep the base activation), got {n!r}")
+        if base not in BASES:
+            raise ValueError(f"lslu base {base!r} is not one of {', '.join(BASES)}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"lslu granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        self.channels, self.n, self.base, self.granularity = channels, n, base, granularity
+        self._f = BASES[base]
+        shape = (n,) if granularity == "layer" else (n, channels)
+        # learnable=False freezes theta=1, omega=0: VanillaNet's own series activation.
+        self.theta = nn.Parameter(torch.ones(shape), requires_grad=learnable)
+        self.omega = nn.Parameter(torch.zeros(shape), requires_grad=learnable)
+        self.weight = nn.Parameter(torch.empty(channels, 1, 2 * n + 1, 2 * n + 1))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.bias: nn.Parameter | None = None  # set by fuse()
+        self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
+
+    @property
+    def fused(self) -> bool:
+        return self.bias is not None
+
+    def _coef(self, p: torch.Tensor, i: int) -> torch.Tensor:
+        return p[i] if self.granularity == "layer" else p[i].view(1, -1, 1, 1)
+
+    def series(self, x: torch.Tensor) -> torch.Tensor:
+        """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i."""
+        y = x
+        for i in range(self.n):
+            y = self._coef(self.theta, i) * self._f(y) + self._coef(self.omega, i)
+        return self._f(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(self.series(x), self.weight, self.bias, padding=self.n, groups=self.channels)
+        return y if self.fused else self.bn(y)
+
+    @torch.no_grad()
+    def fuse(self) -> "LSLU":
+        """Fold the eval-mode BatchNorm into the depthwise conv, in place (deploy form)."""
+        if self.fused:
+            return self
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.weight.copy_(self.weight * scale.view(-1, 1, 1, 1))
+        self.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        self.bn = nn.Identity()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, fused={self.fused}"
+
+
+@register_act("lslu")
+def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
+    return LSLU(channels, n=n, base=base, granularity=granularity, learnable=learnable)

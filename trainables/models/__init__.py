@@ -1,0 +1,8 @@
+"""Every network a trial can train, built by name from one registry (DESIGN.md §3).
+
+    model = build_model("digits_cnn", num_classes=10, act="relu", dropout=0.1)
+"""
+from trainables.models.registry import build_model, is_registered_model, list_models, register_model
+from trainables.models import small_cnn as _small_cnn  # noqa: F401  (registers digits_cnn)
+
+__all__ = ["build_model", "is_registered_model", "list_models", "register_model"]
