@@ -3,6 +3,7 @@
     lslu-sweep run search_spaces/quickstart.yaml [--smoke-test] [--tracking-uri URI] [--storage DIR] [--address ADDR]
     lslu-sweep validate FILE
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
+    lslu-sweep sites MODEL [--policy P] [--cifar-stem]
 
 A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
 MLflow start.
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("file")
 
+    sites = sub.add_parser("sites", help="print a model's activation sites and which ones a policy selects")
+    sites.add_argument("model")
+    sites.add_argument("--policy", default="all", help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)")
+    sites.add_argument("--cifar-stem", action="store_true", help="the model with its 3×3 stride-1 stem")
+
     res = sub.add_parser("resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
     res.add_argument("name")
     _common(res)
@@ -42,6 +48,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
 
 
+class SitesError(ValueError):
+    pass
+
+
+def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
+    """The site table of ``model_name`` with the sites ``policy`` selects marked, and the mask to copy."""
+    import torch
+
+    from trainables.insertion import list_sites, mask_of, select_sites
+    from trainables.models import build_model
+
+    try:
+        with torch.device("meta"):  # the module graph is enough: nothing is allocated
+            model = build_model(model_name, num_classes=1000, cifar_stem=cifar_stem)
+        sites = list_sites(model)
+        selected = select_sites(sites, policy)
+    except ValueError as exc:
+        raise SitesError(str(exc)) from None
+    chosen = {s.path for s in selected}
+    width = max(len(s.path) for s in sites)
+    lines = [f"{'index':>5}  {'path':<{width}}  {'stage':>5}  {'channels':>8}  {'downsampling':>12}  {'depth':>5}  {policy}"]
+    for s in sites:
+        lines.append(f"{s.index:>5}  {s.path:<{width}}  {s.stage:>5}  {s.channels or '?':>8}  {'yes' if s.downsampling else '':>12}  "
+                     f"{s.depth_fraction:>5.2f}  {'x' if s.path in chosen else ''}")
+    lines.append(f"{model_name}: {len(sites)} sites; {policy} selects {len(selected)}")
+    lines.append(f"mask: {mask_of(sites, selected)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -49,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             sweep = load_sweep(args.file)
             print(f"{sweep.file}: ok ({sweep.spec.search.num_samples} trials, searching {', '.join(sweep.spec.space) or 'nothing'}"
                   + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
+            return 0
+        if args.command == "sites":
+            print(sites_table(args.model, args.policy, args.cifar_stem))
             return 0
         if args.command == "run":
             sweep = load_sweep(args.file)
@@ -61,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
             outcome = resume_sweep(args.name, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address)
     except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SitesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FileNotFoundError as exc:

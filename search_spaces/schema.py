@@ -18,6 +18,7 @@ from trainables.config import UNKNOWN_KEY_ERRORS, ConfigError, TrialConfig, firs
 from trainables.metrics import OBJECTIVES
 
 PRESET_DIR = Path(__file__).parent
+SMOKE_TRAIN, SMOKE_VAL = 512, 256  # images a smoke test trains and validates on: enough to see learning, quick for deep nets
 
 
 class SpecError(ValueError):
@@ -123,7 +124,7 @@ class Sweep:
         """The smoke-test form: same searcher and space, digits, ≤ 4 trials, ≤ 2 epochs, small images."""
         data = self.spec.model_dump()
         shrink = {"dataset": "digits", "image_size": min(self.base.image_size, 16), "epochs": min(self.base.epochs, 2),
-                  "warmup_epochs": min(self.base.warmup_epochs, 1)}
+                  "warmup_epochs": min(self.base.warmup_epochs, 1), "train_samples": SMOKE_TRAIN, "val_samples": SMOKE_VAL}
         data["trial"] = {**data["trial"], **{k: v for k, v in shrink.items() if k not in self.spec.space}}
         data["search"]["num_samples"] = min(self.spec.search.num_samples, 4)
         data["search"]["grace_period"] = 1
@@ -221,7 +222,10 @@ def _count_sites(base: TrialConfig) -> int:
     from trainables.insertion import list_sites
     from trainables.loop import build_network
 
-    model, _ = build_network(TrialConfig(**{**base.to_dict(), "policy": "none"}), num_classes=10, in_chans=3)
+    import torch
+
+    with torch.device("meta"):  # only the module graph is needed: no weights allocated or initialised
+        model, _ = build_network(TrialConfig(**{**base.to_dict(), "policy": "none"}), num_classes=10, in_chans=3)
     return len(list_sites(model))
 
 

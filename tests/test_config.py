@@ -38,3 +38,23 @@ def test_n_zero_means_no_insertion():
     assert not TrialConfig.from_flat({"n": 0}).inserts
     assert not TrialConfig.from_flat({"policy": "none"}).inserts
     assert TrialConfig.from_flat({"n": 1}).inserts
+
+
+def test_model_options_are_checked_against_the_model():
+    assert TrialConfig.from_flat({"model": "vanillanet_5", "width": 0.25}).width == 0.25
+    with pytest.raises(ConfigError, match="no width multiplier") as err:
+        TrialConfig.from_flat({"model": "resnet18", "width": 0.5})
+    assert err.value.key == "width"
+    with pytest.raises(ConfigError) as err:
+        TrialConfig.from_flat({"policy": "stages", "stages": "one"})
+    assert err.value.key == "stages"
+    assert TrialConfig.from_flat({"policy": "stages", "stages": "1, 3"}).policy_spec == "stages:1,3"
+    assert TrialConfig.from_flat({"policy": "downsampling"}).policy_spec == "downsampling"
+
+
+def test_native_act_keeps_the_model_and_gives_lslu_a_relu_base():
+    cfg = TrialConfig.from_flat({"model": "mobilenetv3_large_100", "act": "native"})
+    assert cfg.lslu_base == "relu"
+    with pytest.raises(ConfigError) as err:
+        TrialConfig.from_flat({"act": "nativ"})
+    assert err.value.key == "act" and "native" in err.value.message

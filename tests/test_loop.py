@@ -79,3 +79,25 @@ def test_no_weight_decay_on_norms_biases_theta_omega():
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
     assert {"stages.0.act.theta", "stages.0.act.omega", "stem.bn.weight", "fc.bias"} <= no_decay_names
     assert all(named[id(p)].endswith("weight") and "bn" not in named[id(p)] for p in decay["params"])
+
+
+def test_vanillanet_deep_training_lambda_rises_each_epoch_and_the_record_is_fused():
+    cfg = TrialConfig(model="vanillanet_5", width=0.25, cifar_stem=True, epochs=3, deep_train_epochs=2, n=2, policy="stages:1",
+                      train_samples=128, val_samples=64, batch_size=64)
+    training = Training(cfg)
+    seen = []
+    for _ in range(3):
+        training.run_epoch()
+        seen.append(training.model.stem_act.act_learn)
+    assert seen == [0.0, 0.5, 1.0]  # set before each epoch: epoch / deep_train_epochs, capped at 1
+    assert training.mask == "0100" and training.lslu_sites == 1
+    record = training.summary()
+    assert record["params_m"] < sum(p.numel() for p in training.model.parameters()) / 1e6  # deploy form: 1×1 convs merged
+    assert record["flops_g"] > 0 and record["latency_ms"] > 0
+
+
+def test_subsets_take_the_first_images_of_each_split():
+    training = Training(TrialConfig(**{**FAST, "train_samples": 100, "val_samples": 50}))
+    full = load_dataset("digits", 16)
+    assert len(training.data.train_y) == 100 and len(training.data.val_y) == 50
+    assert torch.equal(training.data.train_y, full.train_y[:100])

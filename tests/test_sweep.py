@@ -149,3 +149,25 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
     for child in children:
         assert child.info.status == "FINISHED"
         _assert_each_epoch_once(client, child, 4)
+
+
+def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp_path, tracking_uri):
+    text = textwrap.dedent("""
+        # lslu-sweep run resnet18_downsampling.yaml
+        name: r18ds
+        trial: {model: resnet18, cifar_stem: true, policy: downsampling, n: 1, epochs: 1, warmup_epochs: 0,
+                train_samples: 256, val_samples: 128, batch_size: 64}
+        search: {algorithm: random, num_samples: 1, max_concurrent: 1, scheduler: none}
+    """)
+    sweep = parse_sweep(yaml.safe_load(text), text, str(tmp_path / "r18.yaml"))
+    outcome = run_sweep(sweep, tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
+    assert [r["status"] for r in outcome.rows] == ["completed"]
+    client, _, children = _runs(tracking_uri, "r18ds")
+    (child,) = children
+    assert child.data.tags["mask"] == "10000010001000100" and child.data.params["cifar_stem"] == "True"
+    assert child.data.metrics["lslu_sites"] == 4 and child.data.metrics["params_m"] == pytest.approx(11.18, abs=0.01)
+    theta_sites = {k.split("/")[1] for k in child.data.metrics if k.startswith("theta/")}
+    assert theta_sites == {"act1", "layer2.0.act2", "layer3.0.act2", "layer4.0.act2"}
+    sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path))).read().splitlines()
+    assert sites[0] == "index,path,stage,channels,downsampling,depth_fraction,module,inserted" and len(sites) == 18
+    assert sites[7].startswith("6,layer2.0.act2,2,128,True,") and sites[7].endswith(",LSLU,1")

@@ -20,7 +20,7 @@ from trainables.activations import is_registered_act, list_acts
 from trainables.activations.lslu import BASES
 from trainables.data import DATASETS
 from trainables.insertion import POLICY_KINDS
-from trainables.models import is_registered_model, list_models
+from trainables.models import is_registered_model, list_models, model_arguments
 
 SITE_KEY = re.compile(r"^site_(\d+)$")
 UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
@@ -40,16 +40,22 @@ class TrialConfig:
 
     # what is trained
     model: str = "digits_cnn"  # a name from trainables.models.list_models()
+    cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs
+    width: Annotated[float, Field(gt=0.0)] = 1.0  # channel multiplier (VanillaNet's x0_25 = 0.25; digits_cnn)
+    deep_train_epochs: Annotated[int, Field(ge=0)] = 0  # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
     dataset: Literal["digits"] = "digits"  # where the images come from
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16  # side of the (square) input images
+    train_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N training images (0 = all): smoke tests
+    val_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N validation images (0 = all)
     # activations
-    act: str = "relu"  # the network's own activation at every site; also LSLU's base f
+    act: str = "relu"  # every site's activation (native: the model's own); LSLU's base f (relu when native)
     insert_act: str = "lslu"  # what the insertion policy puts at the selected sites
     n: Annotated[int, Field(ge=0, le=16)] = 3  # LSLU series length; 0 = no LSLU, sites keep `act`
     granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω per layer (n,) or per channel (n, C)
     # where the inserted activation goes (trainables.insertion)
-    policy: str = "all"  # one of none, all, first_k, last_k, mask, paths
+    policy: str = "all"  # one of none, all, downsampling, stages, first_k, last_k, mask, paths
     mask: str = ""  # policy=mask: one 0/1 per site in forward order
+    stages: str = ""  # policy=stages: comma-separated stage numbers (0 = stem), e.g. "1,3"
     k: Annotated[int, Field(ge=0)] = 0  # policy=first_k / last_k: how many sites
     paths: str = ""  # policy=paths: comma-separated globs over module paths
     # regularization
@@ -87,16 +93,20 @@ class TrialConfig:
         """Checks that span fields or registries (types and ranges are checked by pydantic)."""
         if not is_registered_model(self.model):
             raise ConfigError("model", f"unknown model {self.model!r}; valid choices: {', '.join(list_models())}")
-        if not is_registered_act(self.act):
-            raise ConfigError("act", f"unknown activation {self.act!r}; valid choices: {', '.join(list_acts())}")
+        if self.act != "native" and not is_registered_act(self.act):
+            raise ConfigError("act", f"unknown activation {self.act!r}; valid choices: native, {', '.join(list_acts())}")
         if not is_registered_act(self.insert_act):
             raise ConfigError("insert_act", f"unknown activation {self.insert_act!r}; valid choices: {', '.join(list_acts())}")
-        if self.insert_act == "lslu" and self.n > 0 and self.act not in BASES:
-            raise ConfigError("act", f"LSLU's base must be one of {', '.join(BASES)}, got {self.act!r}")
+        if self.insert_act == "lslu" and self.n > 0 and self.act not in (*BASES, "native"):
+            raise ConfigError("act", f"LSLU's base must be one of {', '.join(BASES)} (or native: relu), got {self.act!r}")
+        if self.width != 1.0 and "width" not in model_arguments(self.model):
+            raise ConfigError("width", f"model {self.model!r} has no width multiplier; leave width at 1.0")
         if self.policy not in POLICY_KINDS:
             raise ConfigError("policy", f"unknown policy {self.policy!r}; valid choices: {', '.join(POLICY_KINDS)} (arguments go in mask / k / paths)")
         if self.policy == "mask" and (not self.mask or set(self.mask) - {"0", "1"}):
             raise ConfigError("mask", f"policy 'mask' needs a string of 0 and 1, one per activation site; got {self.mask!r}")
+        if self.policy == "stages" and not re.fullmatch(r"\d+(,\d+)*", self.stages.replace(" ", "")):
+            raise ConfigError("stages", f"policy 'stages' needs comma-separated stage numbers, e.g. '1,3'; got {self.stages!r}")
         if self.policy == "paths" and not self.paths.strip():
             raise ConfigError("paths", "policy 'paths' needs comma-separated globs over module paths, e.g. 'stages.*'")
         if self.warmup_epochs > self.epochs:
@@ -105,8 +115,13 @@ class TrialConfig:
     @property
     def policy_spec(self) -> str:
         """The policy in ``trainables.insertion`` form, e.g. ``mask:0101``."""
-        arg = {"mask": self.mask, "first_k": str(self.k), "last_k": str(self.k), "paths": self.paths}.get(self.policy)
+        arg = {"mask": self.mask, "stages": self.stages.replace(" ", ""), "first_k": str(self.k), "last_k": str(self.k),
+               "paths": self.paths}.get(self.policy)
         return f"{self.policy}:{arg}" if arg is not None else self.policy
+
+    @property
+    def lslu_base(self) -> str:
+        return "relu" if self.act == "native" else self.act
 
     @property
     def inserts(self) -> bool:

@@ -28,6 +28,11 @@ class TensorData:
     def in_chans(self) -> int:
         return self.train_x.shape[1]
 
+    def head(self, train: int = 0, val: int = 0) -> "TensorData":
+        """The first ``train`` / ``val`` images of each split (0 = all); the splits are already shuffled."""
+        t, v = train or len(self.train_y), val or len(self.val_y)
+        return TensorData(self.train_x[:t], self.train_y[:t], self.val_x[:v], self.val_y[:v], self.num_classes)
+
     def to(self, device) -> "TensorData":
         return TensorData(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y)), self.num_classes)
 

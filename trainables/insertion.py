@@ -1,35 +1,135 @@
-"""Activation sites of a model and the policies that choose where LSLU (or another activation) goes.
+"""Activation sites of a model and the policies that choose where LSLU (or another activation) goes (DESIGN.md §3).
 
-A *site* is one activation module of the built model (DESIGN.md §3). ``list_sites`` returns them in
-forward (registration) order; ``apply_policy`` replaces the sites a policy selects, in place.
+A *site* is one activation module of the built model. ``list_sites`` returns them in forward
+(registration) order with their stage, channel count and whether they end a resolution change;
+``apply_policy`` replaces the sites a policy selects, in place.
 
-Policies: ``none``, ``all``, ``first_k:K``, ``last_k:K``, ``mask:0101…`` (one bit per site, forward
-order), ``paths:glob,glob``.
+Policies: ``none``, ``all``, ``downsampling``, ``stages:1,3``, ``first_k:K``, ``last_k:K``,
+``mask:0101…`` (one bit per site, forward order), ``paths:glob,glob``.
+
+Stages: the stem's sites are stage 0, the sites inside the model's i-th stage module are stage i
+(ResNet ``layer1`` is stage 1, as in timm's ``feature_info``), sites after the last stage (a head) are
+stage S+1. Sites inside squeeze-excitation gates are not sites: the gate is part of its block's attention.
 """
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
 from trainables.activations import LSLU, create_act
 
-# Module types that count as activation sites.
+# Module types that count as activation sites: torch's own, and what our registry builds.
 ACTIVATION_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish, LSLU,
 )
+_EXTRA_SITE_TYPES: list[type] = []  # model-specific activations (e.g. VanillaNet's series activation)
 # Modules whose output channel count a following activation inherits.
-_CHANNEL_SOURCES = (nn.BatchNorm2d, nn.GroupNorm, nn.Conv2d)
-POLICY_KINDS = ("none", "all", "first_k", "last_k", "mask", "paths")
+_CHANNEL_SOURCES = (nn.BatchNorm2d, nn.GroupNorm, nn.Conv2d, nn.Linear)
+_SE_CLASS = re.compile(r"SqueezeExcit|^SEModule$|^EffectiveSEModule$|^SqueezeExcitation$")
+_STAGE_CHILD = re.compile(r"^(layer|stage)(\d+)$")
+POLICY_KINDS = ("none", "all", "downsampling", "stages", "first_k", "last_k", "mask", "paths")
 
 
 @dataclass(frozen=True)
 class Site:
-    path: str  # dotted module name, e.g. "stages.0.act"
+    path: str  # dotted module name, e.g. "layer2.0.act2"
     index: int  # position in forward order
+    stage: int  # 0 = stem, 1..S = the model's stage modules, S+1 = head
     channels: int | None  # channels of the tensor that flows through it
+    downsampling: bool  # it ends a block that changes resolution, or it is the stem's last site
     depth_fraction: float  # index / (number of sites - 1): 0 at the first site, 1 at the last
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def register_site_type(cls: type) -> type:
+    """Make a model-specific activation class a site (its module is replaced like any other activation)."""
+    if cls not in _EXTRA_SITE_TYPES:
+        _EXTRA_SITE_TYPES.append(cls)
+    return cls
+
+
+def is_site_module(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATION_TYPES) or isinstance(module, tuple(_EXTRA_SITE_TYPES))
+
+
+def stage_paths(model: nn.Module) -> list[str]:
+    """The model's stage modules in order: what the model declares (``lslu_stage_paths``), timm's ``blocks.i``,
+    or top-level ``layerN`` / ``stageN`` children."""
+    declared = getattr(model, "lslu_stage_paths", None)
+    if declared is not None:
+        return list(declared)
+    children = dict(model.named_children())
+    if isinstance(children.get("blocks"), (nn.Sequential, nn.ModuleList)):
+        return [f"blocks.{i}" for i in range(len(children["blocks"]))]
+    numbered = [(int(m.group(2)), name) for name in children if (m := _STAGE_CHILD.match(name))]
+    return [name for _, name in sorted(numbered)]
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _downsamples(module: nn.Module) -> bool:
+    """Whether a block reduces resolution: a strided conv or pooling anywhere inside it."""
+    for m in module.modules():
+        stride = getattr(m, "stride", 1)
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and (stride if isinstance(stride, int) else max(stride)) > 1:
+            return True
+    return False
+
+
+def _blocks(model: nn.Module, stages: list[str]) -> list[str]:
+    """Block modules: the children of each container stage, or the stage itself when it is one block."""
+    blocks = []
+    for path in stages:
+        stage = model.get_submodule(path)
+        if isinstance(stage, (nn.Sequential, nn.ModuleList)):
+            blocks += [f"{path}.{name}" for name, _ in stage.named_children()]
+        else:
+            blocks.append(path)
+    return blocks
+
+
+def list_sites(model: nn.Module) -> list[Site]:
+    """Every activation site in forward order (SE gates excluded), with the channels of the norm or conv feeding it."""
+    found: list[tuple[str, int | None]] = []
+    channels, se_prefixes = None, []
+    for path, module in model.named_modules():
+        if _SE_CLASS.search(type(module).__name__):
+            se_prefixes.append(path)
+            continue
+        if any(_within(path, p) for p in se_prefixes):
+            continue
+        if isinstance(module, _CHANNEL_SOURCES):
+            channels = _channels_of(module)
+        elif is_site_module(module):
+            found.append((path, channels))
+    stages = stage_paths(model)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+
+    def stage_of(path: str) -> int:
+        for i, prefix in enumerate(stages, start=1):
+            if _within(path, prefix):
+                return i
+        before_first = not stages or order[path] < order[stages[0]]
+        return 0 if before_first else len(stages) + 1
+
+    modules = dict(model.named_modules())
+    ends_downsampling = set()
+    for block in _blocks(model, stages):
+        inside = [p for p, _ in found if _within(p, block)]
+        if inside and _downsamples(modules[block]):
+            ends_downsampling.add(inside[-1])
+    stem = [p for p, _ in found if stage_of(p) == 0]
+    if stem:
+        ends_downsampling.add(stem[-1])
+    last = max(len(found) - 1, 1)
+    return [Site(p, i, stage_of(p), ch, p in ends_downsampling, i / last) for i, (p, ch) in enumerate(found)]
 
 
 def _channels_of(module: nn.Module) -> int | None:
@@ -39,20 +139,9 @@ def _channels_of(module: nn.Module) -> int | None:
         return module.num_channels
     if isinstance(module, nn.Conv2d):
         return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
     return None
-
-
-def list_sites(model: nn.Module) -> list[Site]:
-    """Every activation module in forward order, with the channel count of the norm or conv feeding it."""
-    found: list[tuple[str, int | None]] = []
-    channels = None
-    for path, module in model.named_modules():
-        if isinstance(module, _CHANNEL_SOURCES):
-            channels = _channels_of(module)
-        elif isinstance(module, ACTIVATION_TYPES):
-            found.append((path, channels))
-    last = max(len(found) - 1, 1)
-    return [Site(path, i, ch, i / last) for i, (path, ch) in enumerate(found)]
 
 
 def parse_policy(policy: str) -> tuple[str, str]:
@@ -60,10 +149,12 @@ def parse_policy(policy: str) -> tuple[str, str]:
     kind, _, arg = policy.partition(":")
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown insertion policy {policy!r}; valid kinds: {', '.join(POLICY_KINDS)}")
-    if kind in ("none", "all") and arg:
+    if kind in ("none", "all", "downsampling") and arg:
         raise ValueError(f"policy {kind!r} takes no argument, got {policy!r}")
-    if kind in ("first_k", "last_k") and not (arg.isdigit()):
+    if kind in ("first_k", "last_k") and not arg.isdigit():
         raise ValueError(f"policy {kind!r} needs a count, e.g. {kind}:2; got {policy!r}")
+    if kind == "stages" and not re.fullmatch(r"\d+(,\d+)*", arg.replace(" ", "")):
+        raise ValueError(f"policy 'stages' needs comma-separated stage numbers, e.g. stages:1,3; got {policy!r}")
     if kind == "mask" and (not arg or set(arg) - {"0", "1"}):
         raise ValueError(f"policy 'mask' needs a string of 0/1, one per site, e.g. mask:0101; got {policy!r}")
     if kind == "paths" and not arg:
@@ -78,6 +169,14 @@ def select_sites(sites: list[Site], policy: str) -> list[Site]:
         return []
     if kind == "all":
         return list(sites)
+    if kind == "downsampling":
+        return [s for s in sites if s.downsampling]
+    if kind == "stages":
+        wanted = {int(s) for s in arg.replace(" ", "").split(",")}
+        present = sorted({s.stage for s in sites})
+        if wanted - set(present):
+            raise ValueError(f"policy {policy!r} names stage(s) {sorted(wanted - set(present))}; this model's stages are {present}")
+        return [s for s in sites if s.stage in wanted]
     if kind == "first_k":
         return sites[: int(arg)]
     if kind == "last_k":

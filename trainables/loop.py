@@ -20,7 +20,8 @@ from trainables.activations import learnable_act_state
 from trainables.config import TrialConfig
 from trainables.data import batches, load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
-from trainables.models import build_model
+from trainables.models import build_model, model_arguments
+from trainables.models.stats import model_stats
 
 
 class Diverged(RuntimeError):
@@ -38,13 +39,21 @@ def pick_device(cfg: TrialConfig) -> torch.device:
 def insert_kwargs(cfg: TrialConfig) -> dict:
     """Arguments for the inserted activation, taken from the trial config."""
     if cfg.insert_act == "lslu":
-        return {"n": cfg.n, "base": cfg.act, "granularity": cfg.granularity}
+        return {"n": cfg.n, "base": cfg.lslu_base, "granularity": cfg.granularity}
     return {}
+
+
+def model_kwargs(cfg: TrialConfig) -> dict:
+    """Constructor arguments for the trial's model (VanillaNet's own series length is LSLU's n)."""
+    kwargs = {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout}
+    if "act_num" in model_arguments(cfg.model):
+        kwargs["act_num"] = cfg.n
+    return kwargs
 
 
 def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
     """The trial's model with the policy applied, and the resulting insertion mask (one bit per site)."""
-    model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, act=cfg.act, dropout=cfg.dropout)
+    model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg))
     sites = list_sites(model)
     if not cfg.inserts:
         return model, "0" * len(sites)
@@ -63,6 +72,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def deep_training_lambda(epoch: int, cfg: TrialConfig) -> float:
+    """VanillaNet's λ for the epoch about to run (0-based): 0 → 1 over ``deep_train_epochs`` (default a third)."""
+    span = cfg.deep_train_epochs or max(1, round(cfg.epochs / 3))
+    return min(1.0, epoch / span)
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
     if step < warmup_steps:
@@ -78,7 +93,7 @@ class Training:
         self.cfg = cfg
         self.device = pick_device(cfg)
         _seed_everything(cfg.seed)
-        self.data = load_dataset(cfg.dataset, cfg.image_size).to(self.device)
+        self.data = load_dataset(cfg.dataset, cfg.image_size).head(cfg.train_samples, cfg.val_samples).to(self.device)
         self.model, self.mask = build_network(cfg, self.data.num_classes, self.data.in_chans)
         self.model.to(self.device)
         groups = param_groups(self.model, cfg.weight_decay)
@@ -106,6 +121,8 @@ class Training:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, and return the epoch's metrics. Raises ``Diverged`` on a NaN/inf loss."""
         start = time.perf_counter()
+        if callable(getattr(self.model, "set_act_learn", None)):  # VanillaNet's deep-training schedule
+            self.model.set_act_learn(deep_training_lambda(self.epoch, self.cfg))
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         for x, y in batches(self.data.train_x, self.data.train_y, self.cfg.batch_size, self.generator):
@@ -146,9 +163,9 @@ class Training:
         return loss_sum.item() / n, 100.0 * correct.item() / n
 
     def summary(self) -> dict[str, float]:
-        """End-of-trial record."""
+        """End-of-trial record: the papers' params_m, flops_g, latency_ms (deploy form, batch 1) and training figures."""
         return {
-            "params_m": sum(p.numel() for p in self.model.parameters()) / 1e6,
+            **model_stats(self.model, (self.data.in_chans, self.cfg.image_size, self.cfg.image_size)),
             "lslu_sites": self.lslu_sites,
             "train_s_per_epoch": float(np.mean(self.epoch_times)) if self.epoch_times else 0.0,
             "best_epoch": self.best_epoch,

@@ -7,10 +7,10 @@ from __future__ import annotations
 # Reported to Ray Tune and logged to MLflow every epoch.
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "best_val_acc", "min_val_loss", "epoch_time_s", "lr")
 # Recorded once, at the end of a trial.
-FINAL_METRICS = ("params_m", "lslu_sites", "train_s_per_epoch", "best_epoch")
+FINAL_METRICS = ("params_m", "flops_g", "latency_ms", "lslu_sites", "train_s_per_epoch", "best_epoch")
 # What a sweep may optimize or schedule on, and its natural direction.
 OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_val_loss": "min", "train_loss": "min",
-              "params_m": "min", "lslu_sites": "min"}
+              "params_m": "min", "flops_g": "min", "latency_ms": "min", "lslu_sites": "min"}
 STATUSES = ("running", "completed", "stopped_early", "diverged", "failed")
 PARAMS = ("theta", "omega")
 

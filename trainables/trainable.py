@@ -74,8 +74,8 @@ def sites_csv(training: Training) -> str:
     """Every site of the trial's network and what it holds now."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "path", "channels", "module", "inserted"])
+    writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "module", "inserted"])
     for site, bit in zip(list_sites(training.model), training.mask):
         module = type(training.model.get_submodule(site.path)).__name__
-        writer.writerow([site.index, site.path, site.channels, module, bit])
+        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling, f"{site.depth_fraction:.3f}", module, bit])
     return out.getvalue()

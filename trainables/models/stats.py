@@ -1,0 +1,70 @@
+"""What the papers' tables report about a network: parameters, multiply–accumulates, batch-1 latency.
+
+All three are measured on the deploy form (``fuse_model``): VanillaNet's published 15.52 M parameters
+are its deploy count, and latency is an inference figure.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from trainables.insertion import is_site_module
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """An eval-mode deploy copy: the model's own ``fuse()`` where it has one and can (VanillaNet after deep
+    training), and every fusable activation (LSLU, VanillaNet's) with its BatchNorm folded."""
+    deploy = copy.deepcopy(model).eval()
+    if callable(getattr(deploy, "fuse", None)):
+        try:
+            deploy.fuse()
+        except ValueError:
+            pass  # e.g. VanillaNet mid deep-training: its convs cannot merge yet; its activations still fuse below
+    for module in deploy.modules():
+        if module is not deploy and is_site_module(module) and callable(getattr(module, "fuse", None)):
+            module.fuse()
+    return deploy
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> float:
+    """Multiply–accumulates of one forward pass at batch 1, in G (torch counts two FLOPs per MAC)."""
+    device = next(model.parameters()).device
+    x = torch.zeros(1, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, input_size: tuple[int, int, int], runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of a batch-1 forward pass, in ms."""
+    device = next(model.parameters()).device
+    x = torch.randn(1, *input_size, device=device)
+    times = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def model_stats(model: nn.Module, input_size: tuple[int, int, int], runs: int = 20) -> dict[str, float]:
+    """``params_m``, ``flops_g`` (multiply–accumulates, as the papers count) and ``latency_ms`` of the deploy form."""
+    deploy = fuse_model(model)
+    return {
+        "params_m": sum(p.numel() for p in deploy.parameters()) / 1e6,
+        "flops_g": count_macs(deploy, input_size),
+        "latency_ms": latency_ms(deploy, input_size, runs=runs),
+    }
