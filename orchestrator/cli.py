@@ -56,25 +56,18 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
     """The site table of ``model_name`` with the sites ``policy`` selects marked, and the mask to copy."""
     import torch
 
-    from trainables.insertion import list_sites, mask_of, select_sites
+    from trainables.insertion import format_site_table, list_sites, mask_of, select_sites
     from trainables.models import build_model
 
     try:
         with torch.device("meta"):  # the module graph is enough: nothing is allocated
             model = build_model(model_name, num_classes=1000, cifar_stem=cifar_stem)
         sites = list_sites(model)
-        selected = select_sites(sites, policy)
+        mask = mask_of(sites, select_sites(sites, policy))
     except ValueError as exc:
         raise SitesError(str(exc)) from None
-    chosen = {s.path for s in selected}
-    width = max(len(s.path) for s in sites)
-    lines = [f"{'index':>5}  {'path':<{width}}  {'stage':>5}  {'channels':>8}  {'downsampling':>12}  {'depth':>5}  {policy}"]
-    for s in sites:
-        lines.append(f"{s.index:>5}  {s.path:<{width}}  {s.stage:>5}  {s.channels or '?':>8}  {'yes' if s.downsampling else '':>12}  "
-                     f"{s.depth_fraction:>5.2f}  {'x' if s.path in chosen else ''}")
-    lines.append(f"{model_name}: {len(sites)} sites; {policy} selects {len(selected)}")
-    lines.append(f"mask: {mask_of(sites, selected)}")
-    return "\n".join(lines)
+    return "\n".join([format_site_table(sites, mask, policy),
+                      f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -13,6 +15,7 @@ from ray.tune import Callback
 from cluster.tracking import default_artifact_location
 from search_spaces.schema import Sweep
 from trainables.tracking import SweepContext, act_history_from_run, end, log_theta_omega
+from trainables.trainable import weights_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,18 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
     return SweepContext(tracking_uri, exp_id, run.info.run_id, sweep.name, shared_tags)
 
 
-def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "") -> bool:
-    """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed)."""
+def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", checkpoint_dir: str | None = None) -> bool:
+    """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed): its θ/ω
+    artifacts from what the run logged and, for a stopped trial, the weights of its last checkpoint."""
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return False
     if status == "stopped_early":
         log_theta_omega(client, run_id, _rows(client, run_id), run.info.run_name)
+        if checkpoint_dir:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
+                client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
     end(client, run_id, status, reason)
     return True
 
@@ -108,7 +116,11 @@ class RunCloser(Callback):
         if run_id:
             for attempt in range(3):
                 try:
-                    close_run(self.client, run_id, status, reason)
+                    if trial.checkpoint is None:
+                        close_run(self.client, run_id, status, reason)
+                    else:
+                        with trial.checkpoint.as_directory() as checkpoint_dir:
+                            close_run(self.client, run_id, status, reason, checkpoint_dir)
                     return
                 except Exception as exc:  # a busy SQLite store or a server hiccup must not stop the sweep
                     log.warning("could not close MLflow run %s (attempt %d): %s", run_id, attempt + 1, exc)

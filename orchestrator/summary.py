@@ -10,7 +10,7 @@ import yaml
 
 from search_spaces.schema import Sweep
 from trainables.config import TrialConfig
-from trainables.metrics import EPOCH_METRICS, FINAL_METRICS
+from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS
 
 
 def trial_rows(result_grid) -> list[dict[str, Any]]:
@@ -27,7 +27,7 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
         row = {"trial_id": metrics.get("trial_id", ""), "status": status, "epochs_run": metrics.get("epoch", 0),
                "mlflow_run_id": metrics.get("mlflow_run_id", "")}
         row.update({f"config.{k}": v for k, v in config.items()})
-        row.update({m: metrics.get(m) for m in EPOCH_METRICS + FINAL_METRICS})
+        row.update({m: metrics.get(m) for m in EPOCH_METRICS + EMA_METRICS + FINAL_METRICS})
         rows.append(row)
     return rows
 

@@ -1,21 +1,17 @@
 """The plain-torch loop: it learns digits, it is reproducible, and a restored state continues exactly."""
 import io
 
+import numpy as np
+
 import pytest
 import torch
 
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
-from trainables.loop import Diverged, Training, warmup_cosine
+from trainables.loop import Diverged, Training
+from trainables.recipe import warmup_cosine
 
 FAST = dict(epochs=3, n=1, policy="mask", mask="0101", batch_size=64, lr=4e-3, seed=3)
-
-
-def test_digits_split_and_shapes():
-    data = load_dataset("digits", 16)
-    assert data.train_x.shape == (1437, 3, 16, 16) and data.val_x.shape == (360, 3, 16, 16)
-    assert data.num_classes == 10 and set(data.val_y.tolist()) == set(range(10))
-    assert abs(data.train_x.mean().item()) < 1e-4 and abs(data.train_x.std().item() - 1) < 1e-3
 
 
 def test_loop_learns_digits():
@@ -99,5 +95,63 @@ def test_vanillanet_deep_training_lambda_rises_each_epoch_and_the_record_is_fuse
 def test_subsets_take_the_first_images_of_each_split():
     training = Training(TrialConfig(**{**FAST, "train_samples": 100, "val_samples": 50}))
     full = load_dataset("digits", 16)
-    assert len(training.data.train_y) == 100 and len(training.data.val_y) == 50
+    assert training.data.n_train == 100 and training.data.n_val == 50
     assert torch.equal(training.data.train_y, full.train_y[:100])
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(optimizer="lamb", loss="bce", label_smoothing=0.1, ema_decay=0.9, lr=5e-3),
+    dict(optimizer="adamw", loss="ce", lr=3e-3),
+    dict(optimizer="sgd", loss="ce", lr=0.05, weight_decay=5e-4),
+    dict(optimizer="adamw", loss="ce", mixup=0.2, cutmix=1.0, label_smoothing=0.1, clip_grad=1.0, lr=3e-3),
+])
+def test_each_recipe_learns_digits(recipe):
+    training = Training(TrialConfig(**{**FAST, "epochs": 4, "warmup_epochs": 1, **recipe}))
+    while not training.done:
+        metrics = training.run_epoch()
+    assert training.best_val_acc > 80  # chance is 10 %
+    assert ("ema_val_acc" in metrics) == (recipe.get("ema_decay", 0) > 0)
+
+
+def test_ema_and_augmentation_continue_exactly_after_a_restore(tmp_path):
+    from tests.test_data import write_cifar
+
+    root = write_cifar(tmp_path, n_train=40, n_test=20)
+    cfg = TrialConfig(dataset="cifar10", data_dir=str(root), image_size=32, epochs=3, batch_size=50, n=1, policy="last_k", k=2,
+                      ema_decay=0.8, seed=5, warmup_epochs=0)
+    straight = Training(cfg)
+    expected = [straight.run_epoch() for _ in range(3)][-1]
+    first = Training(cfg)
+    first.run_epoch(), first.run_epoch()
+    path = tmp_path / "state.pt"
+    torch.save(first.state_dict(), path)
+    resumed = Training(cfg)
+    resumed.load_state_dict(torch.load(path, weights_only=False))
+    got = resumed.run_epoch()
+    for key in ("train_loss", "val_loss", "ema_val_loss", "ema_val_acc"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
+def test_early_stopping_ends_the_trial_with_a_reason():
+    training = Training(TrialConfig(**{**FAST, "epochs": 30, "lr": 1e-9, "warmup_epochs": 0, "early_stop_patience": 2}))
+    while not training.done:
+        training.run_epoch()
+    assert training.epoch < 30 and training.epoch - training.best_epoch == 2
+    assert training.stop_reason.startswith("early stopping: no better val_acc for 2 epochs")
+
+
+def test_convergence_value_is_the_mean_and_std_of_the_last_ten_epochs():
+    from trainables.metrics import convergence_metrics
+
+    history = [{"epoch": e, "state": {"s": {"theta": [float(e)], "omega": [-float(e)]}}} for e in range(1, 16)]
+    got = convergence_metrics(history)
+    assert got["theta_conv/s/1"] == pytest.approx(10.5)  # mean of epochs 6..15
+    assert got["theta_conv_std/s/1"] == pytest.approx(np.std(np.arange(6, 16)))
+    assert got["omega_conv/s/1"] == pytest.approx(-10.5)
+
+
+def test_oom_is_reported_with_the_batch_size():
+    from trainables.trainable import _failure
+
+    status, reason = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), TrialConfig(batch_size=4096))
+    assert status == "oom" and "batch_size 4096" in reason and "Tried to allocate 2.00 GiB" in reason

@@ -4,6 +4,7 @@ import signal
 import textwrap
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -13,7 +14,8 @@ from orchestrator.driver import resume_sweep, run_sweep
 from search_spaces.schema import load_sweep, parse_sweep
 
 pytestmark = pytest.mark.slow
-TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png"}
+# every trial; a completed one also has model_summary.txt (a stopped one is closed by the driver)
+TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png", "model_final.pt"}
 
 
 def _runs(uri, experiment):
@@ -48,7 +50,12 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         assert child.info.status in ("FINISHED", "KILLED")  # completed, or stopped by ASHA
         assert child.data.tags["status"] in ("completed", "stopped_early")
         assert (child.info.status == "KILLED") == (child.data.tags["status"] == "stopped_early")
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS
+        summary = {"model_summary.txt"} if child.data.tags["status"] == "completed" else set()
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS | summary
+        weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)), weights_only=True)
+        assert weights["fc.weight"].shape == (10, 64)  # digits_cnn's classifier
+        for key in ("params_m", "flops_g", "latency_ms", "lslu_sites"):  # known before training: every trial has them
+            assert key in child.data.metrics and len(client.get_metric_history(child.info.run_id, key)) == 1
         epochs = len(client.get_metric_history(child.info.run_id, "val_acc"))
         _assert_each_epoch_once(client, child, epochs)
         mask = child.data.params["mask"]
@@ -171,3 +178,28 @@ def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp
     sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path))).read().splitlines()
     assert sites[0] == "index,path,stage,channels,downsampling,depth_fraction,module,inserted" and len(sites) == 18
     assert sites[7].startswith("6,layer2.0.act2,2,128,True,") and sites[7].endswith(",LSLU,1")
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path, tracking_uri):
+    text = textwrap.dedent("""
+        name: diverge
+        trial: {optimizer: sgd, weight_decay: 0.0, epochs: 3, warmup_epochs: 0, n: 1, train_samples: 256, val_samples: 128}
+        space: {lr: [0.01, 1.0e+8]}
+        search: {algorithm: random, num_samples: 4, max_concurrent: 2, scheduler: none, seed: 7}
+    """)
+    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "diverge.yaml"), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
+    by_lr = {}
+    for row in outcome.rows:
+        by_lr.setdefault(row["config.lr"], set()).add(row["status"])
+    assert by_lr == {0.01: {"completed"}, 1e8: {"diverged"}}  # seed 7 draws each value twice
+    client, parents, children = _runs(tracking_uri, "diverge")
+    assert parents[0].info.status == "FINISHED" and len(children) == 4
+    for child in children:
+        diverged = child.data.params["lr"] == "100000000.0"
+        assert child.data.tags["status"] == ("diverged" if diverged else "completed")
+        assert child.info.status == ("FAILED" if diverged else "FINISHED")
+        if diverged:
+            assert "loss became nan" in child.data.tags["status_reason"] or "loss became inf" in child.data.tags["status_reason"]
+        else:
+            assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch", "train_s_per_epoch"} <= set(child.data.metrics)
+            assert "model_summary.txt" in {a.path for a in client.list_artifacts(child.info.run_id)}

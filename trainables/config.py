@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from trainables.activations import is_registered_act, list_acts
 from trainables.activations.lslu import BASES
-from trainables.data import DATASETS
+from trainables.data import NEEDS_DIR
 from trainables.insertion import POLICY_KINDS
 from trainables.models import is_registered_model, list_models, model_arguments
 
@@ -43,8 +43,12 @@ class TrialConfig:
     cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs
     width: Annotated[float, Field(gt=0.0)] = 1.0  # channel multiplier (VanillaNet's x0_25 = 0.25; digits_cnn)
     deep_train_epochs: Annotated[int, Field(ge=0)] = 0  # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
-    dataset: Literal["digits"] = "digits"  # where the images come from
+    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = "digits"  # trainables/data.py
+    data_dir: str = ""  # cifar10/cifar100: folder with torchvision's pickle batches; imagefolder: train/ and val/ class folders
+    download: bool = False  # cifar: fetch into data_dir if it is missing (needs network)
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16  # side of the (square) input images
+    augment: bool = True  # the data set's standard augmentation (CIFAR: pad-4 crop + flip; ImageFolder: resized crop + flip)
+    workers: Annotated[int, Field(ge=0)] = 2  # imagefolder: DataLoader worker processes
     train_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N training images (0 = all): smoke tests
     val_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N validation images (0 = all)
     # activations
@@ -59,19 +63,27 @@ class TrialConfig:
     k: Annotated[int, Field(ge=0)] = 0  # policy=first_k / last_k: how many sites
     paths: str = ""  # policy=paths: comma-separated globs over module paths
     # regularization
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # dropout before the classifier
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # cross-entropy label smoothing
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # dropout where the model's head takes it
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # for ce and bce
+    mixup: Annotated[float, Field(ge=0.0)] = 0.0  # mixup alpha (0 = off)
+    cutmix: Annotated[float, Field(ge=0.0)] = 0.0  # cutmix alpha (0 = off)
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # EMA of the weights, evaluated alongside (0 = off)
     # optimization
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    loss: Literal["ce", "bce"] = "ce"  # bce: timm's binary cross-entropy, as the LSLU paper trains
+    optimizer: Literal["lamb", "adamw", "sgd"] = "adamw"
     lr: Annotated[float, Field(gt=0.0)] = 3e-3  # peak learning rate, reached after warm-up
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only (nesterov)
     epochs: Annotated[int, Field(ge=1)] = 10
     warmup_epochs: Annotated[int, Field(ge=0)] = 1  # linear warm-up, then cosine decay to 0
     batch_size: Annotated[int, Field(ge=1)] = 64
+    clip_grad: Annotated[float, Field(ge=0.0)] = 0.0  # clip the global gradient norm to this (0 = off)
+    early_stop_patience: Annotated[int, Field(ge=0)] = 0  # stop after this many epochs without a better val_acc (0 = off)
     # execution
-    seed: int = 0  # model init and batch order
+    seed: int = 0  # model init, batch order, augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the trial was given a GPU
+    amp: Union[bool, Literal["auto"]] = "auto"  # bf16 autocast; auto: on CUDA only
+    channels_last: Union[bool, Literal["auto"]] = "auto"  # NHWC memory format; auto: on CUDA only
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
@@ -109,6 +121,10 @@ class TrialConfig:
             raise ConfigError("stages", f"policy 'stages' needs comma-separated stage numbers, e.g. '1,3'; got {self.stages!r}")
         if self.policy == "paths" and not self.paths.strip():
             raise ConfigError("paths", "policy 'paths' needs comma-separated globs over module paths, e.g. 'stages.*'")
+        if self.dataset in NEEDS_DIR and not self.data_dir:
+            raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ConfigError("batch_size", f"mixup/cutmix pair images within a batch: use an even batch size, got {self.batch_size}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 

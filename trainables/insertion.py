@@ -189,6 +189,16 @@ def select_sites(sites: list[Site], policy: str) -> list[Site]:
     return [s for s in sites if any(fnmatch.fnmatchcase(s.path, g) for g in globs)]
 
 
+def format_site_table(sites: list[Site], mask: str, mark: str = "selected") -> str:
+    """One line per site (index, path, stage, channels, downsampling, depth) and a column marking the mask's sites."""
+    width = max([len(s.path) for s in sites] + [4])
+    lines = [f"{'index':>5}  {'path':<{width}}  {'stage':>5}  {'channels':>8}  {'downsampling':>12}  {'depth':>5}  {mark}"]
+    for s, bit in zip(sites, mask):
+        lines.append(f"{s.index:>5}  {s.path:<{width}}  {s.stage:>5}  {s.channels or '?':>8}  {'yes' if s.downsampling else '':>12}  "
+                     f"{s.depth_fraction:>5.2f}  {'x' if bit == '1' else ''}")
+    return "\n".join(lines)
+
+
 def mask_of(sites: list[Site], selected: list[Site]) -> str:
     chosen = {s.path for s in selected}
     return "".join("1" if s.path in chosen else "0" for s in sites)

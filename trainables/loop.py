@@ -4,24 +4,31 @@
     while not training.done:
         metrics = training.run_epoch()          # trains one epoch, evaluates, returns the epoch's metrics
     torch.save(training.state_dict(), path)     # everything needed to continue at the next epoch
+
+Each epoch: VanillaNet's deep-training λ is set, the model trains (bf16 autocast and channels_last on CUDA),
+the model and its EMA are evaluated; the best of both is the trial's best. A NaN/inf loss raises ``Diverged``;
+``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainables.activations import learnable_act_state
 from trainables.config import TrialConfig
-from trainables.data import batches, load_dataset
+from trainables.data import load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
 from trainables.models import build_model, model_arguments
 from trainables.models.stats import model_stats
+from trainables.recipe import EMA, TrainLoss, make_mixup, make_optimizer, make_scheduler
+
+EVAL_BATCH = 512
 
 
 class Diverged(RuntimeError):
@@ -34,6 +41,11 @@ def pick_device(cfg: TrialConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for, but this trial sees no CUDA device")
     return torch.device(cfg.device)
+
+
+def _on_cuda(setting, device: torch.device) -> bool:
+    """``auto`` means: on CUDA only."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def insert_kwargs(cfg: TrialConfig) -> dict:
@@ -62,28 +74,10 @@ def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn
     return model, mask_of(sites, selected)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and LSLU's θ/ω (all 1-D, or named theta/omega)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("theta", "omega")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def deep_training_lambda(epoch: int, cfg: TrialConfig) -> float:
     """VanillaNet's λ for the epoch about to run (0-based): 0 → 1 over ``deep_train_epochs`` (default a third)."""
     span = cfg.deep_train_epochs or max(1, round(cfg.epochs / 3))
     return min(1.0, epoch / span)
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Training:
@@ -92,89 +86,126 @@ class Training:
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
         self.device = pick_device(cfg)
+        self.amp = _on_cuda(cfg.amp, self.device)
+        self.channels_last = _on_cuda(cfg.channels_last, self.device)
         _seed_everything(cfg.seed)
-        self.data = load_dataset(cfg.dataset, cfg.image_size).head(cfg.train_samples, cfg.val_samples).to(self.device)
+        data = load_dataset(cfg.dataset, cfg.image_size, cfg.data_dir, cfg.download, cfg.train_samples, cfg.val_samples)
+        if cfg.dataset == "imagefolder":
+            data.workers = cfg.workers
+        self.data = data.head(cfg.train_samples, cfg.val_samples).to(self.device)
         self.model, self.mask = build_network(cfg, self.data.num_classes, self.data.in_chans)
-        self.model.to(self.device)
-        groups = param_groups(self.model, cfg.weight_decay)
-        if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        self.steps_per_epoch = math.ceil(len(self.data.train_y) / cfg.batch_size)
-        total, warmup = cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # batch order
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.steps_per_epoch = math.ceil(self.data.n_train / cfg.batch_size)
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.criterion = TrainLoss(cfg)
+        self.mixup = make_mixup(cfg, self.data.num_classes)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # params_m, flops_g, latency_ms of the deploy form: architecture only, so measured once, before training
+        self.stats = model_stats(self.model, (self.data.in_chans, cfg.image_size, cfg.image_size))
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
         self.epoch = 0  # epochs completed
         self.best_val_acc, self.best_epoch, self.min_val_loss = 0.0, 0, math.inf
+        self.stop_reason = ""  # set when early stopping ends the trial
         self.epoch_times: list[float] = []
         self.act_history: list[dict] = []  # per epoch: {"epoch": e, "state": learnable_act_state(model)}
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.cfg.epochs
+        return self.epoch >= self.cfg.epochs or bool(self.stop_reason)
 
     @property
     def lslu_sites(self) -> int:
-        return self.mask.count("1") if self.cfg.insert_act == "lslu" else 0
+        return self.mask.count("1") if self.cfg.insert_act == "lslu" and self.cfg.inserts else 0
+
+    def _models(self) -> list[nn.Module]:
+        return [self.model] + ([self.ema.module] if self.ema else [])
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, and return the epoch's metrics. Raises ``Diverged`` on a NaN/inf loss."""
         start = time.perf_counter()
-        if callable(getattr(self.model, "set_act_learn", None)):  # VanillaNet's deep-training schedule
-            self.model.set_act_learn(deep_training_lambda(self.epoch, self.cfg))
+        for model in self._models():
+            if callable(getattr(model, "set_act_learn", None)):  # VanillaNet's deep-training schedule
+                model.set_act_learn(deep_training_lambda(self.epoch, self.cfg))
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in batches(self.data.train_x, self.data.train_y, self.cfg.batch_size, self.generator):
-            loss = F.cross_entropy(self.model(x), y, label_smoothing=self.cfg.label_smoothing)
+        seen = 0
+        batches = self.data.train_batches(self.cfg.batch_size, self.generator, self.cfg.image_size, self.cfg.augment, self.channels_last)
+        for x, y in batches:
+            if self.mixup is not None:
+                if len(y) % 2:  # mixup pairs images within the batch
+                    x, y = x[:-1], y[:-1]
+                x, y = self.mixup(x, y)
+            with self._autocast():
+                loss = self.criterion(self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             loss_sum += loss.detach() * len(y)
-        train_loss = loss_sum.item() / len(self.data.train_y)  # one sync per epoch, not per step
+            seen += len(y)
+        train_loss = loss_sum.item() / max(seen, 1)  # one device sync per epoch, not per step
         self.epoch += 1
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {self.epoch}")
-        val_loss, val_acc = self.evaluate()
-        if not math.isfinite(val_loss):
-            raise Diverged(f"validation loss became {val_loss} in epoch {self.epoch}")
+        metrics = {"train_loss": train_loss}
+        metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.model)
+        if not math.isfinite(metrics["val_loss"]):
+            raise Diverged(f"validation loss became {metrics['val_loss']} in epoch {self.epoch}")
+        accs, losses = [metrics["val_acc"]], [metrics["val_loss"]]
+        if self.ema is not None:
+            metrics["ema_val_loss"], metrics["ema_val_acc"] = self.evaluate(self.ema.module)
+            accs.append(metrics["ema_val_acc"])
+            losses.append(metrics["ema_val_loss"])
+        if max(accs) > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = max(accs), self.epoch
+        self.min_val_loss = min(self.min_val_loss, *[v for v in losses if math.isfinite(v)])
+        patience = self.cfg.early_stop_patience
+        if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.cfg.epochs:
+            self.stop_reason = f"early stopping: no better val_acc for {patience} epochs (best {self.best_val_acc:.2f} at epoch {self.best_epoch})"
         epoch_time = time.perf_counter() - start
         self.epoch_times.append(epoch_time)
-        if val_acc > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val_acc, self.epoch
-        self.min_val_loss = min(self.min_val_loss, val_loss)
         self.act_history.append({"epoch": self.epoch, "state": learnable_act_state(self.model)})
-        return {
-            "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": self.best_val_acc,
-            "min_val_loss": self.min_val_loss, "epoch_time_s": epoch_time, "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        metrics.update(best_val_acc=self.best_val_acc, min_val_loss=self.min_val_loss, epoch_time_s=epoch_time,
+                       lr=self.optimizer.param_groups[0]["lr"])
+        return metrics
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
         """Validation loss (mean cross-entropy) and top-1 accuracy in %."""
-        self.model.eval()
+        model.eval()
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for x, y in batches(self.data.val_x, self.data.val_y, 512):
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        for x, y in self.data.val_batches(EVAL_BATCH, self.cfg.image_size, self.channels_last):
+            with self._autocast():
+                logits = model(x).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        n = len(self.data.val_y)
+        n = self.data.n_val
         return loss_sum.item() / n, 100.0 * correct.item() / n
 
     def summary(self) -> dict[str, float]:
         """End-of-trial record: the papers' params_m, flops_g, latency_ms (deploy form, batch 1) and training figures."""
         return {
-            **model_stats(self.model, (self.data.in_chans, self.cfg.image_size, self.cfg.image_size)),
+            **self.stats,
             "lslu_sites": self.lslu_sites,
             "train_s_per_epoch": float(np.mean(self.epoch_times)) if self.epoch_times else 0.0,
             "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc,
+            "min_val_loss": self.min_val_loss,
         }
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss,
+            "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss, "stop_reason": self.stop_reason,
             "epoch_times": self.epoch_times, "act_history": self.act_history, "rng": _rng_state(self.generator),
         }
 
@@ -182,8 +213,11 @@ class Training:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
-        self.min_val_loss, self.epoch_times, self.act_history = state["min_val_loss"], state["epoch_times"], state["act_history"]
+        self.min_val_loss, self.stop_reason = state["min_val_loss"], state["stop_reason"]
+        self.epoch_times, self.act_history = state["epoch_times"], state["act_history"]
         _set_rng_state(self.generator, state["rng"])
 
 

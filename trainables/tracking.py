@@ -18,7 +18,7 @@ from trainables import plots
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 
-RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 
 
@@ -84,12 +84,23 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         self.logged_through = epoch
 
-    def finish(self, status: str, final: dict[str, float], act_history: list[dict], title: str, reason: str = "") -> None:
-        """End-of-trial metrics, the θ/ω artifacts, the status tag, and the terminal run status."""
+    def log_record(self, record: dict[str, float]) -> None:
+        """End-of-trial style metrics known early (step 0), e.g. the deploy form's params_m, flops_g, latency_ms."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in record.items()])
+
+    def finish(self, status: str, final: dict[str, float], act_history: list[dict], title: str, reason: str = "",
+               files: str | None = None) -> None:
+        """End-of-trial metrics, the θ/ω artifacts, the files in ``files`` (a folder), the status tag, the run status."""
         if final:
             now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()])
+            held = self.client.get_run(self.run_id).data.metrics  # e.g. the record logged at the start: never twice
+            batch = [Metric(k, float(v), now, 0) for k, v in final.items() if k not in held]
+            for i in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         log_theta_omega(self.client, self.run_id, plots.theta_omega_rows(act_history), title)
+        if files:
+            self.client.log_artifacts(self.run_id, files)
         end(self.client, self.run_id, status, reason)
 
 

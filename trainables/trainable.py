@@ -15,12 +15,13 @@ import traceback
 from pathlib import Path
 
 import torch
+import yaml
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.insertion import list_sites
+from trainables.insertion import format_site_table, list_sites
 from trainables.loop import Diverged, Training
-from trainables.metrics import act_metrics
+from trainables.metrics import act_metrics, convergence_metrics
 from trainables.tracking import SweepContext, TrialRun, end, run_name
 
 STATE_FILE = "state.pt"
@@ -40,23 +41,30 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         run_id = state["mlflow_run_id"]
     run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id)
     title = run_name(cfg, training.mask, trial_id)
-    fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites}
+    fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, **training.stats}
+    if not checkpoint:
+        run.log_record({**training.stats, "lslu_sites": training.lslu_sites})  # known before training: every trial has them
     try:
         while not training.done:
             try:
                 metrics = training.run_epoch()
-            except Diverged as exc:
-                run.finish("diverged", training.summary(), training.act_history, title, reason=str(exc))
-                tune.report({**fixed, **_diverged_metrics(training), "status": "diverged", "reason": str(exc)})
+            except (Diverged, torch.cuda.OutOfMemoryError) as exc:
+                status, reason = _failure(exc, cfg)
+                final = end_of_trial(training) if status == "diverged" else {}
+                run.finish(status, final, training.act_history, title, reason)
+                tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
                 return
             metrics.update(act_metrics(training.act_history[-1]["state"]))
             run.log_epoch(training.epoch, metrics)
-            final = training.summary() if training.done else {}
-            if training.done:
-                run.finish("completed", final, training.act_history, title)
+            status, final = "running", {}
+            if training.done:  # finish the run before the report: Tune may stop the actor right after it
+                status = "stopped_early" if training.stop_reason else "completed"
+                final = end_of_trial(training)
+                with tempfile.TemporaryDirectory() as files:
+                    write_final_files(training, title, files)
+                    run.finish(status, final, training.act_history, title, training.stop_reason, files=files)
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id}, Path(d) / STATE_FILE)
-                status = "completed" if training.done else "running"
                 tune.report({**fixed, **metrics, **final, "epoch": training.epoch, "status": status},
                             checkpoint=tune.Checkpoint.from_directory(d))
     except Exception:
@@ -64,10 +72,40 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         raise
 
 
-def _diverged_metrics(training: Training) -> dict:
-    nan = math.nan
-    return {"epoch": training.epoch, "train_loss": nan, "val_loss": nan, "val_acc": 0.0,
+def _failure(exc: Exception, cfg: TrialConfig) -> tuple[str, str]:
+    if isinstance(exc, Diverged):
+        return "diverged", str(exc)
+    first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    return "oom", f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): {first_line}"
+
+
+def _no_result(training: Training) -> dict:
+    """What a trial that ended without a usable epoch reports (the searcher needs its metric)."""
+    return {"epoch": training.epoch, "train_loss": math.nan, "val_loss": math.nan, "val_acc": 0.0,
             "best_val_acc": training.best_val_acc, "min_val_loss": training.min_val_loss}
+
+
+def end_of_trial(training: Training) -> dict[str, float]:
+    """The papers' record: params_m, flops_g, latency_ms, train_s_per_epoch, min_val_loss, best_val_acc, best_epoch,
+    and the θ/ω convergence value and std of every LSLU site."""
+    return {**training.summary(), **convergence_metrics(training.act_history)}
+
+
+def write_final_files(training: Training, title: str, folder: str) -> None:
+    """``model_summary.txt`` and the weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
+    sites = list_sites(training.model)
+    summary = [title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
+               f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"), "", repr(training.model)]
+    (Path(folder) / "model_summary.txt").write_text("\n".join(summary))
+    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()}, Path(folder) / "model_final.pt")
+    if training.ema is not None:
+        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()}, Path(folder) / "model_ema_final.pt")
+
+
+def weights_from_checkpoint(checkpoint_dir: str) -> dict:
+    """The model weights inside a trial checkpoint (for runs the driver closes)."""
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    return state["training"]["model"]
 
 
 def sites_csv(training: Training) -> str:

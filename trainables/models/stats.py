@@ -16,10 +16,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainables.insertion import is_site_module
 
 
-def fuse_model(model: nn.Module) -> nn.Module:
+def fuse_model(model: nn.Module, architecture_only: bool = False) -> nn.Module:
     """An eval-mode deploy copy: the model's own ``fuse()`` where it has one and can (VanillaNet after deep
-    training), and every fusable activation (LSLU, VanillaNet's) with its BatchNorm folded."""
+    training), and every fusable activation (LSLU, VanillaNet's) with its BatchNorm folded.
+
+    ``architecture_only``: the copy is for counting and timing, so VanillaNet is fused as if deep training were over
+    (its outputs then differ from the model's; its shape, parameter count and cost are the deploy form's)."""
     deploy = copy.deepcopy(model).eval()
+    if architecture_only and callable(getattr(deploy, "set_act_learn", None)):
+        deploy.set_act_learn(1.0)  # VanillaNet's deploy architecture, whatever stage its deep training is at
     if callable(getattr(deploy, "fuse", None)):
         try:
             deploy.fuse()
@@ -61,8 +66,10 @@ def latency_ms(model: nn.Module, input_size: tuple[int, int, int], runs: int = 2
 
 
 def model_stats(model: nn.Module, input_size: tuple[int, int, int], runs: int = 20) -> dict[str, float]:
-    """``params_m``, ``flops_g`` (multiply–accumulates, as the papers count) and ``latency_ms`` of the deploy form."""
-    deploy = fuse_model(model)
+    """``params_m``, ``flops_g`` (multiply–accumulates, as the papers count) and ``latency_ms`` of the deploy form.
+
+    They depend on the architecture alone, so a trial measures them once, before it trains."""
+    deploy = fuse_model(model, architecture_only=True)
     return {
         "params_m": sum(p.numel() for p in deploy.parameters()) / 1e6,
         "flops_g": count_macs(deploy, input_size),

@@ -1,0 +1,104 @@
+"""The pieces of the papers' training recipes the loop assembles from a trial config (DESIGN.md §4):
+optimizer, learning-rate schedule, loss, mixup/cutmix, and an EMA of the weights."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.config import TrialConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and learnable-activation parameters (LSLU's θ/ω: 1-D, or named theta/omega)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("theta", "omega")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "lamb":  # the LSLU paper's optimizer (timm's LAMB, as VanillaNet's recipe)
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(cfg: TrialConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
+
+
+class TrainLoss(nn.Module):
+    """``ce``: cross-entropy; ``bce``: timm's binary cross-entropy (as the LSLU paper trains). Label smoothing for both;
+    with mixup/cutmix the targets arrive already mixed and smoothed."""
+
+    def __init__(self, cfg: TrialConfig):
+        super().__init__()
+        from timm.loss import BinaryCrossEntropy
+
+        self.kind, self.smoothing = cfg.loss, cfg.label_smoothing
+        self.bce = BinaryCrossEntropy(smoothing=cfg.label_smoothing) if cfg.loss == "bce" else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.bce is not None:
+            return self.bce(logits, target)
+        if target.dim() == 2:  # soft targets from mixup
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, target, label_smoothing=self.smoothing)
+
+
+def make_mixup(cfg: TrialConfig, num_classes: int):
+    """timm's Mixup/CutMix when either alpha is positive, else None."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+
+class EMA:
+    """An exponential moving average of a model's parameters and floating buffers (other buffers are copied).
+
+    Not timm's ModelEmaV3: that walks ``state_dict()``, which holds non-tensor extra state in VanillaNet.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p, model_p = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, model_p, 1.0 - self.decay)
+        for ema_b, model_b in zip(self.module.buffers(), model.buffers()):
+            if ema_b.is_floating_point():
+                ema_b.lerp_(model_b, 1.0 - self.decay)
+            else:
+                ema_b.copy_(model_b)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
