@@ -46,7 +46,10 @@ class TrialConfig:
     act: str = "relu"  # the network's own activation at every site; also LSLU's base f
     insert_act: str = "lslu"  # what the insertion policy puts at the selected sites
     n: Annotated[int, Field(ge=0, le=16)] = 3  # LSLU series length; 0 = no LSLU, sites keep `act`
-    granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω per layer (n,) or per channel (n, C)
+    granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω and PWLU's parameters per layer or per channel
+    pwlu_intervals: Annotated[int, Field(ge=1, le=256)] = 16  # PWLU: intervals N on [B_L, B_R] (papers/003 recommend 8-16)
+    pwlu_warmup_epochs: Annotated[int, Field(ge=1)] = 5  # PWLU: epochs of phase I (ReLU, collecting input statistics) before realign()
+    la_alpha: Annotated[float, Field(gt=0.0)] = 1e-5  # LayerAct: α in sqrt(σ² + α) (papers/004: 1e-5 CIFAR, 0.1 ImageNet)
     # where the inserted activation goes (trainables.insertion)
     policy: str = "all"  # one of none, all, first_k, last_k, mask, paths
     mask: str = ""  # policy=mask: one 0/1 per site in forward order
@@ -99,6 +102,10 @@ class TrialConfig:
             raise ConfigError("mask", f"policy 'mask' needs a string of 0 and 1, one per activation site; got {self.mask!r}")
         if self.policy == "paths" and not self.paths.strip():
             raise ConfigError("paths", "policy 'paths' needs comma-separated globs over module paths, e.g. 'stages.*'")
+        uses_pwlu = self.act == "pwlu" or (self.inserts and self.insert_act == "pwlu")
+        if uses_pwlu and self.pwlu_warmup_epochs >= self.epochs:
+            raise ConfigError("pwlu_warmup_epochs", f"must be below epochs ({self.epochs}), or PWLU never leaves its ReLU phase; "
+                                                    f"got {self.pwlu_warmup_epochs}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import random
 import time
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import learnable_act_state
+from trainables.activations import learnable_act_state, realign_pending
 from trainables.config import TrialConfig
 from trainables.data import batches, load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
@@ -35,11 +36,19 @@ def pick_device(cfg: TrialConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+# The trial config fields each inserted activation takes (activations not listed take none).
+_INSERT_KWARGS = {
+    "lslu": lambda cfg: {"n": cfg.n, "base": cfg.act, "granularity": cfg.granularity},
+    "pwlu": lambda cfg: {"intervals": cfg.pwlu_intervals, "granularity": cfg.granularity},
+    "la_silu": lambda cfg: {"alpha": cfg.la_alpha},
+    "la_hardsilu": lambda cfg: {"alpha": cfg.la_alpha},
+}
+
+
 def insert_kwargs(cfg: TrialConfig) -> dict:
     """Arguments for the inserted activation, taken from the trial config."""
-    if cfg.insert_act == "lslu":
-        return {"n": cfg.n, "base": cfg.act, "granularity": cfg.granularity}
-    return {}
+    build = _INSERT_KWARGS.get(cfg.insert_act)
+    return build(cfg) if build else {}
 
 
 def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
@@ -53,13 +62,29 @@ def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn
     return model, mask_of(sites, selected)
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters some module exempts from weight decay through ``no_weight_decay()``.
+
+    timm's convention, applied to every submodule (timm asks only the root model): each learnable
+    activation lists its own shape parameters (LSLU's θ/ω, PWLU's, PReLU's slopes). Names may be globs.
+    """
+    names = set()
+    for path, module in model.named_modules():
+        exempt = getattr(module, "no_weight_decay", None)
+        if callable(exempt):
+            names.update(f"{path}.{name}" if path else name for name in exempt())
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and LSLU's θ/ω (all 1-D, or named theta/omega)."""
+    """No weight decay on norms and biases (every 1-D parameter) nor on what ``no_weight_decay()`` exempts."""
+    exempt = no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("theta", "omega")) else decay).append(p)
+        exempted = p.ndim <= 1 or any(fnmatch.fnmatchcase(name, pattern) for pattern in exempt)
+        (no_decay if exempted else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -106,6 +131,10 @@ class Training:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, and return the epoch's metrics. Raises ``Diverged`` on a NaN/inf loss."""
         start = time.perf_counter()
+        if self.epoch >= self.cfg.pwlu_warmup_epochs:
+            # PWLU phase II starts once its warm-up epochs are done; only units still in phase I are reset, so
+            # this is right after a checkpoint restore too (the phase is a buffer in the model's state dict)
+            realign_pending(self.model)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         for x, y in batches(self.data.train_x, self.data.train_y, self.cfg.batch_size, self.generator):

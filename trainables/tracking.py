@@ -115,14 +115,13 @@ def end(client: MlflowClient, run_id: str, status: str, reason: str = "") -> Non
 
 
 def act_history_from_run(client: MlflowClient, run_id: str) -> list[dict]:
-    """Rebuild a trial's θ/ω history from what its run logged (for runs the driver has to close)."""
+    """Rebuild a trial's θ/ω (and PWLU boundary) history from what its run logged (for runs the driver has to close)."""
     keys = [k for k in client.get_run(run_id).data.metrics if parse_act_metric_key(k)]
     by_epoch: dict[int, dict] = {}
     for key in keys:
         param, path, i = parse_act_metric_key(key)
         for m in client.get_metric_history(run_id, key):
-            site = by_epoch.setdefault(m.step, {}).setdefault(path, {"theta": {}, "omega": {}})
-            site[param][i] = m.value
+            by_epoch.setdefault(m.step, {}).setdefault(path, {}).setdefault(param, {})[i] = m.value
     return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
             for e, state in sorted(by_epoch.items())]
 
