@@ -390,3 +390,22 @@ def test_activation_parameters_are_exempt_from_weight_decay():
     assert {names[id(p)] for p in decay["params"]} == {"0.weight", "1.weight"}  # conv kernels, LSLU's depthwise kernel
     assert {"1.theta", "1.omega", "2.points", "2.left", "2.right", "2.slope_left", "2.slope_right", "3.weight"} <= {
         names[id(p)] for p in no_decay["params"]}
+
+
+@pytest.mark.parametrize("name", ALL_ACTS)
+def test_every_state_dict_round_trips(name):
+    """A trained-looking module (parameters and buffers moved off their initial values) reloads into a fresh one."""
+    torch.manual_seed(0)
+    kwargs = {"granularity": "channel"} if name in ("lslu", "pwlu") else {}
+    trained = create_act(name, channels=4, **kwargs)
+    x = torch.randn(2, 4, 6, 6)
+    trained.train()(x.clone() * 2 + 1)  # PWLU statistics, LSLU's BatchNorm running statistics
+    if isinstance(trained, PWLU):
+        trained.realign()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    fresh = create_act(name, channels=4, **kwargs)
+    fresh.load_state_dict(trained.state_dict())
+    for mode in ("train", "eval"):
+        assert torch.equal(getattr(fresh, mode)()(x.clone()), getattr(trained, mode)()(x.clone())), mode

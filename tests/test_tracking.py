@@ -91,6 +91,7 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.data.tags["insert_act"] == "pwlu" and got.data.params["insert_act"] == "pwlu"
+    assert got.info.run_name == "digits_cnn-pwlu-all-trial_5"  # n is LSLU's: not in a PWLU trial's name
     assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
     assert act_history_from_run(client, run.run_id) == history
     assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows

@@ -34,9 +34,10 @@ class SweepContext:
 
 
 def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
-    """``<model>-<insert_act>-n<n>-<policy or mask>-<trial id>``: readable in the MLflow run list."""
+    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run list."""
     where = mask if cfg.policy == "mask" else cfg.policy_spec.replace(":", "")
-    return f"{cfg.model}-{cfg.insert_act}-n{cfg.n}-{where}-{trial_id}"
+    act = f"{cfg.insert_act}-n{cfg.n}" if cfg.insert_act == "lslu" else cfg.insert_act
+    return f"{cfg.model}-{act}-{where}-{trial_id}"
 
 
 class TrialRun:
