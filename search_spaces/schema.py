@@ -121,10 +121,11 @@ class Sweep:
         return fixed
 
     def shrunk(self) -> "Sweep":
-        """The smoke-test form: same searcher and space, digits, ≤ 4 trials, ≤ 2 epochs, small images."""
+        """The smoke-test form: same searcher and space, digits, ≤ 4 trials, ≤ 2 epochs (PWLU realigns after 1), small images."""
         data = self.spec.model_dump()
         shrink = {"dataset": "digits", "image_size": min(self.base.image_size, 16), "epochs": min(self.base.epochs, 2),
-                  "warmup_epochs": min(self.base.warmup_epochs, 1), "train_samples": SMOKE_TRAIN, "val_samples": SMOKE_VAL}
+                  "warmup_epochs": min(self.base.warmup_epochs, 1), "pwlu_warmup_epochs": min(self.base.pwlu_warmup_epochs, 1),
+                  "train_samples": SMOKE_TRAIN, "val_samples": SMOKE_VAL}
         data["trial"] = {**data["trial"], **{k: v for k, v in shrink.items() if k not in self.spec.space}}
         data["search"]["num_samples"] = min(self.spec.search.num_samples, 4)
         data["search"]["grace_period"] = 1

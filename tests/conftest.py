@@ -20,5 +20,6 @@ def ray_local():
 
 
 @pytest.fixture
-def tracking_uri(tmp_path):
+def tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a SQLite store's default artifact root is ./mlruns: keep it out of the checkout
     return f"sqlite:///{tmp_path / 'mlruns.db'}"

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from trainables.activations import LSLU, PWLU, LayerAct, PReLU
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
-from trainables.loop import Diverged, Training
+from trainables.insertion import list_sites
+from trainables.loop import Diverged, Training, build_network
 from trainables.recipe import warmup_cosine
 
 FAST = dict(epochs=3, n=1, policy="mask", mask="0101", batch_size=64, lr=4e-3, seed=3)
@@ -155,3 +157,87 @@ def test_oom_is_reported_with_the_batch_size():
 
     status, reason = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), TrialConfig(batch_size=4096))
     assert status == "oom" and "batch_size 4096" in reason and "Tried to allocate 2.00 GiB" in reason
+
+
+# ---- learnable activations inside the loop -------------------------------------------------------------------
+
+PWLU_FAST = dict(epochs=3, insert_act="pwlu", pwlu_intervals=8, pwlu_warmup_epochs=1, policy="mask", mask="0101",
+                 batch_size=64, lr=4e-3, weight_decay=0.05, seed=3)
+
+
+def _pwlu_units(training):
+    return {path: m for path, m in training.model.named_modules() if isinstance(m, PWLU)}
+
+
+def _params(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def test_insert_kwargs_come_from_the_trial_config():
+    cases = [
+        ({"insert_act": "pwlu", "pwlu_intervals": 8, "granularity": "channel"},
+         lambda m: isinstance(m, PWLU) and m.intervals == 8 and m.points.shape == (m.channels, 9)),
+        ({"insert_act": "la_hardsilu", "la_alpha": 0.1}, lambda m: isinstance(m, LayerAct) and m.alpha == 0.1 and m.scale == "hardsigmoid"),
+        ({"insert_act": "prelu"}, lambda m: isinstance(m, PReLU) and m.weight.shape == (m.num_parameters,) and m.num_parameters > 1),
+        ({"insert_act": "lslu", "n": 2, "act": "silu", "granularity": "channel"},
+         lambda m: isinstance(m, LSLU) and m.n == 2 and m.base == "silu" and m.theta.shape == (2, m.channels)),
+    ]
+    for values, check in cases:
+        cfg = TrialConfig(**{**FAST, **values})
+        model, mask = build_network(cfg, num_classes=10, in_chans=3)
+        chosen = [model.get_submodule(s.path) for s, bit in zip(list_sites(model), mask) if bit == "1"]
+        assert mask == "0101" and len(chosen) == 2 and all(check(m) for m in chosen), values
+
+
+def test_pwlu_stays_relu_through_its_warmup_then_realigns_and_learns():
+    training = Training(TrialConfig(**{**PWLU_FAST, "pwlu_warmup_epochs": 2}))
+    units = _pwlu_units(training)
+    assert set(units) == {"stages.0.act", "stages.2.act"}
+    initial = {path: _params(m) for path, m in units.items()}
+    for epoch in (1, 2):
+        training.run_epoch()
+        for path, unit in units.items():
+            # phase I: no gradient and no weight decay (AdamW, weight_decay 0.05), so not one value moved
+            assert all(torch.equal(p, initial[path][name]) for name, p in _params(unit).items()), (epoch, path)
+            assert not unit.realigned and int(unit.stats_batches) == epoch * training.steps_per_epoch
+    stats = {path: (unit.running_mean.clone(), unit.running_std.clone()) for path, unit in units.items()}
+    metrics = training.run_epoch()
+    for path, unit in units.items():
+        # realigned before epoch 3's first batch: no statistics were collected in epoch 3
+        assert unit.realigned and int(unit.stats_batches) == 2 * training.steps_per_epoch
+        mu, sigma = stats[path]
+        # learned from eq. 6's start by AdamW, which moves a parameter by at most about lr per step
+        bound = 1.5 * training.cfg.lr * training.steps_per_epoch
+        for name, start in (("left", mu - 3 * sigma), ("right", mu + 3 * sigma)):
+            moved = (getattr(unit, name).detach() - start).abs().item()
+            assert 0 < moved <= bound, (path, name, moved, bound)
+    assert metrics["val_acc"] > 85
+
+
+@pytest.fixture(scope="module")
+def pwlu_straight_run():
+    training = Training(TrialConfig(**PWLU_FAST))
+    metrics = [training.run_epoch() for _ in range(3)][-1]
+    return metrics, {path: _params(m) for path, m in _pwlu_units(training).items()}
+
+
+@pytest.mark.parametrize("saved_after", [1, 2])  # saved in phase I (realign still due) / in phase II (must not realign again)
+def test_pwlu_phase_survives_a_checkpoint_restore(pwlu_straight_run, saved_after):
+    expected, expected_params = pwlu_straight_run
+    first = Training(TrialConfig(**PWLU_FAST))
+    for _ in range(saved_after):
+        first.run_epoch()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = Training(TrialConfig(**PWLU_FAST))
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    assert all(unit.realigned == (saved_after >= 2) for unit in _pwlu_units(resumed).values())
+    while not resumed.done:
+        got = resumed.run_epoch()
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6), key
+    for path, unit in _pwlu_units(resumed).items():
+        assert unit.realigned
+        for name, p in _params(unit).items():
+            assert torch.allclose(p, expected_params[path][name], rtol=1e-5, atol=1e-6), (path, name)

@@ -3,6 +3,7 @@ import os
 import signal
 import textwrap
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -16,6 +17,7 @@ from search_spaces.schema import load_sweep, parse_sweep
 pytestmark = pytest.mark.slow
 # every trial; a completed one also has model_summary.txt (a stopped one is closed by the driver)
 TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png", "model_final.pt"}
+INSERT_MODULES = {"lslu": "LSLU", "pwlu": "PWLU", "la_silu": "LayerAct"}  # quickstart's insert_act choices
 
 
 def _runs(uri, experiment):
@@ -61,14 +63,27 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         mask = child.data.params["mask"]
         assert child.data.tags["mask"] == mask and len(mask) == 4
         n = int(child.data.params["n"])
+        insert_act = child.data.params["insert_act"]  # the searched activation, shown as a param and a tag
+        assert child.data.tags["insert_act"] == insert_act and insert_act in INSERT_MODULES
         theta_keys = {k for k in child.data.metrics if k.startswith("theta/")}
-        assert len(theta_keys) == n * mask.count("1")  # theta/<site>/<i> for every LSLU site
-        for key in theta_keys:
+        pwlu_keys = {k for k in child.data.metrics if k.startswith("pwlu_")}
+        # theta/<site>/<i> for every LSLU site, pwlu_left|right/<site> for every PWLU site, nothing for LayerAct
+        assert len(theta_keys) == (n * mask.count("1") if insert_act == "lslu" else 0)
+        assert len(pwlu_keys) == (2 * mask.count("1") if insert_act == "pwlu" else 0)
+        for key in theta_keys | pwlu_keys:
             assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == list(range(1, epochs + 1))
+        sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read()
+        inserted = {line.split(",")[6] for line in sites.splitlines()[1:] if line.endswith(",1")}  # the module column
+        assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
 
     results = client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path))
     lines = open(results).read().splitlines()
     assert len(lines) == 1 + 4 and "config.mask" in lines[0] and "best_val_acc" in lines[0]
+    # what MLflow shows for each trial is what Tune ran it with
+    rows = pd.read_csv(results)
+    by_run = {c.info.run_id: c.data.params["insert_act"] for c in children}
+    assert dict(zip(rows["mlflow_run_id"], rows["config.insert_act"])) == by_run
+    assert len(set(by_run.values())) >= 2  # the searcher did choose (seeded: not all four trials alike)
     best_file = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
     best = load_sweep(best_file)  # directly runnable
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"

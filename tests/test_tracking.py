@@ -3,6 +3,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
+from trainables.plots import theta_omega_rows
 from trainables.tracking import SweepContext, TrialRun, act_history_from_run
 
 
@@ -75,3 +76,22 @@ def test_a_trial_restarted_without_checkpoint_finds_its_run(tracking_uri):
     assert again.run_id == first.run_id and again.logged_through == 1
     other = TrialRun.open(ctx, cfg, "trial_4", "1111", "")
     assert other.run_id != first.run_id and other.logged_through == 0
+
+
+def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri):
+    ctx = _context(tracking_uri)
+    run = TrialRun.create(ctx, TrialConfig(insert_act="pwlu"), "trial_5", "1010", "index,path\n")
+    history = [{"epoch": e, "state": {"stem.act": {"left": [-3.0 + e / 10], "right": [3.0 - e / 10]},
+                                      "stages.0.act": {"theta": [1.5], "omega": [0.25 * e]},
+                                      "stages.1.act": {"left": [-1.0], "right": [2.0 + e]}}}
+               for e in (1, 2)]
+    for entry in history:
+        run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
+    run.finish("completed", {}, history, "title")
+    client = MlflowClient(tracking_uri)
+    got = client.get_run(run.run_id)
+    assert got.data.tags["insert_act"] == "pwlu" and got.data.params["insert_act"] == "pwlu"
+    assert got.info.run_name == "digits_cnn-pwlu-all-trial_5"  # n is LSLU's: not in a PWLU trial's name
+    assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
+    assert act_history_from_run(client, run.run_id) == history
+    assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows

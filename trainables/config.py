@@ -55,7 +55,10 @@ class TrialConfig:
     act: str = "relu"  # every site's activation (native: the model's own); LSLU's base f (relu when native)
     insert_act: str = "lslu"  # what the insertion policy puts at the selected sites
     n: Annotated[int, Field(ge=0, le=16)] = 3  # LSLU series length; 0 = no LSLU, sites keep `act`
-    granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω per layer (n,) or per channel (n, C)
+    granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω and PWLU's parameters per layer or per channel
+    pwlu_intervals: Annotated[int, Field(ge=1, le=256)] = 16  # PWLU: intervals N on [B_L, B_R] (papers/003 recommend 8-16)
+    pwlu_warmup_epochs: Annotated[int, Field(ge=1)] = 5  # PWLU: epochs of phase I (ReLU, collecting input statistics) before realign()
+    la_alpha: Annotated[float, Field(gt=0.0)] = 1e-5  # LayerAct: α in sqrt(σ² + α) (papers/004: 1e-5 CIFAR, 0.1 ImageNet)
     # where the inserted activation goes (trainables.insertion)
     policy: str = "all"  # one of none, all, downsampling, stages, first_k, last_k, mask, paths
     mask: str = ""  # policy=mask: one 0/1 per site in forward order
@@ -125,6 +128,10 @@ class TrialConfig:
             raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError("batch_size", f"mixup/cutmix pair images within a batch: use an even batch size, got {self.batch_size}")
+        uses_pwlu = self.act == "pwlu" or (self.inserts and self.insert_act == "pwlu")
+        if uses_pwlu and self.pwlu_warmup_epochs >= self.epochs:
+            raise ConfigError("pwlu_warmup_epochs", f"must be below epochs ({self.epochs}), or PWLU never leaves its ReLU phase; "
+                                                    f"got {self.pwlu_warmup_epochs}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 

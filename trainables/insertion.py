@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from trainables.activations import LSLU, create_act
+from trainables.activations import act_module_types, create_act
 
-# Module types that count as activation sites: torch's own, and what our registry builds.
-ACTIVATION_TYPES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.Mish, LSLU,
-)
+# Module types that count as activation sites: whatever the activation registry builds (so a replaced
+# site stays a site), plus the activations timm / torchvision models build themselves.
+ACTIVATION_TYPES: tuple[type, ...] = act_module_types() + (nn.ReLU6, nn.Hardswish, nn.PReLU, nn.ELU, nn.Mish)
 _EXTRA_SITE_TYPES: list[type] = []  # model-specific activations (e.g. VanillaNet's series activation)
 # Modules whose output channel count a following activation inherits.
 _CHANNEL_SOURCES = (nn.BatchNorm2d, nn.GroupNorm, nn.Conv2d, nn.Linear)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.activations import learnable_act_state
+from trainables.activations import learnable_act_state, realign_pending
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
@@ -48,11 +48,19 @@ def _on_cuda(setting, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+# The trial config fields each inserted activation takes (activations not listed take none).
+_INSERT_KWARGS = {
+    "lslu": lambda cfg: {"n": cfg.n, "base": cfg.lslu_base, "granularity": cfg.granularity},
+    "pwlu": lambda cfg: {"intervals": cfg.pwlu_intervals, "granularity": cfg.granularity},
+    "la_silu": lambda cfg: {"alpha": cfg.la_alpha},
+    "la_hardsilu": lambda cfg: {"alpha": cfg.la_alpha},
+}
+
+
 def insert_kwargs(cfg: TrialConfig) -> dict:
     """Arguments for the inserted activation, taken from the trial config."""
-    if cfg.insert_act == "lslu":
-        return {"n": cfg.n, "base": cfg.lslu_base, "granularity": cfg.granularity}
-    return {}
+    build = _INSERT_KWARGS.get(cfg.insert_act)
+    return build(cfg) if build else {}
 
 
 def model_kwargs(cfg: TrialConfig) -> dict:
@@ -130,6 +138,12 @@ class Training:
         for model in self._models():
             if callable(getattr(model, "set_act_learn", None)):  # VanillaNet's deep-training schedule
                 model.set_act_learn(deep_training_lambda(self.epoch, self.cfg))
+        if self.epoch >= self.cfg.pwlu_warmup_epochs:
+            # PWLU phase II starts once its warm-up epochs are done; only units still in phase I are reset, so
+            # this is right after a checkpoint restore too (the phase is a buffer in the model's state dict)
+            for path in realign_pending(self.model):
+                if self.ema is not None:  # the average restarts from the realigned unit, not from its ReLU phase
+                    self.ema.module.get_submodule(path).load_state_dict(self.model.get_submodule(path).state_dict())
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         seen = 0

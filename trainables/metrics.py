@@ -1,4 +1,4 @@
-"""Names of what a trial reports (DESIGN.md §4), and the θ/ω metric keys ``theta/<path>/<i>``.
+"""Names of what a trial reports (DESIGN.md §4), the θ/ω metric keys ``theta/<path>/<i>`` and PWLU's ``pwlu_left/<path>``.
 
 One module so the trainable, the search-file validator and the plots agree on every name.
 """
@@ -14,21 +14,29 @@ OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_v
               "params_m": "min", "flops_g": "min", "latency_ms": "min", "lslu_sites": "min"}
 STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "failed")
 CONVERGENCE_EPOCHS = 10  # θ/ω convergence value: mean (and std) over the last 10 epochs (papers/000 §4.2)
-PARAMS = ("theta", "omega")
+PARAMS = ("theta", "omega")  # LSLU: theta/<path>/<i>, omega/<path>/<i>
+# PWLU: its boundaries B_L, B_R as pwlu_left/<path>, pwlu_right/<path> (state key -> metric prefix)
+PWLU_PARAMS = {"left": "pwlu_left", "right": "pwlu_right"}
+_PWLU_PREFIXES = {prefix: param for param, prefix in PWLU_PARAMS.items()}
 
 
 def act_metric_key(param: str, path: str, i: int) -> str:
-    """``theta/stages.0.act/1`` for θ_1 of the site at ``stages.0.act`` (1-based, as in papers/000)."""
+    """``theta/stages.0.act/1`` for θ_1 of the site at ``stages.0.act`` (1-based, as in papers/000);
+    ``pwlu_left/stages.0.act`` for B_L of a PWLU site (one value, i = 1)."""
+    if param in PWLU_PARAMS:
+        return f"{PWLU_PARAMS[param]}/{path}"
     return f"{param}/{path}/{i}"
 
 
 def parse_act_metric_key(key: str) -> tuple[str, str, int] | None:
-    """Inverse of ``act_metric_key``; None for any other key."""
-    param, _, rest = key.partition("/")
+    """Inverse of ``act_metric_key``: ``(param, path, i)``, e.g. ``("left", path, 1)`` for a PWLU key; None for any other key."""
+    prefix, _, rest = key.partition("/")
+    if prefix in _PWLU_PREFIXES:
+        return (_PWLU_PREFIXES[prefix], rest, 1) if rest else None
     path, _, i = rest.rpartition("/")
-    if param not in PARAMS or not path or not i.isdigit():
+    if prefix not in PARAMS or not path or not i.isdigit():
         return None
-    return param, path, int(i)
+    return prefix, path, int(i)
 
 
 def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
@@ -48,6 +56,6 @@ def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
 
 
 def act_metrics(state: dict[str, dict[str, list[float]]]) -> dict[str, float]:
-    """Flatten ``learnable_act_state`` output into ``{theta/<path>/<i>: value}``."""
+    """Flatten ``learnable_act_state`` output into ``{theta/<path>/<i>: value, pwlu_left/<path>: value, ...}``."""
     return {act_metric_key(param, path, i + 1): v
-            for path, params in state.items() for param in PARAMS for i, v in enumerate(params.get(param, []))}
+            for path, params in state.items() for param in (*PARAMS, *PWLU_PARAMS) for i, v in enumerate(params.get(param, []))}

@@ -18,6 +18,8 @@ def theta_omega_rows(act_history: list[dict]) -> list[dict]:
     rows = []
     for entry in act_history:
         for path, params in entry["state"].items():
+            if "theta" not in params:  # not an LSLU site (a PWLU reports its boundaries instead)
+                continue
             for i, (theta, omega) in enumerate(zip(params["theta"], params["omega"]), start=1):
                 rows.append({"epoch": entry["epoch"], "site": path, "i": i, "theta": theta, "omega": omega})
     return rows

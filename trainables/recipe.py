@@ -3,6 +3,7 @@ optimizer, learning-rate schedule, loss, mixup/cutmix, and an EMA of the weights
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 
 import torch
@@ -12,13 +13,29 @@ from torch import nn
 from trainables.config import TrialConfig
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters some module exempts from weight decay through ``no_weight_decay()``.
+
+    timm's convention, applied to every submodule (timm asks only the root model): each learnable
+    activation lists its own shape parameters (LSLU's θ/ω, PWLU's, PReLU's slopes). Names may be globs.
+    """
+    names = set()
+    for path, module in model.named_modules():
+        exempt = getattr(module, "no_weight_decay", None)
+        if callable(exempt):
+            names.update(f"{path}.{name}" if path else name for name in exempt())
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and learnable-activation parameters (LSLU's θ/ω: 1-D, or named theta/omega)."""
+    """No weight decay on norms and biases (every 1-D parameter) nor on what ``no_weight_decay()`` exempts."""
+    exempt = no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("theta", "omega")) else decay).append(p)
+        exempted = p.ndim <= 1 or any(fnmatch.fnmatchcase(name, pattern) for pattern in exempt)
+        (no_decay if exempted else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

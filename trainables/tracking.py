@@ -34,9 +34,10 @@ class SweepContext:
 
 
 def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
-    """``<model>-<insert_act>-n<n>-<policy or mask>-<trial id>``: readable in the MLflow run list."""
+    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run list."""
     where = mask if cfg.policy == "mask" else cfg.policy_spec.replace(":", "")
-    return f"{cfg.model}-{cfg.insert_act}-n{cfg.n}-{where}-{trial_id}"
+    act = f"{cfg.insert_act}-n{cfg.n}" if cfg.insert_act == "lslu" else cfg.insert_act
+    return f"{cfg.model}-{act}-{where}-{trial_id}"
 
 
 class TrialRun:
@@ -126,14 +127,13 @@ def end(client: MlflowClient, run_id: str, status: str, reason: str = "") -> Non
 
 
 def act_history_from_run(client: MlflowClient, run_id: str) -> list[dict]:
-    """Rebuild a trial's θ/ω history from what its run logged (for runs the driver has to close)."""
+    """Rebuild a trial's θ/ω (and PWLU boundary) history from what its run logged (for runs the driver has to close)."""
     keys = [k for k in client.get_run(run_id).data.metrics if parse_act_metric_key(k)]
     by_epoch: dict[int, dict] = {}
     for key in keys:
         param, path, i = parse_act_metric_key(key)
         for m in client.get_metric_history(run_id, key):
-            site = by_epoch.setdefault(m.step, {}).setdefault(path, {"theta": {}, "omega": {}})
-            site[param][i] = m.value
+            by_epoch.setdefault(m.step, {}).setdefault(path, {}).setdefault(param, {})[i] = m.value
     return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
             for e, state in sorted(by_epoch.items())]
 

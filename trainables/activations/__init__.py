@@ -2,12 +2,16 @@
 
     act = create_act("lslu", channels=64, n=3, base="silu")
 
-Unknown names and unknown or bad arguments raise ``ValueError`` naming the valid choices,
-so a sweep file with a typo fails before any cluster work starts.
+Names: relu, silu, gelu, prelu, leaky_relu (``basic``), lslu (``lslu``), pwlu (``pwlu``),
+la_silu, la_hardsilu (``layeract``). Unknown names and unknown or bad arguments raise ``ValueError``
+naming the valid choices, so a sweep file with a typo fails before any cluster work starts.
 """
-from trainables.activations.registry import create_act, is_registered_act, list_acts, register_act
+from trainables.activations.registry import act_module_types, create_act, is_registered_act, list_acts, register_act
+from trainables.activations.basic import PReLU
+from trainables.activations.layeract import LayerAct
 from trainables.activations.lslu import LSLU
-from trainables.activations import basic as _basic  # noqa: F401  (registers relu, silu, gelu)
+from trainables.activations.pwlu import PWLU, realign_pending
 from trainables.activations.introspect import learnable_act_state
 
-__all__ = ["LSLU", "create_act", "is_registered_act", "learnable_act_state", "list_acts", "register_act"]
+__all__ = ["LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "create_act", "is_registered_act", "learnable_act_state",
+           "list_acts", "realign_pending", "register_act"]

@@ -43,6 +43,10 @@ class LSLU(nn.Module):
         self.bias: nn.Parameter | None = None  # set by fuse()
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
 
+    def no_weight_decay(self) -> set[str]:
+        """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
+        return {"theta", "omega"}
+
     @property
     def fused(self) -> bool:
         return self.bias is not None
@@ -77,6 +81,6 @@ class LSLU(nn.Module):
         return f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, fused={self.fused}"
 
 
-@register_act("lslu")
+@register_act("lslu", builds=LSLU)
 def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
     return LSLU(channels, n=n, base=base, granularity=granularity, learnable=learnable)
