@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import time
 from pathlib import Path
 
 from mlflow.entities import Param
@@ -12,6 +11,7 @@ from ray.tune import Callback
 
 from cluster.tracking import default_artifact_location
 from search_spaces.schema import Sweep
+from trainables.retry import retry
 from trainables.tracking import SweepContext, act_history_from_run, end, log_theta_omega
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class RunCloser(Callback):
     def _close(self, trial, status: str, reason: str) -> None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         if run_id:
-            for attempt in range(3):
-                try:
-                    close_run(self.client, run_id, status, reason)
-                    return
-                except Exception as exc:  # a busy SQLite store or a server hiccup must not stop the sweep
-                    log.warning("could not close MLflow run %s (attempt %d): %s", run_id, attempt + 1, exc)
-                    time.sleep(1 + attempt)
+            try:
+                retry(lambda: close_run(self.client, run_id, status, reason), budget_s=10, what=f"closing MLflow run {run_id}")
+            except Exception as exc:  # a busy SQLite store or a server outage must not stop the sweep
+                log.warning("could not close MLflow run %s: %s (the end of the sweep closes it)", run_id, exc)

@@ -136,3 +136,23 @@ def test_epochs_logged_during_an_outage_are_queued_then_sent_once(tracking_uri, 
     again = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id, unsent=[(2, [("train_loss", 9.0, 1, 2)])])
     assert again.unsent == [] and again.logged_through == 3
     assert len(client.get_metric_history(run.run_id, "train_loss")) == 3
+
+
+def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(tracking_uri):
+    ctx = _context(tracking_uri)
+    history = _history(2)
+    run = TrialRun.create(ctx, TrialConfig(), "trial_6", "1111", "")
+    for entry in history:
+        run.log_epoch(entry["epoch"], {"train_loss": 1.0, **act_metrics(entry["state"])})
+    run.finish("completed", {"params_m": 0.1}, history, "title")
+    # the node died before Tune got the last report: the trial is restored from epoch 1's checkpoint
+    again = TrialRun.open(ctx, TrialConfig(), "trial_6", "1111", "", run_id=run.run_id)
+    assert again.finished_before and again.logged_through == 2
+    again.log_epoch(2, {"train_loss": 1.0, **act_metrics(history[1]["state"])})  # already held: skipped
+    again.finish("completed", {"params_m": 0.1}, history, "title")
+    client = MlflowClient(tracking_uri)
+    assert len(client.get_metric_history(run.run_id, "params_m")) == 1
+    assert len(client.get_metric_history(run.run_id, "theta/stages.0.act/1")) == 2
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    fresh = TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "")
+    assert not fresh.finished_before

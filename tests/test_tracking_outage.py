@@ -7,9 +7,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from cluster.preflight import ClusterError
 from orchestrator.driver import run_sweep
 from search_spaces.schema import parse_sweep
-from services import mlflow_server
+from services import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
 EPOCHS = 5
@@ -39,12 +40,25 @@ class BounceServer(Callback):
             self.events.append("restarted")
 
 
+def _sweep(tmp_path):
+    return parse_sweep(yaml.safe_load(textwrap.dedent(SPEC)), SPEC, str(tmp_path / "outage.yaml"))
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_before_anything_starts(ray_local, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ClusterError) as refused:
+        run_sweep(_sweep(tmp_path), tracking_uri=uri, storage=str(tmp_path / "ray"))
+    assert refused.value.option == "--tracking-uri"
+    assert f"the MLflow server at {uri} does not answer the driver: no answer" in refused.value.message
+    assert "cluster/mlflow_server.sh" in refused.value.message
+    assert not (tmp_path / "ray").exists()
+
+
 def test_a_server_outage_mid_trial_loses_no_epoch_and_logs_none_twice(ray_local, tmp_path):
     server = mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "server.log").start()
     bouncer = BounceServer(server)
     try:
-        sweep = parse_sweep(yaml.safe_load(textwrap.dedent(SPEC)), SPEC, str(tmp_path / "outage.yaml"))
-        outcome = run_sweep(sweep, tracking_uri=server.uri, storage=str(tmp_path / "ray"), callbacks=(bouncer,))
+        outcome = run_sweep(_sweep(tmp_path), tracking_uri=server.uri, storage=str(tmp_path / "ray"), callbacks=(bouncer,))
     finally:
         server.stop()
         assert bouncer.events == ["killed", "restarted"]

@@ -29,6 +29,7 @@ from trainables.retry import is_transient, retry
 
 log = logging.getLogger(__name__)
 RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+FINAL_METRICS_LOGGED = ("completed", "diverged")  # statuses finish() sets after logging the end-of-trial metrics
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 
 
@@ -60,9 +61,13 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 
 class TrialRun:
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None,
+                 finished_before: bool = False):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
         self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
+        # the trial ended its run once already (it died after finish(), before Tune had its last report):
+        # its end-of-trial metrics are in the run, and are not logged a second time
+        self.finished_before = finished_before
 
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
@@ -105,12 +110,14 @@ class TrialRun:
         client = MlflowClient(ctx.tracking_uri)
         tags = [RunTag(k, v) for k, v in {"status": "running", **(extra_tags or {})}.items()]
 
-        def reopen_once() -> int:
+        def reopen_once() -> tuple[int, bool]:
+            finished = client.get_run(run_id).data.tags.get("status") in FINAL_METRICS_LOGGED
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=tags)
-            return max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
+            return max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0), finished
 
-        return cls(client, run_id, logged_through=retry(reopen_once, budget_s=outage_wait_s(), what="reopening the trial's run"))
+        logged_through, finished = retry(reopen_once, budget_s=outage_wait_s(), what="reopening the trial's run")
+        return cls(client, run_id, logged_through=logged_through, finished_before=finished)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Log one epoch's metrics in one batch, at ``step=epoch``; epochs the run already holds are skipped.
@@ -160,7 +167,7 @@ class TrialRun:
         if not self.flush(wait):
             raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
                                   f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
-        if final:
+        if final and not self.finished_before:
             now = int(time.time() * 1000)
             batch = [Metric(k, float(v), now, 0) for k, v in final.items()]
             retry(lambda: self.client.log_batch(self.run_id, metrics=batch), budget_s=wait, what="logging final metrics")
