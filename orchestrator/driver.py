@@ -48,7 +48,12 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
         sweep = sweep.shrunk()
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_path = st.resolve_storage(storage)
-    where = _where(connect(address), check_cluster(tracking_uri, storage_path))
+    ray_description = connect(address)
+    nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
+    where = _where(ray_description, nodes)
+    if nodes > 1 and sweep.spec.search.max_failures == 0:
+        echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
+             "to continue such trials on another node from their last checkpoint")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")

@@ -102,7 +102,7 @@ def test_only_transient_failures_are_retried(tracking_uri, monkeypatch):
         return "sent"
 
     assert retry(refused_twice, budget_s=5, what="test", first_delay_s=0.05) == "sent"
-    assert len(attempts) == 3 and attempts[2] - attempts[1] >= 2 * (attempts[1] - attempts[0]) * 0.9  # doubling delays
+    assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1  # doubling delays
     start = time.monotonic()
     with pytest.raises(MlflowException):
         retry(lambda: client.get_run("0" * 32), budget_s=30, what="test")  # a client error: raised at once
