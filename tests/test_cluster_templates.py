@@ -141,7 +141,7 @@ def test_the_credential_scan_tells_placeholders_from_values():
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_templates_hold_no_secrets_or_paths_of_this_machine(path):
     text = path.read_text()
-    for local in (str(REPO), str(Path.home()), "/work/", "/tmp/"):
+    for local in (str(REPO.parent), str(Path.home()), "/tmp/"):  # this checkout, its folder, this user
         assert local not in text, local
     assert _literal_credentials(text) == []
 
