@@ -1,12 +1,13 @@
 # make demo   – create .venv, install, run the quickstart sweep (local Ray, local MLflow, bundled digits)
 # make test   – create .venv if needed, install, run the whole test suite (slow tests included)
 # make test-fast – the suite without the slow (multi-trial, multi-node, browser) tests
+# make postgresql – Debian's PostgreSQL for the multi-node test (once, where apt works; a no-op when installed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast ui clean
+.PHONY: install demo test test-fast ui clean postgresql
 
 install: $(STAMP)
 
@@ -19,8 +20,20 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lslu-sweep run search_spaces/quickstart.yaml
 
-test: install
+test: install postgresql
 	$(BIN)/python -m pytest
+
+# The tests start their own throwaway instance (initdb + pg_ctl), so Debian's default cluster is not created.
+# Without root or apt the multi-node test skips and says why.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's postgresql for the multi-node test"; \
+	  $$SUDO mkdir -p /etc/postgresql-common/createcluster.d && \
+	  echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.d/lslu-sweep.conf >/dev/null && \
+	  $$SUDO apt-get update -qq >/dev/null && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	} || echo "postgresql could not be installed; the multi-node test will be skipped"
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -6,13 +6,15 @@
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
 
 A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
-MLflow start.
+MLflow start. So is a cluster that cannot run the sweep as asked (``--tracking-uri: …``, ``--storage: …``):
+a local tracking store on a multi-node cluster, a storage path or server some node cannot reach.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from cluster.preflight import ClusterError
 from search_spaces.schema import SpecError, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
-    p.add_argument("--storage", help="Ray Tune storage path (default: ./ray_results)")
+    p.add_argument("--storage", help="Ray Tune storage path, shared by every node on a cluster: a directory or s3://… / gs://… "
+                                     "(default: ./ray_results)")
     p.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
 
 
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if outcome.interrupted:

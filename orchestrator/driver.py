@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from cluster import storage as st
 from cluster.local import connect
-from cluster.tracking import resolve_tracking_uri, ui_command
+from cluster.preflight import check_cluster
+from cluster.tracking import browse_lines, resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
@@ -27,7 +28,6 @@ from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
 MANIFEST = "lslu_sweep.json"
-DEFAULT_STORAGE = "ray_results"
 
 
 @dataclass
@@ -47,57 +47,63 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     if smoke_test:
         sweep = sweep.shrunk()
     tracking_uri = resolve_tracking_uri(tracking_uri)
-    storage_path = Path(storage or DEFAULT_STORAGE).expanduser().resolve()
-    where = connect(address)
+    storage_path = st.resolve_storage(storage)
+    ray_description = connect(address)
+    nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
+    where = _where(ray_description, nodes)
+    if nodes > 1 and sweep.spec.search.max_failures == 0:
+        echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
+             "to continue such trials on another node from their last checkpoint")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
-    exp_dir = storage_path / name
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_dir = st.join(storage_path, name)
     manifest = {"name": name, "sweep_file": sweep.file, "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}
-    (exp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
         tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), scheduler=make_scheduler(sweep),
                                     num_samples=sweep.spec.search.num_samples, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage_path), callbacks=[RunCloser(tracking_uri), *callbacks],
+            name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],
             failure_config=tune.FailureConfig(max_failures=sweep.spec.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
     )
-    return _finish(sweep, name, str(exp_dir), ctx, tuner.fit(), echo)
+    return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None,
                  echo=print) -> SweepOutcome:
     """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks; runs are reused."""
     exp_dir = find_experiment(name, storage)
-    manifest = json.loads((exp_dir / MANIFEST).read_text())
+    manifest = json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
     sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"])
     if manifest["smoke_test"]:
         sweep = sweep.shrunk()
     ctx = SweepContext(**manifest["context"])
     if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
-    where = connect(address)
+    where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     MlflowClient(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
-    echo(f"resuming sweep {exp_dir.name} on {where}")
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
-    return _finish(sweep, exp_dir.name, str(exp_dir), ctx, tuner.fit(), echo)
+    exp_name = manifest["name"]
+    echo(f"resuming sweep {exp_name} on {where}")
+    tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
+    return _finish(sweep, exp_name, exp_dir, ctx, tuner.fit(), echo)
 
 
-def find_experiment(name: str, storage: str | None = None) -> Path:
-    """``<storage>/<name>`` or, for a sweep name, its newest experiment ``<storage>/<name>-<date>``."""
-    root = Path(storage or DEFAULT_STORAGE).expanduser().resolve()
-    exact = root / name
-    if (exact / MANIFEST).exists():
-        return exact
-    candidates = sorted((p for p in root.glob(f"{name}-*") if (p / MANIFEST).exists()), key=lambda p: p.stat().st_mtime)
+def find_experiment(name: str, storage: str | None = None) -> str:
+    """``<storage>/<name>`` or, for a sweep name, its newest experiment ``<storage>/<name>-<date>`` (path or URI)."""
+    root = st.resolve_storage(storage)
+    sweeps = [n for n, _ in st.dirs_holding(root, MANIFEST)]  # oldest first
+    candidates = [n for n in sweeps if n == name] or [n for n in sweeps if n.startswith(f"{name}-")]
     if not candidates:
-        known = sorted(p.parent.name for p in root.glob(f"*/{MANIFEST}"))
-        raise FileNotFoundError(f"no sweep {name!r} under {root}; sweeps there: {', '.join(known) or 'none'}")
-    return candidates[-1]
+        raise FileNotFoundError(f"no sweep {name!r} under {root}; sweeps there: {', '.join(sorted(sweeps)) or 'none'}")
+    return st.join(root, candidates[-1])
+
+
+def _where(ray_description: str, node_count: int) -> str:
+    return ray_description if node_count <= 1 else f"{ray_description} ({node_count} nodes)"
 
 
 def trial_dirname(trial) -> str:
@@ -148,8 +154,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
                                                  and (k[7:] in sweep.spec.space or k == "config.mask")))
     else:
         lines.append("no trial finished with a result")
-    lines += ["", "Browse the results in the MLflow UI:", f"  {ui_command(ctx.tracking_uri)}",
-              f"  then open http://127.0.0.1:5000/#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}",
+    lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
     text = "\n".join(lines)
     echo(text)

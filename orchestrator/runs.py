@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from ray.tune import Callback
 
 from cluster.tracking import default_artifact_location
 from search_spaces.schema import Sweep
+from trainables.retry import retry
 from trainables.tracking import SweepContext, act_history_from_run, end, log_theta_omega
 from trainables.trainable import weights_from_checkpoint
 
@@ -114,14 +114,14 @@ class RunCloser(Callback):
     def _close(self, trial, status: str, reason: str) -> None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         if run_id:
-            for attempt in range(3):
-                try:
-                    if trial.checkpoint is None:
-                        close_run(self.client, run_id, status, reason)
-                    else:
-                        with trial.checkpoint.as_directory() as checkpoint_dir:
-                            close_run(self.client, run_id, status, reason, checkpoint_dir)
-                    return
-                except Exception as exc:  # a busy SQLite store or a server hiccup must not stop the sweep
-                    log.warning("could not close MLflow run %s (attempt %d): %s", run_id, attempt + 1, exc)
-                    time.sleep(1 + attempt)
+            def close() -> None:
+                if trial.checkpoint is None:
+                    close_run(self.client, run_id, status, reason)
+                else:
+                    with trial.checkpoint.as_directory() as checkpoint_dir:
+                        close_run(self.client, run_id, status, reason, checkpoint_dir)
+
+            try:
+                retry(close, budget_s=10, what=f"closing MLflow run {run_id}")
+            except Exception as exc:  # a busy SQLite store or a server outage must not stop the sweep
+                log.warning("could not close MLflow run %s: %s (the end of the sweep closes it)", run_id, exc)

@@ -1,9 +1,15 @@
 """In-trial MLflow logging against a real SQLite store, read back with MlflowClient."""
+import time
+
+import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from services import free_port
 
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.plots import theta_omega_rows
+from trainables.retry import is_transient, retry
 from trainables.tracking import SweepContext, TrialRun, act_history_from_run
 
 
@@ -95,3 +101,76 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
     assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
     assert act_history_from_run(client, run.run_id) == history
     assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows
+
+
+def test_only_transient_failures_are_retried(tracking_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = MlflowClient(tracking_uri)
+    with pytest.raises(MlflowException) as missing:
+        client.get_run("0" * 32)
+    assert missing.value.error_code == "RESOURCE_DOES_NOT_EXIST" and not is_transient(missing.value)
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(f"http://127.0.0.1:{free_port()}").search_experiments()  # nothing listens there
+    assert is_transient(refused.value)
+
+    attempts = []
+
+    def refused_twice():
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionRefusedError("connection refused")
+        return "sent"
+
+    assert retry(refused_twice, budget_s=5, what="test", first_delay_s=0.05) == "sent"
+    assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1  # doubling delays
+    start = time.monotonic()
+    with pytest.raises(MlflowException):
+        retry(lambda: client.get_run("0" * 32), budget_s=30, what="test")  # a client error: raised at once
+    assert time.monotonic() - start < 5
+
+
+def test_epochs_logged_during_an_outage_are_queued_then_sent_once(tracking_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("LSLU_MLFLOW_EPOCH_RETRY_S", "0.3")
+    ctx = _context(tracking_uri)
+    run = TrialRun.create(ctx, TrialConfig(), "trial_5", "1111", "")
+    run.log_epoch(1, {"train_loss": 1.0})
+    store = run.client
+    run.client = MlflowClient(f"http://127.0.0.1:{free_port()}")  # the tracking server is gone
+    start = time.monotonic()
+    run.log_epoch(2, {"train_loss": 0.5})
+    run.log_epoch(3, {"train_loss": 0.25})
+    assert time.monotonic() - start < 10  # training is held up by the retry budget only, and nothing raised
+    assert [epoch for epoch, _ in run.unsent] == [2, 3] and run.logged_through == 3
+    client = MlflowClient(tracking_uri)
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1]
+
+    # the trial is restored from a checkpoint holding the queue, and the server answers again
+    restored = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id, unsent=run.unsent_state())
+    assert restored.unsent == [] and restored.logged_through == 3
+    # the first process sends its copy too (as if the answer to its request had been lost): no second row
+    run.client = store
+    assert run.flush(0) and run.unsent == []
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    # a restore whose checkpoint queued epochs the run already holds sends nothing again
+    again = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id, unsent=[(2, [("train_loss", 9.0, 1, 2)])])
+    assert again.unsent == [] and again.logged_through == 3
+    assert len(client.get_metric_history(run.run_id, "train_loss")) == 3
+
+
+def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(tracking_uri):
+    ctx = _context(tracking_uri)
+    history = _history(2)
+    run = TrialRun.create(ctx, TrialConfig(), "trial_6", "1111", "")
+    for entry in history:
+        run.log_epoch(entry["epoch"], {"train_loss": 1.0, **act_metrics(entry["state"])})
+    run.finish("completed", {"params_m": 0.1}, history, "title")
+    # the node died before Tune got the last report: the trial is restored from epoch 1's checkpoint
+    again = TrialRun.open(ctx, TrialConfig(), "trial_6", "1111", "", run_id=run.run_id)
+    assert again.logged_through == 2
+    again.log_epoch(2, {"train_loss": 1.0, **act_metrics(history[1]["state"])})  # already held: skipped
+    again.finish("completed", {"params_m": 0.1}, history, "title")
+    client = MlflowClient(tracking_uri)
+    assert len(client.get_metric_history(run.run_id, "params_m")) == 1
+    assert len(client.get_metric_history(run.run_id, "theta/stages.0.act/1")) == 2
+    assert client.get_run(run.run_id).info.status == "FINISHED"

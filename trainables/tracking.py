@@ -4,9 +4,17 @@ Ray's ``setup_mlflow`` always opens a new run, so a restored trial would get a s
 trial opens its run with ``MlflowClient.create_run`` the first time and keeps the run id in its
 checkpoint; after a restore it reopens that run and skips the epochs the run already holds, so each
 epoch is logged exactly once even if the trial died between logging an epoch and checkpointing it.
+
+A tracking-server outage never stops training: an epoch's batch that cannot be sent within a few seconds
+of backoff is queued (``unsent``, kept in the trial checkpoint too) and sent, in order, with the next
+epoch once the server answers again. A resent batch carries the same timestamps, which MLflow's store
+takes as the same rows, so a batch whose answer was lost is not logged twice. Opening and finishing the
+run wait for the server (``LSLU_MLFLOW_OUTAGE_WAIT_S``, default 900 s) rather than lose the trial.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -17,9 +25,21 @@ from mlflow.tracking import MlflowClient
 from trainables import plots
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
+from trainables.retry import is_transient, retry
 
+log = logging.getLogger(__name__)
 RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
+
+
+def epoch_retry_s() -> float:
+    """How long one epoch's logging retries before its batch is queued and training goes on."""
+    return float(os.environ.get("LSLU_MLFLOW_EPOCH_RETRY_S", 5))
+
+
+def outage_wait_s() -> float:
+    """How long opening or finishing a trial's run waits for the tracking server."""
+    return float(os.environ.get("LSLU_MLFLOW_OUTAGE_WAIT_S", 900))
 
 
 @dataclass(frozen=True)
@@ -41,68 +61,131 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 
 class TrialRun:
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: int):
+    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
+        self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
 
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
-             run_id: str | None = None) -> "TrialRun":
+             run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
-        without a checkpoint (found by parent run and trial id), else a new one."""
+        without a checkpoint (found by parent run and trial id), else a new one. ``unsent`` is
+        ``unsent_state()`` from the checkpoint: batches the run did not get before the trial stopped.
+        ``tags`` are set on the run each time it is opened (where the trial runs now)."""
         if run_id is None:
-            run_id = find_trial_run(MlflowClient(ctx.tracking_uri), ctx, trial_id)
-        return cls.reopen(ctx, run_id) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv)
+            client = MlflowClient(ctx.tracking_uri)
+            run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run")
+        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags)
+        run._requeue(unsent or [])
+        return run
 
     @classmethod
-    def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str) -> "TrialRun":
+    def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
+               extra_tags: dict[str, str] | None = None) -> "TrialRun":
         client = MlflowClient(ctx.tracking_uri)
         tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
                 "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
-                "policy": cfg.policy_spec}
-        run = client.create_run(ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags)
+                "policy": cfg.policy_spec, **(extra_tags or {})}
+
+        def create_once() -> str:  # a retry after a lost answer must not create a second run
+            return find_trial_run(client, ctx, trial_id) or client.create_run(
+                ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags).info.run_id
+
+        wait = outage_wait_s()
+        run_id = retry(create_once, budget_s=wait, what="creating the trial's run")
         params = [Param(k, str(v)) for k, v in cfg.to_dict().items()]
         for i in range(0, len(params), _BATCH):
-            client.log_batch(run.info.run_id, params=params[i : i + _BATCH])
-        client.log_text(run.info.run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
-        client.log_text(run.info.run_id, sites_csv, "sites.csv")
-        return cls(client, run.info.run_id, logged_through=0)
+            retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH]), budget_s=wait, what="logging params")
+        retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
+              budget_s=wait, what="logging config.yaml")
+        retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
+        return cls(client, run_id, logged_through=0)
 
     @classmethod
-    def reopen(cls, ctx: SweepContext, run_id: str) -> "TrialRun":
+    def reopen(cls, ctx: SweepContext, run_id: str, extra_tags: dict[str, str] | None = None) -> "TrialRun":
         client = MlflowClient(ctx.tracking_uri)
-        client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, "status", "running")
-        history = client.get_metric_history(run_id, "train_loss")
-        return cls(client, run_id, logged_through=max((m.step for m in history), default=0))
+        tags = [RunTag(k, v) for k, v in {"status": "running", **(extra_tags or {})}.items()]
+
+        def reopen_once() -> int:
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=tags)
+            return max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
+
+        logged_through = retry(reopen_once, budget_s=outage_wait_s(), what="reopening the trial's run")
+        return cls(client, run_id, logged_through=logged_through)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Log one epoch's metrics in one batch, at ``step=epoch``; epochs the run already holds are skipped."""
+        """Log one epoch's metrics in one batch, at ``step=epoch``; epochs the run already holds are skipped.
+        During an outage the batch is queued and this returns: training goes on."""
         if epoch <= self.logged_through:
             return
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        for i in range(0, len(batch), 1000):  # MLflow's per-call metric limit
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        self.unsent.append((epoch, [Metric(k, float(v), now, epoch) for k, v in metrics.items()]))
         self.logged_through = epoch
+        self.flush(epoch_retry_s())
+
+    def flush(self, budget_s: float) -> bool:
+        """Send the queued batches in order; False (and the rest kept) if the server is still away after ``budget_s``."""
+        deadline = time.monotonic() + budget_s
+        while self.unsent:
+            epoch, batch = self.unsent[0]
+            try:
+                for i in range(0, len(batch), 1000):  # MLflow's per-call metric limit
+                    retry(lambda: self.client.log_batch(self.run_id, metrics=batch[i : i + 1000]),
+                          budget_s=max(0.0, deadline - time.monotonic()), what=f"logging epoch {epoch}")
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("MLflow is unreachable (%s); %d epoch(s) queued for run %s, sent when it is back",
+                            str(exc).splitlines()[0][:200], len(self.unsent), self.run_id)
+                return False
+            self.unsent.pop(0)
+        return True
+
+    def unsent_state(self) -> list:
+        """The queue in plain types, for the trial checkpoint (``open(..., unsent=...)`` takes it back)."""
+        return [(epoch, [(m.key, m.value, m.timestamp, m.step) for m in batch]) for epoch, batch in self.unsent]
+
+    def _requeue(self, state: list) -> None:
+        """Queue a checkpoint's unsent batches the run does not hold yet (it may have got them before the restart)."""
+        for epoch, rows in state:
+            if epoch > self.logged_through:
+                self.unsent.append((epoch, [Metric(*row) for row in rows]))
+                self.logged_through = epoch
+        if self.unsent:
+            self.flush(epoch_retry_s())
 
     def log_record(self, record: dict[str, float]) -> None:
-        """End-of-trial style metrics known early (step 0), e.g. the deploy form's params_m, flops_g, latency_ms."""
+        """End-of-trial style metrics known early (step 0), e.g. the deploy form's params_m, flops_g, latency_ms;
+        those the run already holds (a restarted trial) are not logged again."""
+        self._log_once(record, outage_wait_s(), "logging the trial's record")
+
+    def _log_once(self, values: dict[str, float], wait: float, what: str) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in record.items()])
+
+        def log() -> None:
+            held = self.client.get_run(self.run_id).data.metrics
+            batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in held]
+            for i in range(0, len(batch), 1000):  # MLflow's per-call metric limit
+                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+        retry(log, budget_s=wait, what=what)
 
     def finish(self, status: str, final: dict[str, float], act_history: list[dict], title: str, reason: str = "",
                files: str | None = None) -> None:
-        """End-of-trial metrics, the θ/ω artifacts, the files in ``files`` (a folder), the status tag, the run status."""
-        if final:
-            now = int(time.time() * 1000)
-            held = self.client.get_run(self.run_id).data.metrics  # e.g. the record logged at the start: never twice
-            batch = [Metric(k, float(v), now, 0) for k, v in final.items() if k not in held]
-            for i in range(0, len(batch), 1000):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
-        log_theta_omega(self.client, self.run_id, plots.theta_omega_rows(act_history), title)
+        """End-of-trial metrics, the θ/ω artifacts, the files in ``files`` (a folder), the status tag, the run status.
+        Waits out an outage (``outage_wait_s``): what is queued is sent first."""
+        wait = outage_wait_s()
+        if not self.flush(wait):
+            raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
+                                  f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
+        if final:  # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
+            self._log_once(final, wait, "logging final metrics")
+        rows = plots.theta_omega_rows(act_history)
+        retry(lambda: log_theta_omega(self.client, self.run_id, rows, title), budget_s=wait, what="logging θ/ω artifacts")
         if files:
-            self.client.log_artifacts(self.run_id, files)
-        end(self.client, self.run_id, status, reason)
+            retry(lambda: self.client.log_artifacts(self.run_id, files), budget_s=wait, what="logging the final files")
+        retry(lambda: end(self.client, self.run_id, status, reason), budget_s=wait, what="ending the run")
 
 
 def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str | None:

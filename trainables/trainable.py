@@ -4,16 +4,21 @@ Each epoch it logs to the trial's MLflow run, then reports to Tune with a checkp
 finishes the MLflow run *before* its report, because Tune may stop the actor right after it.
 A restored trial loads the checkpoint, reopens the same MLflow run and continues at the next epoch;
 one restarted without a checkpoint finds its run by trial id, so a trial never has two runs.
+Epochs MLflow could not take during a server outage travel in the checkpoint until they are sent.
+Each result names the Ray node it was trained on (``node_id``; the run's ``ray_node_id`` tag: the latest),
+so a trial moved off a lost node shows it.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import tempfile
 import traceback
 from pathlib import Path
 
+import ray
 import torch
 import yaml
 from ray import tune
@@ -22,28 +27,33 @@ from trainables.config import TrialConfig
 from trainables.insertion import format_site_table, list_sites
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
+from trainables.retry import fail_fast_http
 from trainables.tracking import SweepContext, TrialRun, end, run_name
 
 STATE_FILE = "state.pt"
+log = logging.getLogger(__name__)
 
 
 def train_trial(config: dict, sweep: SweepContext) -> None:
     cfg = TrialConfig.from_flat(config)
+    fail_fast_http()
     context = tune.get_context()
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
     training = Training(cfg)
-    checkpoint, run_id = tune.get_checkpoint(), None
+    checkpoint, run_id, unsent = tune.get_checkpoint(), None, None
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=training.device, weights_only=False)
         training.load_state_dict(state["training"])
-        run_id = state["mlflow_run_id"]
-    run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id)
+        run_id, unsent = state["mlflow_run_id"], state.get("mlflow_unsent")
+    node_id = ray.get_runtime_context().get_node_id()
+    run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
+                        tags={"ray_node_id": node_id})
     title = run_name(cfg, training.mask, trial_id)
-    fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, **training.stats}
-    if not checkpoint:
-        run.log_record({**training.stats, "lslu_sites": training.lslu_sites})  # known before training: every trial has them
+    fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
+             **training.stats}
+    run.log_record({**training.stats, "lslu_sites": training.lslu_sites})  # known before training: every trial has them
     try:
         while not training.done:
             try:
@@ -64,11 +74,15 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
                     write_final_files(training, title, files)
                     run.finish(status, final, training.act_history, title, training.stop_reason, files=files)
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id}, Path(d) / STATE_FILE)
-                tune.report({**fixed, **metrics, **final, "epoch": training.epoch, "status": status},
-                            checkpoint=tune.Checkpoint.from_directory(d))
+                torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
+                            "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
+                tune.report({**fixed, **metrics, **final, "epoch": training.epoch, "status": status,
+                             "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
     except Exception:
-        end(run.client, run.run_id, "failed", traceback.format_exc())
+        try:
+            end(run.client, run.run_id, "failed", traceback.format_exc())
+        except Exception as exc:  # the server may be what failed: the trial's own error is the one to raise
+            log.warning("could not mark run %s failed: %s", run.run_id, exc)
         raise
 
 

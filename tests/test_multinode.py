@@ -1,0 +1,184 @@
+"""A real multi-node Ray cluster on this machine (a head and two workers, ``ray.cluster_utils.Cluster`` in its own
+process), a real MLflow server started by ``cluster/mlflow_server.sh`` on a throwaway PostgreSQL, and the real
+``lslu-sweep`` CLI joining the cluster with ``--address``. Everything is read back over HTTP with MlflowClient.
+"""
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from services import REPO, RayCluster, script_server
+
+pytestmark = pytest.mark.slow
+EPOCHS = 6
+SWEEP = """
+name: {name}
+trial: {{epochs: {epochs}, n: 1, batch_size: 128, warmup_epochs: 0}}
+space:
+  lr: {{type: float, low: 3.0e-3, high: 6.0e-3}}
+search: {{num_samples: 2, max_concurrent: 2, scheduler: none, max_failures: 2, seed: 0}}
+resources: {{cpu: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray_cluster = RayCluster(tmp_path_factory.mktemp("cluster") / "cluster.log", workers=2)
+    try:
+        yield ray_cluster
+    finally:
+        ray_cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    where = tmp_path_factory.mktemp("mlflow")
+    proc = script_server(postgres.uri, where / "artifacts", where / "server.log")
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+def _sweep_file(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(SWEEP.format(name=name, epochs=EPOCHS)))
+    return str(path)
+
+
+def _cli(tmp_path, *args):
+    """The CLI as a user runs it; its own process, so it joins the cluster as a separate driver."""
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_local_tracking_store_is_refused_before_any_trial(cluster, tmp_path):
+    # no --tracking-uri: the default, sqlite:///mlruns.db in the working directory, is what users forget
+    rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "local"), "--address", cluster.address, "--storage", "ray"))
+    assert rc == 2, (out, err)
+    assert f"error: --tracking-uri: sqlite:///{tmp_path / 'mlruns.db'} is a local store" in err
+    assert "this Ray cluster has 3 nodes and trials on the others cannot write to it" in err
+    assert "cluster/mlflow_server.sh" in err and "--tracking-uri http://" in err
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "ray").exists()  # nothing was started
+
+
+def test_storage_a_node_cannot_see_is_refused(cluster, server, tmp_path):
+    """A worker in its own mount namespace, with an empty tmpfs over the storage path: it cannot see the driver's files."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("hiding the storage from one node needs a private mount namespace (unshare -m, as root)")
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    before = set(cluster.alive())
+    ray_bin = Path(sys.executable).parent / "ray"
+    inner = (f"mount -t tmpfs lslu-hidden {shlex.quote(str(storage))} && "
+             f"exec {shlex.quote(str(ray_bin))} start --address {cluster.address} --num-cpus 1 --block")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    node = subprocess.Popen(["unshare", "-m", "sh", "-c", inner], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "hidden-node.log", "w"), start_new_session=True)
+    try:
+        (hidden,) = set(cluster.wait_alive(len(before) + 1, timeout_s=120)) - before
+        rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "hidden"), "--address", cluster.address,
+                                    "--tracking-uri", server.uri, "--storage", str(storage)))
+        assert rc == 2, (out, err)
+        assert f"error: --storage: {storage} is not shared by every Ray node (node {hidden[:12]} " in err
+        assert "is not there: this node does not see the driver's storage" in err and "s3://" in err
+        assert not [w for w in cluster.workers if w[:12] in err]  # the nodes that share the storage are not named
+        assert MlflowClient(server.uri).get_experiment_by_name("hidden") is None  # refused before MLflow
+        assert not list(storage.glob("hidden-*"))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # `ray start --block` stops its node's processes on SIGTERM
+            try:
+                os.killpg(node.pid, sig)
+                node.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        cluster.wait_alive(len(before), timeout_s=120)
+
+
+def test_sweep_survives_a_lost_worker_node(cluster, server, tmp_path):
+    storage = tmp_path / "storage"
+    client = MlflowClient(server.uri)
+    t0 = time.monotonic()
+    driver = _cli(tmp_path, _sweep_file(tmp_path, "multinode"), "--address", cluster.address,
+                  "--tracking-uri", server.uri, "--storage", str(storage))
+    try:
+        victim = _kill_node_of_a_running_trial(cluster, client, driver)
+        rc, out, err = _finish(driver)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    elapsed = time.monotonic() - t0
+    assert rc == 0, (out, err[-5000:])
+    assert "(3 nodes)" in out and "trials: 2 (2 completed)" in out
+
+    # MLflow: one parent, one child run per trial, each epoch exactly once, none left RUNNING
+    exp = client.get_experiment_by_name("multinode")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2 and len({c.data.tags["trial_id"] for c in children}) == 2
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (survivor,) = cluster.workers
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
+        for key in ("train_loss", "val_loss", "val_acc", "theta/stages.0.act/1"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+            assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], key, steps)
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "theta_omega.png"}
+    killed = next(c for c in children if c.data.tags["trial_id"] == victim["trial_id"])
+    assert killed.data.tags["ray_node_id"] == survivor  # its run was reopened on the node that is left
+    assert len(glob.glob(str(server.log.parent / "artifacts" / "*" / "*" / "artifacts" / "config.yaml"))) == 2
+
+    # Ray Tune's record of the interrupted trial: trained on the lost node, then continued on the other from its
+    # checkpoint (its first epoch there is not epoch 1), each epoch reported once
+    rows = _tune_results(storage, victim["trial_id"])
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    nodes = [r["node_id"] for r in rows]
+    moved_at = nodes.index(survivor)
+    assert set(nodes[:moved_at]) == {victim["node_id"]} and set(nodes[moved_at:]) == {survivor}
+    assert 2 <= moved_at + 1 <= victim["logged_epochs"] + 1
+    print(f"multi-node sweep: {elapsed:.0f} s; trial {victim['trial_id']} lost its node after epoch "
+          f"{victim['logged_epochs']} and continued at epoch {moved_at + 1}")
+
+
+def _kill_node_of_a_running_trial(cluster, client, driver, timeout_s=420) -> dict:
+    """Once a trial has logged its second epoch, remove (SIGKILL) the worker node it runs on."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            raise AssertionError(f"the sweep ended before a node could be removed:\n{driver.communicate()}")
+        exp = client.get_experiment_by_name("multinode")
+        for run in client.search_runs([exp.experiment_id]) if exp else []:
+            node_id = run.data.tags.get("ray_node_id")
+            if node_id not in cluster.workers or run.info.status != "RUNNING":
+                continue
+            logged = len(client.get_metric_history(run.info.run_id, "train_loss"))
+            if 2 <= logged < EPOCHS:
+                cluster.remove(node_id)
+                return {"trial_id": run.data.tags["trial_id"], "node_id": node_id, "logged_epochs": logged}
+        time.sleep(0.3)
+    raise AssertionError(f"no trial reached epoch 2 within {timeout_s} s")
+
+
+def _tune_results(storage: Path, trial_id: str) -> list[dict]:
+    """The results Tune recorded for one trial (its result.json), in order."""
+    (path,) = glob.glob(str(storage / "multinode-*" / f"*_{trial_id}" / "result.json"))
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
