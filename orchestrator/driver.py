@@ -63,7 +63,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
         tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), scheduler=make_scheduler(sweep),
-                                    num_samples=sweep.spec.search.num_samples, reuse_actors=True,
+                                    num_samples=sweep.spec.search.num_samples, reuse_actors=sweep.spec.search.reuse_actors,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],

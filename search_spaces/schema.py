@@ -72,6 +72,7 @@ class SearchSection(_Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0  # ASHA: keep the top 1/reduction_factor at each rung
     seed: int = 0  # the searcher's seed
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial, each from its last checkpoint
+    reuse_actors: bool = True  # run the next trial in a finished trial's worker: no process start-up per trial
 
 
 class Resources(_Strict):

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.activations.lslu_series import lslu_series
 from trainables.activations.registry import register_act
+from trainables.fusion import fold_bn
 
 BASES = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}  # F.gelu is the exact (erf) GELU
 GRANULARITIES = ("layer", "channel")
@@ -33,7 +35,6 @@ class LSLU(nn.Module):
         if granularity not in GRANULARITIES:
             raise ValueError(f"lslu granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
         self.channels, self.n, self.base, self.granularity = channels, n, base, granularity
-        self._f = BASES[base]
         shape = (n,) if granularity == "layer" else (n, channels)
         # learnable=False freezes theta=1, omega=0: VanillaNet's own series activation.
         self.theta = nn.Parameter(torch.ones(shape), requires_grad=learnable)
@@ -51,15 +52,9 @@ class LSLU(nn.Module):
     def fused(self) -> bool:
         return self.bias is not None
 
-    def _coef(self, p: torch.Tensor, i: int) -> torch.Tensor:
-        return p[i] if self.granularity == "layer" else p[i].view(1, -1, 1, 1)
-
     def series(self, x: torch.Tensor) -> torch.Tensor:
-        """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i."""
-        y = x
-        for i in range(self.n):
-            y = self._coef(self.theta, i) * self._f(y) + self._coef(self.omega, i)
-        return self._f(y)
+        """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i; its backward keeps only x (lslu_series.py)."""
+        return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(self.series(x), self.weight, self.bias, padding=self.n, groups=self.channels)
@@ -70,10 +65,9 @@ class LSLU(nn.Module):
         """Fold the eval-mode BatchNorm into the depthwise conv, in place (deploy form)."""
         if self.fused:
             return self
-        bn = self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        self.weight.copy_(self.weight * scale.view(-1, 1, 1, 1))
-        self.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        weight, bias = fold_bn(self.weight, None, self.bn)
+        self.weight.copy_(weight)
+        self.bias = nn.Parameter(bias)
         self.bn = nn.Identity()
         return self
 

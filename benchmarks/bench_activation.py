@@ -1,0 +1,97 @@
+"""bench_activation.py: what one LSLU site costs against a ReLU site, forward + backward.
+
+    python benchmarks/bench_activation.py                      # CPU, and CUDA when present
+    python benchmarks/bench_activation.py --device cuda --shape 128 64 32 32
+
+Evidence it gives: per variant, the median fwd+bwd time (ms, ± half the interquartile range), its ratio to the
+ReLU site measured in the same run, the activation memory autograd keeps for backward (MB, counted exactly with
+saved-tensor hooks) and its ratio to ReLU's, and on CUDA the peak allocated memory of the step. A ReLU site is
+ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DESIGN.md §2). ``eager`` is the
+plain autograd series (n+1 saved intermediates, one kernel per operation), ``fused`` the shipped one
+(trainables/activations/lslu_series.py: only x saved; compiled to one pass per direction on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import device_name, median_time, peak_cuda_mb, saved_bytes, table  # noqa: E402
+from trainables.activations import create_act  # noqa: E402
+from trainables.activations.lslu_series import series_forward  # noqa: E402
+
+
+class EagerSeriesLSLU(nn.Module):
+    """The LSLU site with the series left to autograd: the baseline the fused series replaces."""
+
+    def __init__(self, lslu: nn.Module):
+        super().__init__()
+        self.lslu = lslu
+
+    def forward(self, x):
+        m = self.lslu
+        y = series_forward(x, m.theta, m.omega, m.base, m.granularity == "channel")
+        return m.bn(F.conv2d(y, m.weight, None, padding=m.n, groups=m.channels))
+
+
+def variants(channels: int, base: str, ns: list[int]):
+    yield "relu", nn.ReLU()
+    for n in ns:
+        lslu = create_act("lslu", channels=channels, n=n, base=base)
+        yield f"lslu n={n} eager", EagerSeriesLSLU(lslu)
+        yield f"lslu n={n} fused", lslu
+
+
+def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, runs: int):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+    g = torch.randn_like(x)
+    rows, relu = [], None
+    for name, module in variants(shape[1], base, ns):
+        module = module.to(device=device, dtype=dtype, memory_format=fmt).train()
+
+        def step():
+            out = module(x)
+            out.backward(g)
+
+        ms, spread = median_time(step, device, runs=runs)
+        with saved_bytes() as saved:
+            out = module(x)
+        del out
+        row = {"variant": name, "ms": ms, "±": spread, "saved_mb": saved["bytes"] / 2**20, "peak_mb": peak_cuda_mb(step, device)}
+        relu = relu or row
+        row["time_x_relu"] = ms / relu["ms"]
+        row["saved_x_relu"] = row["saved_mb"] / relu["saved_mb"]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], metavar=("N", "C", "H", "W"))
+    p.add_argument("--base", default="relu", choices=["relu", "silu", "gelu"])
+    p.add_argument("--n", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--runs", type=int, default=20)
+    args = p.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    for dev in devices:
+        if dev == "cuda" and not torch.cuda.is_available():
+            print("cuda: not available here")
+            continue
+        device = torch.device(dev)
+        settings = [(False, torch.float32), (True, torch.float32)] + ([(True, torch.bfloat16)] if dev == "cuda" else [])
+        for channels_last, dtype in settings:
+            rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.runs)
+            print(f"\n{device_name(device)} | shape {tuple(args.shape)} | base {args.base} | "
+                  f"{'channels_last' if channels_last else 'NCHW'} | {str(dtype).replace('torch.', '')}")
+            print(table(rows, ["variant", "ms", "±", "time_x_relu", "saved_mb", "saved_x_relu", "peak_mb"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Shared measuring tools for the benchmarks: timing with warm-up and medians, and the bytes autograd saves."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device: torch.device, runs: int = 20, warmup: int = 5) -> tuple[float, float]:
+    """Median and interquartile half-range of ``fn()``'s wall time in ms (device work included)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(1000 * (time.perf_counter() - start))
+    q = statistics.quantiles(times, n=4)
+    return statistics.median(times), (q[2] - q[0]) / 2
+
+
+@contextmanager
+def saved_bytes():
+    """Counts the bytes of every tensor autograd saves for backward inside the block (activation memory)."""
+    total = {"bytes": 0}
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor):
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:  # parameters and views of one storage are counted once
+            seen.add(key)
+            total["bytes"] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+def peak_cuda_mb(fn, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.rjust(widths[c]) for c in columns)]
+    lines += ["  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)

@@ -1,0 +1,110 @@
+"""LSLU's element-wise series with its own backward: one saved tensor (the input) instead of n+1.
+
+    y_0 = x;  y_i = θ_i f(y_{i-1}) + ω_i  (i = 1..n);  out = f(y_n)
+
+Backward recomputes y_0..y_n from x (element-wise, cheap) and runs the chain rule:
+
+    g_n = g · f'(y_n);   for i = n..1:  dθ_i = Σ g_i f(y_{i-1}),  dω_i = Σ g_i,  g_{i-1} = g_i θ_i f'(y_{i-1});   dx = g_0
+
+(Σ over every element for layer granularity, over N, H, W for channel granularity.) Autograd on the eager
+series would keep n+1 intermediates per site alive until backward; this keeps only x. On CUDA the forward and
+backward functions are compiled (``torch.compile``, Triton), so each is one pass over the tensor; elsewhere they
+run eagerly.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+_SQRT_2PI = math.sqrt(2 * math.pi)
+
+
+def _f(y: torch.Tensor, base: str) -> torch.Tensor:
+    if base == "relu":
+        return F.relu(y)
+    if base == "silu":
+        return F.silu(y)
+    return F.gelu(y)  # exact (erf)
+
+
+def _df(y: torch.Tensor, base: str) -> torch.Tensor:
+    """f'(y): relu: 1[y>0]; silu: σ(y)(1 + y(1−σ(y))); exact gelu: Φ(y) + y φ(y)."""
+    if base == "relu":
+        return (y > 0).to(y.dtype)
+    if base == "silu":
+        s = torch.sigmoid(y)
+        return s * (1 + y * (1 - s))
+    return 0.5 * (1 + torch.erf(y * (1 / math.sqrt(2)))) + y * torch.exp(-0.5 * y * y) / _SQRT_2PI
+
+
+def _coef(p: torch.Tensor, i: int, channel: bool, dtype: torch.dtype) -> torch.Tensor:
+    """θ_i or ω_i in the input's dtype (under bf16 autocast the series stays bf16, not promoted to float32)."""
+    c = p[i].to(dtype)
+    return c.view(1, -1, 1, 1) if channel else c
+
+
+def series_forward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool) -> torch.Tensor:
+    y = x
+    for i in range(theta.shape[0]):
+        y = _coef(theta, i, channel, x.dtype) * _f(y, base) + _coef(omega, i, channel, x.dtype)
+    return _f(y, base)
+
+
+def series_backward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, grad: torch.Tensor, base: str, channel: bool):
+    n = theta.shape[0]
+    ys = [x]
+    for i in range(n):
+        ys.append(_coef(theta, i, channel, x.dtype) * _f(ys[-1], base) + _coef(omega, i, channel, x.dtype))
+    g = grad * _df(ys[n], base)
+    dims = (0, 2, 3) if channel else tuple(range(x.dim()))
+    d_theta, d_omega = [None] * n, [None] * n
+    for i in reversed(range(n)):
+        f_prev = _f(ys[i], base)
+        d_theta[i] = (g * f_prev).sum(dim=dims, dtype=torch.float32)
+        d_omega[i] = g.sum(dim=dims, dtype=torch.float32)
+        g = g * _coef(theta, i, channel, x.dtype) * _df(ys[i], base)
+    return g, torch.stack(d_theta).to(theta.dtype), torch.stack(d_omega).to(omega.dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _kernels(device: torch.device):
+    """The compiled pair on CUDA (unless LSLU_COMPILE=0), the eager pair elsewhere."""
+    if device.type != "cuda" or os.environ.get("LSLU_COMPILE", "1") == "0":
+        return series_forward, series_backward
+    if not _COMPILED:
+        _COMPILED["forward"] = torch.compile(series_forward, dynamic=True)
+        _COMPILED["backward"] = torch.compile(series_backward, dynamic=True)
+    return _COMPILED["forward"], _COMPILED["backward"]
+
+
+class SeriesFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, theta, omega, base: str, channel: bool):
+        ctx.save_for_backward(x, theta, omega)
+        ctx.base, ctx.channel = base, channel
+        forward, _ = _kernels(x.device)
+        return forward(x, theta, omega, base, channel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, theta, omega = ctx.saved_tensors
+        _, backward = _kernels(x.device)
+        dx, d_theta, d_omega = backward(x, theta, omega, grad.contiguous(memory_format=_format(x)), ctx.base, ctx.channel)
+        return dx, d_theta, d_omega, None, None
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+
+
+def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool) -> torch.Tensor:
+    """f(y_n): through ``SeriesFunction`` when a gradient is needed, else directly."""
+    if torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad):
+        return SeriesFunction.apply(x, theta, omega, base, channel)
+    forward, _ = _kernels(x.device)
+    return forward(x, theta, omega, base, channel)
