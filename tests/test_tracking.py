@@ -47,11 +47,12 @@ def test_finish_logs_artifacts_and_status(tracking_uri, tmp_path):
     history = _history(3)
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
-    run.finish("completed", {"params_m": 0.1}, history, "title")
+    run.finish("completed", {"params_m": 0.1}, "title")
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv",
+                                                                  "theta_omega.png", "learning_curves.png"}
     csv_text = open(client.download_artifacts(run.run_id, "theta_omega.csv", str(tmp_path))).read().splitlines()
     assert csv_text[0] == "epoch,site,i,theta,omega"
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2

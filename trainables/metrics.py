@@ -13,6 +13,7 @@ OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_v
               "params_m": "min", "lslu_sites": "min"}
 STATUSES = ("running", "completed", "stopped_early", "diverged", "failed")
 PARAMS = ("theta", "omega")
+CONVERGENCE_EPOCHS = 10  # papers/000 §4.2: θ/ω convergence value = mean of the last 10 epochs, with their std
 
 
 def act_metric_key(param: str, path: str, i: int) -> str:
@@ -27,6 +28,18 @@ def parse_act_metric_key(key: str) -> tuple[str, str, int] | None:
     if param not in PARAMS or not path or not i.isdigit():
         return None
     return param, path, int(i)
+
+
+def convergence(values: list[float], last: int = CONVERGENCE_EPOCHS) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the last ``last`` values: papers/000's convergence value.
+
+    A trial shorter than ``last`` epochs uses all of its epochs.
+    """
+    if not values:
+        raise ValueError("convergence needs at least one value")
+    window = values[-last:]
+    mean = sum(window) / len(window)
+    return mean, (sum((v - mean) ** 2 for v in window) / len(window)) ** 0.5
 
 
 def act_metrics(state: dict[str, dict[str, list[float]]]) -> dict[str, float]:

@@ -7,6 +7,8 @@ epoch is logged exactly once even if the trial died between logging an epoch and
 """
 from __future__ import annotations
 
+import csv
+import io
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables import plots
 from trainables.config import TrialConfig
-from trainables.metrics import act_metrics, parse_act_metric_key
+from trainables.metrics import EPOCH_METRICS, act_metrics, parse_act_metric_key
 
 RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
@@ -63,7 +65,7 @@ class TrialRun:
         for i in range(0, len(params), _BATCH):
             client.log_batch(run.info.run_id, params=params[i : i + _BATCH])
         client.log_text(run.info.run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
-        client.log_text(run.info.run_id, sites_csv, "sites.csv")
+        log_sites(client, run.info.run_id, sites_csv, run.info.run_name)
         return cls(client, run.info.run_id, logged_through=0)
 
     @classmethod
@@ -84,12 +86,12 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         self.logged_through = epoch
 
-    def finish(self, status: str, final: dict[str, float], act_history: list[dict], title: str, reason: str = "") -> None:
-        """End-of-trial metrics, the θ/ω artifacts, the status tag, and the terminal run status."""
+    def finish(self, status: str, final: dict[str, float], title: str, reason: str = "") -> None:
+        """End-of-trial metrics, the trial's figures, the status tag, and the terminal run status."""
         if final:
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()])
-        log_theta_omega(self.client, self.run_id, plots.theta_omega_rows(act_history), title)
+        log_trial_figures(self.client, self.run_id, title)
         end(self.client, self.run_id, status, reason)
 
 
@@ -99,11 +101,29 @@ def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> st
     return runs[0].info.run_id if runs else None
 
 
-def log_theta_omega(client: MlflowClient, run_id: str, rows: list[dict], title: str) -> None:
+def log_trial_figures(client: MlflowClient, run_id: str, title: str) -> None:
+    """``theta_omega.csv``/``.png`` and ``learning_curves.png``, drawn from what the run holds.
+
+    The one rendering path for a trial that finishes and for one the driver closes (stopped by the scheduler).
+    """
+    history = run_history(client, run_id)
+    rows = plots.theta_omega_rows(act_history(history))
     client.log_text(run_id, plots.theta_omega_csv(rows), "theta_omega.csv")
-    fig = plots.theta_omega_figure(rows, title)
+    log_figure(client, run_id, plots.theta_omega_figure(rows, title), "theta_omega.png")
+    curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
+    log_figure(client, run_id, plots.learning_curves_figure(curves, title), "learning_curves.png")
+
+
+def log_sites(client: MlflowClient, run_id: str, sites_csv: str, title: str) -> None:
+    """The site table (``sites.csv``) and its picture (``sites.png``), drawn from the table itself."""
+    client.log_text(run_id, sites_csv, "sites.csv")
+    log_figure(client, run_id, plots.sites_figure(list(csv.DictReader(io.StringIO(sites_csv))), title), "sites.png")
+
+
+def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact and free it."""
     try:
-        client.log_figure(run_id, fig, "theta_omega.png")
+        client.log_figure(run_id, fig, name)
     finally:
         plots.close(fig)
 
@@ -114,17 +134,35 @@ def end(client: MlflowClient, run_id: str, status: str, reason: str = "") -> Non
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
-def act_history_from_run(client: MlflowClient, run_id: str) -> list[dict]:
-    """Rebuild a trial's θ/ω history from what its run logged (for runs the driver has to close)."""
-    keys = [k for k in client.get_run(run_id).data.metrics if parse_act_metric_key(k)]
+def run_history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0, left out)."""
+    history = {}
+    for key in client.get_run(run_id).data.metrics:
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= 1)
+        if points:
+            history[key] = points
+    return history
+
+
+def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
+    """The θ/ω part of ``run_history`` in ``Training.act_history`` form: ``[{"epoch": e, "state": {path: {...}}}]``."""
     by_epoch: dict[int, dict] = {}
-    for key in keys:
-        param, path, i = parse_act_metric_key(key)
-        for m in client.get_metric_history(run_id, key):
-            site = by_epoch.setdefault(m.step, {}).setdefault(path, {"theta": {}, "omega": {}})
-            site[param][i] = m.value
+    for key, points in history.items():
+        parsed = parse_act_metric_key(key)
+        if not parsed:
+            continue
+        param, path, i = parsed
+        for epoch, value in points:
+            site = by_epoch.setdefault(epoch, {}).setdefault(path, {"theta": {}, "omega": {}})
+            site[param][i] = value
     return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
             for e, state in sorted(by_epoch.items())]
 
 
-__all__ = ["SweepContext", "TrialRun", "act_history_from_run", "act_metrics", "end", "find_trial_run", "log_theta_omega", "run_name"]
+def act_history_from_run(client: MlflowClient, run_id: str) -> list[dict]:
+    """Rebuild a trial's θ/ω history from what its run logged."""
+    return act_history(run_history(client, run_id))
+
+
+__all__ = ["SweepContext", "TrialRun", "act_history", "act_history_from_run", "act_metrics", "end", "find_trial_run",
+           "log_figure", "log_sites", "log_trial_figures", "run_history", "run_name"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import tempfile
 import traceback
@@ -28,6 +29,8 @@ STATE_FILE = "state.pt"
 
 def train_trial(config: dict, sweep: SweepContext) -> None:
     cfg = TrialConfig.from_flat(config)
+    # Ray logs "Checkpoint successfully created at: …" for every report; the epoch line below says enough.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
@@ -46,14 +49,16 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
             try:
                 metrics = training.run_epoch()
             except Diverged as exc:
-                run.finish("diverged", training.summary(), training.act_history, title, reason=str(exc))
+                print(f"trial {trial_id} diverged: {exc}", flush=True)
+                run.finish("diverged", training.summary(), title, reason=str(exc))
                 tune.report({**fixed, **_diverged_metrics(training), "status": "diverged", "reason": str(exc)})
                 return
             metrics.update(act_metrics(training.act_history[-1]["state"]))
             run.log_epoch(training.epoch, metrics)
+            print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
             final = training.summary() if training.done else {}
             if training.done:
-                run.finish("completed", final, training.act_history, title)
+                run.finish("completed", final, title)
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id}, Path(d) / STATE_FILE)
                 status = "completed" if training.done else "running"
@@ -62,6 +67,12 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     except Exception:
         end(run.client, run.run_id, "failed", traceback.format_exc())
         raise
+
+
+def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """The one console line a trial prints per epoch (Ray prefixes it with the worker)."""
+    return (f"trial {trial_id} epoch {epoch}/{epochs}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_acc {m['val_acc']:.2f}% (best {m['best_val_acc']:.2f}%)  {m['epoch_time_s']:.1f}s")
 
 
 def _diverged_metrics(training: Training) -> dict:
