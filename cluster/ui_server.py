@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from cluster.local import QUIET_ENV
 
@@ -45,8 +47,11 @@ def free_port(host: str = HOST) -> int:
 
 
 class UiServer:
-    def __init__(self, tracking_uri: str, port: int = DEFAULT_PORT, log=None):
-        self.tracking_uri, self.port, self.log = tracking_uri, port or free_port(), log
+    """``log``: the file the server writes to (default: a new ``lslu-sweep-mlflow-ui-*.log`` in the temp directory)."""
+
+    def __init__(self, tracking_uri: str, port: int = DEFAULT_PORT, log: str | Path | None = None):
+        self.tracking_uri, self.port = tracking_uri, port or free_port()
+        self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lslu-sweep-mlflow-ui-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -61,17 +66,22 @@ class UiServer:
         if not port_is_free(self.port):
             raise UiError(f"port {self.port} on {HOST} is in use (another MLflow UI?); choose another with --port")
         env = {**os.environ, **{k: v for k, v in SERVER_ENV.items() if k not in os.environ}}
-        self.proc = subprocess.Popen(self.command(), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT if self.log else None)
+        with open(self.log, "ab") as log:  # the server's own output (every request) stays out of the console
+            self.proc = subprocess.Popen(self.command(), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self._healthy():
             if self.proc.poll() is not None:
-                raise UiError(f"mlflow ui exited with status {self.proc.returncode} before it served {self.url}")
+                raise UiError(f"mlflow ui exited with status {self.proc.returncode} before it served {self.url}; "
+                              f"its log ({self.log}) ends:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise UiError(f"mlflow ui did not answer on {self.url} within {timeout_s:.0f} s")
+                raise UiError(f"mlflow ui did not answer on {self.url} within {timeout_s:.0f} s; see {self.log}")
             time.sleep(0.5)
         return self
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def _healthy(self) -> bool:
         try:

@@ -48,7 +48,8 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
 def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
     """Best first by ``metric``; trials without a result (diverged, failed) last, in their original order."""
     done = sorted(finished(rows, metric), key=lambda r: r[metric], reverse=mode == "max")
-    return done + [r for r in rows if not any(r is d for d in done)]
+    chosen = {id(r) for r in done}
+    return done + [r for r in rows if id(r) not in chosen]
 
 
 def best_config_yaml(sweep: Sweep, best: dict) -> str:

@@ -8,6 +8,7 @@ status and headline metrics as columns. The links below open it, and a trial's Î
 from __future__ import annotations
 
 import json
+import signal
 import urllib.parse
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from cluster.tracking import resolve_tracking_uri, ui_command
-from cluster.ui_server import UiError, UiServer
+from cluster.ui_server import DEFAULT_PORT, HOST, UiError, UiServer
 from search_spaces.schema import Sweep
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 ML_PAGES = "workflowType=machine_learning"
-LOCAL_UI = "http://127.0.0.1:5000"
+LOCAL_UI = f"http://{HOST}:{DEFAULT_PORT}"  # where `lslu-sweep ui` serves by default
 
 
 def sweep_view_state(sweep: Sweep, parent_run_id: str) -> dict:
@@ -97,17 +98,24 @@ def serve(tracking_uri: str | None, port: int, echo=print) -> int:
         raise UiError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first (make demo, or lslu-sweep run quickstart), "
                       "or name the store with --tracking-uri")
     server = UiServer(uri, port).start()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}  # stop it as Ctrl+C does
     try:
-        echo(f"MLflow UI on {uri}: {server.url}   (Ctrl+C stops it)")
+        echo(f"MLflow UI on {uri}: {server.url}   (Ctrl+C stops it; server log: {server.log})")
         _print_newest(uri, server.url, echo)
         code = server.wait()
-        echo(f"error: the MLflow UI exited with status {code}")
+        echo(f"error: the MLflow UI exited with status {code}; its log ends:\n{server.log_tail()}")
         return 1
     except KeyboardInterrupt:
         echo("\nstopping the MLflow UI")
         return 0
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _print_newest(uri: str, base: str, echo) -> None:

@@ -62,8 +62,8 @@ def theta_omega_figure(rows: list[dict], title: str = ""):
         window = epochs[-CONVERGENCE_EPOCHS:]
         if len(epochs) > 1:
             ax.axvspan(window[0], window[-1], color="0.93", zorder=0)
-        for n, i in enumerate(sorted({r["i"] for r in site_rows})):
-            for param, symbol, style in (("theta", "θ", "-"), ("omega", "ω", "--")):
+        for param, symbol, style in (("theta", "θ", "-"), ("omega", "ω", "--")):  # legend: θ column, ω column
+            for n, i in enumerate(sorted({r["i"] for r in site_rows})):
                 xs, ys = zip(*sorted((r["epoch"], r[param]) for r in site_rows if r["i"] == i))
                 mean, std = convergence(list(ys))
                 ax.plot(xs, ys, style, color=f"C{n}", marker="." if len(xs) < 30 else None,
