@@ -129,7 +129,7 @@ def test_progress_table_is_reprinted_only_when_something_changed(quickstart):
 def test_ui_command_serves_the_store_and_stops_on_ctrl_c(tracking_uri, quickstart, tmp_path):
     ctx = open_parent_run(tracking_uri, quickstart, "quickstart-20260101-000000", smoke_test=False)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}  # the server log lands here
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", tracking_uri, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
     try:
@@ -148,6 +148,7 @@ def test_ui_command_serves_the_store_and_stops_on_ctrl_c(tracking_uri, quickstar
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert "stopping the MLflow UI" in proc.stdout.read()
+        assert "GET /health" in next(tmp_path.glob("lslu-sweep-mlflow-ui-*.log")).read_text()  # the server's output went to its log
     finally:
         if proc.poll() is None:
             proc.kill()
