@@ -51,7 +51,7 @@ class UiServer:
 
     def __init__(self, tracking_uri: str, port: int = DEFAULT_PORT, log: str | Path | None = None):
         self.tracking_uri, self.port = tracking_uri, port or free_port()
-        self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lslu-sweep-mlflow-ui-", suffix=".log")[1])
+        self.log = Path(log) if log else None  # made in start(), once the port is known to be free
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -65,6 +65,10 @@ class UiServer:
     def start(self, timeout_s: float = 180.0) -> "UiServer":
         if not port_is_free(self.port):
             raise UiError(f"port {self.port} on {HOST} is in use (another MLflow UI?); choose another with --port")
+        if self.log is None:
+            fd, path = tempfile.mkstemp(prefix="lslu-sweep-mlflow-ui-", suffix=".log")
+            os.close(fd)
+            self.log = Path(path)
         env = {**os.environ, **{k: v for k, v in SERVER_ENV.items() if k not in os.environ}}
         with open(self.log, "ab") as log:  # the server's own output (every request) stays out of the console
             self.proc = subprocess.Popen(self.command(), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
