@@ -2,12 +2,14 @@
 # make test   – create .venv if needed, install, run the whole test suite (slow tests included)
 # make test-fast – the suite without the slow (multi-trial, multi-node, browser) tests
 # make postgresql – Debian's PostgreSQL for the multi-node test (once, where apt works; a no-op when installed)
+# make ui     – serve the MLflow UI on ./mlruns.db and print where the newest sweep is (Ctrl+C stops it)
+# make chromium – Debian's chromium for the browser test (once, where apt works; a no-op when installed)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast ui clean postgresql
+.PHONY: install demo test test-fast ui clean postgresql chromium
 
 install: $(STAMP)
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lslu-sweep run search_spaces/quickstart.yaml
 
-test: install postgresql
+test: install postgresql chromium
 	$(BIN)/python -m pytest
 
 # The tests start their own throwaway instance (initdb + pg_ctl), so Debian's default cluster is not created.
@@ -35,11 +37,20 @@ postgresql:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	} || echo "postgresql could not be installed; the multi-node test will be skipped"
 
+# Without root (or passwordless sudo) or apt the browser test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; \
+	} || echo "chromium could not be installed; the browser test will be skipped"
+
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/lslu-sweep ui
 
 clean:
 	rm -rf ray_results mlruns.db mlartifacts .pytest_cache

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-# Set before Ray or MLflow start: no auth token for the embedded cluster, and nothing phoned home
+# Set before Ray is imported or MLflow starts: no auth token for the embedded cluster, and nothing phoned home
 # (these machines are often offline, where telemetry only adds timeouts).
 QUIET_ENV = {
     "RAY_AUTH_MODE": "disabled",
@@ -12,6 +12,12 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     # Checkpointing every epoch with num_to_keep forces a cheap state snapshot each time; short epochs warn about it.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's classic console, which takes the driver's trial table (orchestrator/progress.py); the new one
+    # prints every trial's whole config and result.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Ray folds worker lines that differ only in numbers ("[repeated 3x across cluster]"): that would swallow
+    # most of the trials' one-line-per-epoch progress. Read when Ray is imported.
+    "RAY_DEDUP_LOGS": "0",
 }
 
 

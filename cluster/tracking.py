@@ -41,13 +41,6 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000 --workers 1"
 
 
-def browse_lines(tracking_uri: str, experiment_id: str, run_id: str) -> list[str]:
-    """How to see a run in the MLflow UI: a server already is one; a local store needs ``mlflow ui``."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if is_server(tracking_uri):
-        return [f"  open {tracking_uri.rstrip('/')}/{page}"]
-    return [f"  {ui_command(tracking_uri)}", f"  then open http://127.0.0.1:5000/{page}"]
-
 SERVER_HINT = ("start an MLflow server on PostgreSQL that every node can reach, e.g. "
                "`MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@DBHOST:5432/mlflow cluster/mlflow_server.sh --host 0.0.0.0` "
                "(see the README, 'MLflow tracking server'), then pass `--tracking-uri http://SERVER_HOST:5000` "

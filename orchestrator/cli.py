@@ -4,6 +4,7 @@
     lslu-sweep validate FILE
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
+    lslu-sweep ui [--tracking-uri URI] [--port P]
 
 A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
 MLflow start. So is a cluster that cannot run the sweep as asked (``--tracking-uri: …``, ``--storage: …``):
@@ -15,6 +16,8 @@ import argparse
 import sys
 
 from cluster.preflight import ClusterError
+from cluster.local import prepare_env
+from cluster.ui_server import DEFAULT_PORT, UiError
 from search_spaces.schema import SpecError, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -41,11 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
     res.add_argument("name")
     _common(res)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest sweep's links")
+    _tracking_uri(ui)
+    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)")
     return p
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _tracking_uri(p)
     p.add_argument("--storage", help="Ray Tune storage path, shared by every node on a cluster: a directory or s3://… / gs://… "
                                      "(default: ./ray_results)")
     p.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
@@ -75,6 +86,15 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    prepare_env()  # before the driver imports Ray
+    if args.command == "ui":
+        from orchestrator.ui import serve  # MLflow loads only when needed
+
+        try:
+            return serve(args.tracking_uri, args.port)
+        except UiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         if args.command == "validate":
             sweep = load_sweep(args.file)

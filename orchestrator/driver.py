@@ -19,10 +19,13 @@ from ray import tune
 from cluster import storage as st
 from cluster.local import connect
 from cluster.preflight import check_cluster
-from cluster.tracking import browse_lines, resolve_tracking_uri
+from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
+from orchestrator.progress import SweepReporter
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
+from orchestrator.sweep_plots import log_sweep_plots
+from orchestrator.ui import browse_lines
 from search_spaces.schema import Sweep, parse_sweep
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
@@ -68,7 +71,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],
             failure_config=tune.FailureConfig(max_failures=sweep.spec.search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=SweepReporter(sweep), verbose=1),
     )
     return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
 
@@ -136,8 +139,9 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     closed = close_leftover_runs(ctx)
     client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
     metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
-    best = summary.best_row(rows, metric, mode)
-    client.log_text(ctx.parent_run_id, summary.results_csv(rows), "results.csv")
+    best, ranked = summary.best_row(rows, metric, mode), summary.ranked(rows, metric, mode)
+    client.log_text(ctx.parent_run_id, summary.results_csv(ranked), "results.csv")
+    log_sweep_plots(client, ctx.parent_run_id, sweep, rows)
     if best:
         client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
         client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric])
@@ -145,7 +149,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
-    lines = ["", summary.table(rows, list(sweep.spec.space), metric), ""]
+    lines = ["", summary.table(ranked, list(sweep.spec.space), metric), ""]
     lines.append(f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
     if best:
@@ -154,7 +158,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
                                                  and (k[7:] in sweep.spec.space or k == "config.mask")))
     else:
         lines.append("no trial finished with a result")
-    lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+    lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
     text = "\n".join(lines)
     echo(text)

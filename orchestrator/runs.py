@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from cluster.tracking import default_artifact_location
+from orchestrator.ui import save_sweep_view
 from search_spaces.schema import Sweep
 from trainables.retry import retry
-from trainables.tracking import SweepContext, act_history_from_run, end, log_theta_omega
+from trainables.tracking import SweepContext, end, log_trial_figures
 from trainables.trainable import weights_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
     if commit:
         shared_tags["mlflow.source.git.commit"] = commit
     tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name, "smoke_test": str(smoke_test).lower(),
-            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial."}
+            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: `results.csv` (one row per trial, "
+                                   "best first), `parallel_coordinates.png`, `param_importance.png`, `best_config.yaml`."}
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     s = sweep.spec.search
     params = {"algorithm": s.algorithm, "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples,
@@ -55,6 +57,7 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
               "site_count": sweep.site_count, "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_text(run.info.run_id, sweep.source, "sweep.yaml")
+    save_sweep_view(client, exp_id, run_name, sweep, run.info.run_id)
     return SweepContext(tracking_uri, exp_id, run.info.run_id, sweep.name, shared_tags)
 
 
@@ -65,19 +68,13 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
     if run.info.status != "RUNNING":
         return False
     if status == "stopped_early":
-        log_theta_omega(client, run_id, _rows(client, run_id), run.info.run_name)
+        log_trial_figures(client, run_id, run.info.run_name)
         if checkpoint_dir:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
                 client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
     end(client, run_id, status, reason)
     return True
-
-
-def _rows(client: MlflowClient, run_id: str) -> list[dict]:
-    from trainables.plots import theta_omega_rows
-
-    return theta_omega_rows(act_history_from_run(client, run_id))
 
 
 def close_leftover_runs(ctx: SweepContext) -> int:

@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.schema import Sweep
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's console is Tune's trial table, not Optuna's notices
 ASHA_METRIC = ("val_acc", "max")  # ASHA compares trials at each rung on the epoch's top-1 accuracy
 
 

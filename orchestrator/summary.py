@@ -32,12 +32,24 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
     return rows
 
 
+def finished(rows: list[dict], metric: str) -> list[dict]:
+    """The trials whose ``metric`` counts: completed or stopped by the scheduler, with a finite value."""
+    return [r for r in rows if r["status"] in ("completed", "stopped_early") and _finite(r.get(metric))]
+
+
 def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
-    candidates = [r for r in rows if r["status"] in ("completed", "stopped_early") and _finite(r.get(metric))]
+    candidates = finished(rows, metric)
     if not candidates:
         return None
     pick = max if mode == "max" else min
     return pick(candidates, key=lambda r: r[metric])
+
+
+def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
+    """Best first by ``metric``; trials without a result (diverged, failed) last, in their original order."""
+    done = sorted(finished(rows, metric), key=lambda r: r[metric], reverse=mode == "max")
+    chosen = {id(r) for r in done}
+    return done + [r for r in rows if id(r) not in chosen]
 
 
 def best_config_yaml(sweep: Sweep, best: dict) -> str:

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from cluster import storage as st
-from cluster.tracking import browse_lines, is_local_store
+from cluster.tracking import is_local_store
 from orchestrator.driver import MANIFEST, find_experiment
 
 
@@ -37,9 +37,6 @@ def test_text_round_trips_and_sweeps_are_found_newest_last(tmp_path):
     assert st.dirs_holding(str(tmp_path / "nowhere"), MANIFEST) == []
 
 
-def test_which_tracking_stores_are_local_and_how_to_browse_them(tmp_path):
+def test_which_tracking_stores_are_local(tmp_path):
     assert is_local_store(f"sqlite:///{tmp_path}/mlruns.db") and is_local_store(tmp_path.as_uri()) and is_local_store("mlruns")
     assert not is_local_store("http://mlflow:5000") and not is_local_store("postgresql://db/mlflow")
-    assert browse_lines("http://mlflow:5000/", "3", "abc") == ["  open http://mlflow:5000/#/experiments/3/runs/abc"]
-    local = browse_lines(f"sqlite:///{tmp_path}/mlruns.db", "3", "abc")
-    assert local[0].startswith("  mlflow ui --backend-store-uri sqlite:///") and local[1].endswith("/#/experiments/3/runs/abc")

@@ -1,5 +1,7 @@
 """Whole sweeps on a real local Ray, logged to a real SQLite MLflow store and read back with MlflowClient."""
+import json
 import os
+import re
 import signal
 import textwrap
 
@@ -16,7 +18,8 @@ from search_spaces.schema import load_sweep, parse_sweep
 
 pytestmark = pytest.mark.slow
 # every trial; a completed one also has model_summary.txt (a stopped one is closed by the driver)
-TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png", "model_final.pt"}
+TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv", "theta_omega.png", "learning_curves.png",
+                   "model_final.pt"}
 INSERT_MODULES = {"lslu": "LSLU", "pwlu": "PWLU", "la_silu": "LayerAct"}  # quickstart's insert_act choices
 
 
@@ -40,13 +43,19 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     assert main(["run", "quickstart", "--smoke-test"]) == 0
     out = capsys.readouterr().out
     assert "best trial" in out and "mlflow ui --backend-store-uri sqlite:///mlruns.db " in out
+    # the console: Tune's trial table with the searched values, one line per trial epoch, no per-trial config boxes
+    assert "== Status ==" in out and re.search(r"\|\s+n \|\s+dropout \|\s+lr \|", out)
+    assert re.search(r"trial \w+ epoch 1/2: train_loss [\d.]+  val_loss [\d.]+  val_acc [\d.]+% \(best [\d.]+%\)", out)
+    assert "started with configuration" not in out and "Checkpoint successfully created" not in out
+    assert "Result logdir" not in out
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client, parents, children = _runs(uri, "quickstart")
     assert len(parents) == 1 and len(children) == 4  # smoke test: <= 4 trials
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["smoke_test"] == "true"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"results.csv", "best_config.yaml", "sweep.yaml"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "best_config.yaml", "sweep.yaml",
+                                                                           "parallel_coordinates.png"}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status in ("FINISHED", "KILLED")  # completed, or stopped by ASHA
@@ -88,6 +97,12 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     best = load_sweep(best_file)  # directly runnable
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"
     assert parent.data.tags["best_trial_run_id"] in {c.info.run_id for c in children}
+    # the sweep's saved UI view lists exactly its trials, best first
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{parent.info.run_name}"])
+    listed = client.search_runs([parent.info.experiment_id], view["searchFilter"], order_by=[f"{view['orderByKey']} DESC"])
+    assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
+    accs = [r.data.metrics["best_val_acc"] for r in listed]
+    assert accs == sorted(accs, reverse=True)
 
 
 SPEC = """

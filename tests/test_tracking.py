@@ -54,11 +54,12 @@ def test_finish_logs_artifacts_and_status(tracking_uri, tmp_path):
     history = _history(3)
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
-    run.finish("completed", {"params_m": 0.1}, history, "title")
+    run.finish("completed", {"params_m": 0.1}, "title")
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "theta_omega.csv", "theta_omega.png"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv",
+                                                                  "theta_omega.png", "learning_curves.png"}
     csv_text = open(client.download_artifacts(run.run_id, "theta_omega.csv", str(tmp_path))).read().splitlines()
     assert csv_text[0] == "epoch,site,i,theta,omega"
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2
@@ -93,7 +94,7 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
                for e in (1, 2)]
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
-    run.finish("completed", {}, history, "title")
+    run.finish("completed", {}, "title")
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.data.tags["insert_act"] == "pwlu" and got.data.params["insert_act"] == "pwlu"
@@ -164,12 +165,12 @@ def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(
     run = TrialRun.create(ctx, TrialConfig(), "trial_6", "1111", "")
     for entry in history:
         run.log_epoch(entry["epoch"], {"train_loss": 1.0, **act_metrics(entry["state"])})
-    run.finish("completed", {"params_m": 0.1}, history, "title")
+    run.finish("completed", {"params_m": 0.1}, "title")
     # the node died before Tune got the last report: the trial is restored from epoch 1's checkpoint
     again = TrialRun.open(ctx, TrialConfig(), "trial_6", "1111", "", run_id=run.run_id)
     assert again.logged_through == 2
     again.log_epoch(2, {"train_loss": 1.0, **act_metrics(history[1]["state"])})  # already held: skipped
-    again.finish("completed", {"params_m": 0.1}, history, "title")
+    again.finish("completed", {"params_m": 0.1}, "title")
     client = MlflowClient(tracking_uri)
     assert len(client.get_metric_history(run.run_id, "params_m")) == 1
     assert len(client.get_metric_history(run.run_id, "theta/stages.0.act/1")) == 2

@@ -40,19 +40,27 @@ def parse_act_metric_key(key: str) -> tuple[str, str, int] | None:
 
 
 def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
-    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>`` (same for ω): mean and std of the last
-    ``CONVERGENCE_EPOCHS`` epochs of each θ_i, ω_i, the convergence value papers/000 §4.2 reports."""
-    import statistics
-
+    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>`` (same for ω): ``convergence`` of each θ_i, ω_i."""
     recent = act_history[-CONVERGENCE_EPOCHS:]
     out = {}
     for path, params in (recent[-1]["state"].items() if recent else ()):
         for param in PARAMS:
             for i in range(len(params.get(param, []))):
                 values = [entry["state"][path][param][i] for entry in recent if path in entry["state"]]
-                out[f"{param}_conv/{path}/{i + 1}"] = statistics.fmean(values)
-                out[f"{param}_conv_std/{path}/{i + 1}"] = statistics.pstdev(values)
+                out[f"{param}_conv/{path}/{i + 1}"], out[f"{param}_conv_std/{path}/{i + 1}"] = convergence(values)
     return out
+
+
+def convergence(values: list[float], last: int = CONVERGENCE_EPOCHS) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the last ``last`` values: papers/000's convergence value.
+
+    A trial shorter than ``last`` epochs uses all of its epochs.
+    """
+    if not values:
+        raise ValueError("convergence needs at least one value")
+    window = values[-last:]
+    mean = sum(window) / len(window)
+    return mean, (sum((v - mean) ** 2 for v in window) / len(window)) ** 0.5
 
 
 def act_metrics(state: dict[str, dict[str, list[float]]]) -> dict[str, float]:

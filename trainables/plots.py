@@ -1,4 +1,8 @@
-"""θ/ω histories as a table and a figure (one panel per LSLU site, like papers/000 Fig. 5)."""
+"""A trial's figures: θ/ω against epoch (papers/000 Fig. 5), learning curves, and the network's sites.
+
+Each figure is drawn from plain rows (what the trial's MLflow run holds), so a trial that finishes and a
+trial the driver closes after the scheduler stopped it get the same pictures (``tracking.log_trial_figures``).
+"""
 from __future__ import annotations
 
 import csv
@@ -8,9 +12,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # trials and drivers have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from trainables.metrics import CONVERGENCE_EPOCHS, convergence  # noqa: E402
+
 ROW_FIELDS = ("epoch", "site", "i", "theta", "omega")
+SITE_FIELDS = ("index", "path", "channels", "module", "inserted")
+KEPT_COLOR = "#c8c8c8"  # a site that kept the network's own activation
+SITES_PER_ROW = 16
 
 
 def theta_omega_rows(act_history: list[dict]) -> list[dict]:
@@ -25,45 +35,138 @@ def theta_omega_rows(act_history: list[dict]) -> list[dict]:
     return rows
 
 
-def theta_omega_csv(rows: list[dict]) -> str:
+def rows_csv(rows: list[dict], fields: tuple[str, ...]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
 
 
+def theta_omega_csv(rows: list[dict]) -> str:
+    return rows_csv(rows, ROW_FIELDS)
+
+
 def theta_omega_figure(rows: list[dict], title: str = ""):
-    """θ_i and ω_i against epoch, one panel per site, with the last value of each curve annotated."""
+    """θ_i (solid) and ω_i (dashed, same colour) against epoch, one panel per LSLU site.
+
+    Each legend entry carries the convergence value, mean ± std over the last 10 epochs (shaded), as papers/000 Fig. 5 annotates it.
+    """
     sites = list(dict.fromkeys(r["site"] for r in rows))
     cols = min(4, max(1, len(sites)))
     nrows = max(1, -(-len(sites) // cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
     for ax in axes.flat[len(sites):]:
         ax.set_visible(False)
     for ax, site in zip(axes.flat, sites):
         site_rows = [r for r in rows if r["site"] == site]
-        for param, style in (("theta", "-"), ("omega", "--")):
-            for i in sorted({r["i"] for r in site_rows}):
-                curve = sorted((r["epoch"], r[param]) for r in site_rows if r["i"] == i)
-                epochs, values = zip(*curve)
-                symbol = "θ" if param == "theta" else "ω"
-                (line,) = ax.plot(epochs, values, style, marker="." if len(epochs) < 30 else None, label=f"{symbol}{i}")
-                ax.annotate(f"{values[-1]:.3f}", (epochs[-1], values[-1]), fontsize=7, color=line.get_color(),
-                            xytext=(3, 0), textcoords="offset points", va="center")
+        epochs = sorted({r["epoch"] for r in site_rows})
+        window = epochs[-CONVERGENCE_EPOCHS:]
+        if len(epochs) > 1:
+            ax.axvspan(window[0], window[-1], color="0.93", zorder=0)
+        for param, symbol, style in (("theta", "θ", "-"), ("omega", "ω", "--")):  # legend: θ column, ω column
+            for n, i in enumerate(sorted({r["i"] for r in site_rows})):
+                xs, ys = zip(*sorted((r["epoch"], r[param]) for r in site_rows if r["i"] == i))
+                mean, std = convergence(list(ys))
+                ax.plot(xs, ys, style, color=f"C{n}", marker="." if len(xs) < 30 else None,
+                        label=f"{symbol}{i} → {mean:.3f} ± {std:.3f}")
+                ax.hlines(mean, xs[-CONVERGENCE_EPOCHS:][0], xs[-1], colors=f"C{n}", linestyles=":", linewidth=1)
         ax.set_title(site, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, columnspacing=0.8, handlelength=1.6)
     if not sites:
         axes.flat[0].set_visible(True)
         axes.flat[0].text(0.5, 0.5, "no LSLU sites in this trial", ha="center", va="center")
         axes.flat[0].set_axis_off()
-    if title:
-        fig.suptitle(title)
+    note = f"convergence value: mean ± std over the last {CONVERGENCE_EPOCHS} epochs (shaded)"
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def learning_curves_figure(history: dict[str, list[tuple[int, float]]], title: str = ""):
+    """Loss (train, val), validation accuracy with its best epoch marked, and the learning rate, against epoch.
+
+    ``history`` maps a metric name to its ``(epoch, value)`` points.
+    """
+    fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        if history.get(key):
+            loss_ax.plot(*zip(*history[key]), style, marker=".", label=key)
+    loss_ax.set_title("loss", fontsize=9)
+    if history.get("val_acc"):
+        epochs, accs = zip(*history["val_acc"])
+        acc_ax.plot(epochs, accs, marker=".", color="C2", label="val_acc")
+        best = max(range(len(accs)), key=accs.__getitem__)  # the first epoch that reached the best value
+        acc_ax.plot(epochs[best], accs[best], "*", color="C3", markersize=12,
+                    label=f"best {accs[best]:.2f} % (epoch {epochs[best]})")
+    acc_ax.set_title("validation top-1 accuracy (%)", fontsize=9)
+    if history.get("lr"):
+        lr_ax.plot(*zip(*history["lr"]), marker=".", color="C4", label="lr (end of epoch)")
+    lr_ax.set_title("learning rate", fontsize=9)
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sites_figure(sites: list[dict], title: str = ""):
+    """The network's activation sites in forward order, one box each, coloured by the module that sits there.
+
+    ``sites`` are ``sites.csv`` rows: index, path, channels, module, inserted (0/1). Sites that kept the
+    network's own activation are grey; every inserted module type gets its own colour.
+    """
+    inserted_types = sorted({s["module"] for s in sites if str(s["inserted"]) == "1"})
+    colours = {m: f"C{k + 1}" for k, m in enumerate(inserted_types)}
+    per_row = min(SITES_PER_ROW, max(1, len(sites)))
+    nrows = max(1, -(-len(sites) // per_row))
+    labelled = len(sites) <= 2 * SITES_PER_ROW  # path labels only where they stay readable
+    row_height = 2.4 if labelled else 1.5  # a box is 1 × 1; labels hang below it
+    left, bottom = (-1.2 if labelled else -0.2), -(nrows - 1) * row_height - (1.4 if labelled else 0.3)
+    width, height = per_row + 0.2 - left, 1.4 - bottom
+    scale = 0.75  # inches per box
+    fig = plt.figure(figsize=(max(4.5, scale * width), scale * height + 0.9))
+    ax = fig.add_axes((0, 0.5 / (scale * height + 0.9), 1, scale * height / (scale * height + 0.9)))
+    for k, site in enumerate(sites):
+        x, y = k % per_row, -(k // per_row) * row_height
+        inserted = str(site["inserted"]) == "1"
+        ax.add_patch(Rectangle((x + 0.1, y), 0.8, 0.8, facecolor=colours[site["module"]] if inserted else KEPT_COLOR,
+                               edgecolor="black", linewidth=0.6))
+        ax.text(x + 0.5, y + 0.4, str(site["index"]), ha="center", va="center", fontsize=9)
+        if site.get("channels") not in (None, "", "None"):
+            ax.text(x + 0.5, y + 0.88, f"{site['channels']}ch", ha="center", va="bottom", fontsize=7, color="0.3")
+        if labelled:
+            ax.text(x + 0.6, y - 0.1, site["path"], ha="right", va="top", fontsize=7, rotation=35, rotation_mode="anchor")
+        if k % per_row:
+            ax.plot([x - 0.1, x + 0.1], [y + 0.4, y + 0.4], color="0.4", linewidth=0.8)
+    ax.set_xlim(left, left + width)
+    ax.set_ylim(bottom, bottom + height)
+    ax.set_axis_off()
+    kept = sorted({s["module"] for s in sites if str(s["inserted"]) != "1"})
+    handles = [Patch(facecolor=colours[m], edgecolor="black", label=f"{m} (inserted) ×{_count(sites, m, '1')}") for m in inserted_types]
+    handles += [Patch(facecolor=KEPT_COLOR, edgecolor="black", label=f"{m} (kept) ×{_count(sites, m, '0')}") for m in kept]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no activation sites", ha="center", va="center", transform=ax.transAxes)
+    mask = "".join("1" if str(s["inserted"]) == "1" else "0" for s in sites)
+    headline = f"{mask.count('1')} of {len(sites)} sites inserted (mask {mask})" if sites else ""
+    fig.suptitle("\n".join(t for t in (title, headline) if t), fontsize=9, y=0.99, va="top")
+    return fig
+
+
+def _count(sites: list[dict], module: str, bit: str) -> int:
+    return sum(s["module"] == module and str(s["inserted"]) == bit for s in sites)
 
 
 def close(fig) -> None:

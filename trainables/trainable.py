@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 def train_trial(config: dict, sweep: SweepContext) -> None:
     cfg = TrialConfig.from_flat(config)
     fail_fast_http()
+    # Ray logs "Checkpoint successfully created at: …" for every report; the epoch line below says enough.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
@@ -60,19 +62,21 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
                 metrics = training.run_epoch()
             except (Diverged, torch.cuda.OutOfMemoryError) as exc:
                 status, reason = _failure(exc, cfg)
+                print(f"trial {trial_id} {status}: {reason}", flush=True)
                 final = end_of_trial(training) if status == "diverged" else {}
-                run.finish(status, final, training.act_history, title, reason)
+                run.finish(status, final, title, reason, history=epoch_history(training))
                 tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
                 return
             metrics.update(act_metrics(training.act_history[-1]["state"]))
             run.log_epoch(training.epoch, metrics)
+            print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
             status, final = "running", {}
             if training.done:  # finish the run before the report: Tune may stop the actor right after it
                 status = "stopped_early" if training.stop_reason else "completed"
                 final = end_of_trial(training)
                 with tempfile.TemporaryDirectory() as files:
                     write_final_files(training, title, files)
-                    run.finish(status, final, training.act_history, title, training.stop_reason, files=files)
+                    run.finish(status, final, title, training.stop_reason, files=files, history=epoch_history(training))
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
                             "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
@@ -86,6 +90,12 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         raise
 
 
+def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """The one console line a trial prints per epoch (Ray prefixes it with the worker)."""
+    return (f"trial {trial_id} epoch {epoch}/{epochs}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_acc {m['val_acc']:.2f}% (best {m['best_val_acc']:.2f}%)  {m['epoch_time_s']:.1f}s")
+
+
 def _failure(exc: Exception, cfg: TrialConfig) -> tuple[str, str]:
     if isinstance(exc, Diverged):
         return "diverged", str(exc)
@@ -97,6 +107,16 @@ def _no_result(training: Training) -> dict:
     """What a trial that ended without a usable epoch reports (the searcher needs its metric)."""
     return {"epoch": training.epoch, "train_loss": math.nan, "val_loss": math.nan, "val_acc": 0.0,
             "best_val_acc": training.best_val_acc, "min_val_loss": training.min_val_loss}
+
+
+def epoch_history(training: Training) -> dict[str, list[tuple[int, float]]]:
+    """What the trial logged each epoch, ``{key: [(epoch, value)]}``: the figures' input, without asking MLflow back."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    for logged, acts in zip(training.metric_history, training.act_history):
+        for key, value in {**logged, **act_metrics(acts["state"])}.items():
+            if key != "epoch":
+                history.setdefault(key, []).append((logged["epoch"], value))
+    return history
 
 
 def end_of_trial(training: Training) -> dict[str, float]:

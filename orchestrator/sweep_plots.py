@@ -1,0 +1,155 @@
+"""A sweep's own figures, logged on its parent run beside ``results.csv``.
+
+Every per-sweep plot lives here: ``PLOTS`` maps an artifact name to a function ``(sweep, rows) -> figure
+or None`` (None: this sweep cannot show it, e.g. fewer than two finished trials). ``rows`` are
+``summary.trial_rows``. A multi-objective sweep's ``pareto.png`` belongs beside these.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib import cm, colors  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from orchestrator.summary import finished  # noqa: E402
+from search_spaces.schema import Sweep  # noqa: E402
+from trainables.tracking import log_figure  # noqa: E402
+
+IMPORTANCE_MIN_TRIALS = 3
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One searched value as a plot axis: its values per row, and how they are placed between 0 and 1."""
+
+    name: str
+    values: list
+    choices: list | None = None  # categorical: the order on the axis
+    log: bool = False
+
+
+def searched_axes(sweep: Sweep, rows: list[dict]) -> list[Axis]:
+    """One axis per searched key; a searched mask (``sites``) gives one 0/1 axis per site, ``site_<i>``."""
+    axes = []
+    for key, dist in sweep.spec.space.items():
+        values = [r[f"config.{key}"] for r in rows]
+        if dist.type == "sites":
+            axes += [Axis(f"site_{i}", [int(m[i]) for m in values], [0, 1]) for i in range(sweep.site_count)]
+        elif dist.type == "categorical":
+            axes.append(Axis(key, values, list(dist.choices)))
+        else:
+            axes.append(Axis(key, values, log=dist.log))
+    return axes
+
+
+def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
+    """Each finished trial as a line across the searched values to the metric, coloured by the metric; the best in red."""
+    rows = finished(rows, sweep.spec.search.metric)
+    if len(rows) < 2:
+        return None
+    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    axes = [*searched_axes(sweep, rows), Axis(metric, [r[metric] for r in rows])]
+    placed = [_place(axis) for axis in axes]
+    scores = [r[metric] for r in rows]
+    norm = colors.Normalize(min(scores), max(scores))
+    cmap = matplotlib.colormaps["viridis" if mode == "max" else "viridis_r"]
+    best = (max if mode == "max" else min)(range(len(rows)), key=scores.__getitem__)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(axes) + 2), 4.6))
+    xs = list(range(len(axes)))
+    for k in sorted(range(len(rows)), key=lambda k: k == best):  # the best trial drawn last, on top
+        ys = [p[0][k] for p in placed]
+        if k == best:
+            ax.plot(xs, ys, color="red", linewidth=3.2, alpha=0.9, zorder=3, label=f"best: trial {rows[k]['trial_id']}")
+        ax.plot(xs, ys, color=cmap(norm(scores[k])), linewidth=1.6, alpha=0.9, zorder=4 if k == best else 2)
+    for x, (_, ticks) in zip(xs, placed):
+        ax.axvline(x, color="0.3", linewidth=0.8, zorder=1)
+        for y, label in ticks:
+            ax.text(x + 0.04, y, label, fontsize=7, va="center", ha="left", color="0.2",
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7))
+    ax.set_xticks(xs, [a.name for a in axes], rotation=30 if len(axes) > 6 else 0, ha="right" if len(axes) > 6 else "center")
+    ax.set_yticks([])
+    ax.set_xlim(-0.3, len(axes) - 0.5)
+    ax.set_ylim(-0.06, 1.06)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, pad=0.02)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, 1.12), fontsize=8, frameon=False)
+    ax.set_title(f"{sweep.name}: {len(rows)} finished trials, {metric} ({mode})", fontsize=10, pad=22)
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(sweep: Sweep, rows: list[dict]):
+    """How much each searched value explains the metric: Optuna's fANOVA over the finished trials."""
+    rows = finished(rows, sweep.spec.search.metric)
+    metric = sweep.spec.search.metric
+    distributions = _distributions(sweep)
+    if len(rows) < IMPORTANCE_MIN_TRIALS or not distributions or len({r[metric] for r in rows}) < 2:
+        return None
+    study = optuna.create_study(direction="maximize" if sweep.spec.search.mode == "max" else "minimize")
+    for axis_values in zip(*(a.values for a in searched_axes(sweep, rows)), (r[metric] for r in rows)):
+        *params, value = axis_values
+        study.add_trial(optuna.trial.create_trial(params=dict(zip(distributions, params)), distributions=distributions, value=value))
+    importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    names = sorted(importances, key=importances.get)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.35 * len(names)))
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    for y, n in enumerate(names):
+        ax.text(importances[n], y, f" {importances[n]:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1 * max(importances.values()) or 1)
+    ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
+    ax.set_title(f"{sweep.name}: parameter importance over {len(rows)} finished trials", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS = {"parallel_coordinates.png": parallel_coordinates_figure, "param_importance.png": importance_figure}
+
+
+def log_sweep_plots(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict]) -> list[str]:
+    """Log every plot this sweep can show on its parent run; returns the artifact names logged."""
+    logged = []
+    for name, make in PLOTS.items():
+        fig = make(sweep, rows)
+        if fig is not None:
+            log_figure(client, run_id, fig, name)
+            logged.append(name)
+    return logged
+
+
+def _distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The searched space as Optuna distributions, keyed like ``searched_axes``."""
+    out = {}
+    for key, d in sweep.spec.space.items():
+        if d.type == "sites":
+            out.update({f"site_{i}": optuna.distributions.CategoricalDistribution([0, 1]) for i in range(sweep.site_count)})
+        elif d.type == "categorical":
+            out[key] = optuna.distributions.CategoricalDistribution(d.choices)
+        elif d.type == "int":
+            out[key] = optuna.distributions.IntDistribution(d.low, d.high, log=d.log, step=1 if d.log else d.step)
+        else:
+            out[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.log, step=None if d.log else d.step)
+    return out
+
+
+def _place(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
+    """Positions in [0, 1] for the axis' values, and the (position, label) ticks to write beside it."""
+    if axis.choices is not None:
+        span = max(1, len(axis.choices) - 1)
+        index = {repr(c): i for i, c in enumerate(axis.choices)}
+        return [index[repr(v)] / span for v in axis.values], [(i / span, str(c)) for i, c in enumerate(axis.choices)]
+    scale = math.log10 if axis.log else float
+    lo, hi = scale(min(axis.values)), scale(max(axis.values))
+    if hi == lo:
+        return [0.5] * len(axis.values), [(0.5, _fmt(min(axis.values)))]
+    return [(scale(v) - lo) / (hi - lo) for v in axis.values], [(0.0, _fmt(min(axis.values))), (1.0, _fmt(max(axis.values)))]
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,102 @@
+"""A trial's figures: what they draw, checked against values computed here independently."""
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+
+from trainables import plots
+from trainables.metrics import convergence
+
+
+def test_convergence_is_mean_and_std_of_the_last_ten_epochs():
+    values = [1.0 + 0.5 * np.exp(-e / 3) + 0.001 * (-1) ** e for e in range(1, 26)]
+    mean, std = convergence(values)
+    assert mean == pytest.approx(np.mean(values[-10:])) and std == pytest.approx(np.std(values[-10:]))
+    short = [0.9, 1.1, 1.3]  # a trial shorter than 10 epochs: all of them
+    assert convergence(short) == pytest.approx((1.1, np.std(short)))
+    with pytest.raises(ValueError):
+        convergence([])
+
+
+def _theta_omega_rows(epochs):
+    history = [{"epoch": e, "state": {"stages.0.act": {"theta": [1 + e / 100, 1 - e / 50], "omega": [e / 200, -e / 300]},
+                                      "stages.2.act": {"theta": [0.9 - e / 400, 1.0], "omega": [0.0, e / 1000]}}}
+               for e in range(1, epochs + 1)]
+    return plots.theta_omega_rows(history)
+
+
+def test_theta_omega_figure_annotates_each_curve_with_its_convergence_value():
+    rows = _theta_omega_rows(14)
+    fig = plots.theta_omega_figure(rows, "t")
+    try:
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in panels] == ["stages.0.act", "stages.2.act"]
+        labels = panels[0].get_legend_handles_labels()[1]
+        theta2 = [1 - e / 50 for e in range(5, 15)]  # θ2 of stages.0.act over the last 10 of 14 epochs
+        assert f"θ2 → {np.mean(theta2):.3f} ± {np.std(theta2):.3f}" in labels
+        omega1 = [e / 200 for e in range(5, 15)]
+        assert f"ω1 → {np.mean(omega1):.3f} ± {np.std(omega1):.3f}" in labels
+        assert len(labels) == 4  # θ1, ω1, θ2, ω2
+        # θ_i and ω_i share a colour, θ solid and ω dashed
+        lines = {line.get_label(): line for line in panels[0].get_lines() if not line.get_label().startswith("_")}
+        t1, o1 = (next(l for k, l in lines.items() if k.startswith(p)) for p in ("θ1", "ω1"))
+        assert t1.get_color() == o1.get_color() and t1.get_linestyle() == "-" and o1.get_linestyle() == "--"
+        assert "last 10 epochs" in fig._suptitle.get_text()
+    finally:
+        plots.close(fig)
+
+
+def test_theta_omega_figure_without_lslu_sites_says_so():
+    fig = plots.theta_omega_figure([], "t")
+    try:
+        assert any("no LSLU sites" in t.get_text() for ax in fig.axes for t in ax.texts)
+    finally:
+        plots.close(fig)
+
+
+def test_learning_curves_mark_the_first_best_epoch():
+    accs = [50.0, 80.0, 91.5, 90.0, 91.5]
+    history = {"train_loss": [(e, 1 / e) for e in range(1, 6)], "val_loss": [(e, 1.2 / e) for e in range(1, 6)],
+               "val_acc": list(zip(range(1, 6), accs)), "lr": [(e, 0.01 * (6 - e) / 5) for e in range(1, 6)]}
+    fig = plots.learning_curves_figure(history, "t")
+    try:
+        loss_ax, acc_ax, lr_ax = fig.axes
+        assert [line.get_label() for line in loss_ax.get_lines()] == ["train_loss", "val_loss"]
+        star = next(line for line in acc_ax.get_lines() if line.get_label().startswith("best"))
+        assert list(star.get_xdata()) == [3] and list(star.get_ydata()) == [91.5]
+        assert star.get_label() == "best 91.50 % (epoch 3)"
+        assert list(lr_ax.get_lines()[0].get_ydata()) == pytest.approx([0.01, 0.008, 0.006, 0.004, 0.002])
+    finally:
+        plots.close(fig)
+
+
+def test_sites_figure_colours_inserted_sites_by_module():
+    sites = [{"index": "0", "path": "stem.act", "channels": "16", "module": "ReLU", "inserted": "0"},
+             {"index": "1", "path": "stages.0.act", "channels": "32", "module": "LSLU", "inserted": "1"},
+             {"index": "2", "path": "stages.1.act", "channels": "32", "module": "ReLU", "inserted": "0"},
+             {"index": "3", "path": "stages.2.act", "channels": "64", "module": "LSLU", "inserted": "1"}]
+    fig = plots.sites_figure(sites, "t")
+    try:
+        ax = fig.axes[0]
+        boxes = sorted(ax.patches, key=lambda p: p.get_x())
+        assert len(boxes) == 4
+        kept, lslu = to_rgba(plots.KEPT_COLOR), to_rgba("C1")
+        assert [b.get_facecolor() for b in boxes] == [kept, lslu, kept, lslu]
+        texts = {t.get_text() for t in ax.texts}
+        assert {"stem.act", "stages.2.act", "64ch", "0", "3"} <= texts
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LSLU (inserted) ×2", "ReLU (kept) ×2"]
+        assert "2 of 4 sites inserted (mask 0101)" in fig._suptitle.get_text()
+    finally:
+        plots.close(fig)
+
+
+def test_sites_figure_wraps_a_deep_network():
+    sites = [{"index": str(i), "path": f"layer{i}.act", "channels": "", "module": "LSLU" if i % 3 else "ReLU",
+              "inserted": "1" if i % 3 else "0"} for i in range(49)]
+    fig = plots.sites_figure(sites)
+    try:
+        ax = fig.axes[0]
+        rows = {round(p.get_y(), 3) for p in ax.patches}
+        assert len(ax.patches) == 49 and len(rows) == 4  # 16 per row
+        assert not any(t.get_text().startswith("layer") for t in ax.texts)  # too many sites for path labels
+    finally:
+        plots.close(fig)
