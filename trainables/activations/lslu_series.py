@@ -7,12 +7,12 @@ Backward recomputes y_0..y_n from x (element-wise, cheap) and runs the chain rul
     g_n = g · f'(y_n);   for i = n..1:  dθ_i = Σ g_i f(y_{i-1}),  dω_i = Σ g_i,  g_{i-1} = g_i θ_i f'(y_{i-1});   dx = g_0
 
 (Σ over every element for layer granularity, over N, H, W for channel granularity.) Autograd on the eager
-series would keep n+1 intermediates per site alive until backward; this keeps only x. On CUDA the forward and
-backward functions are compiled (``torch.compile``, Triton), so each is one pass over the tensor; elsewhere they
-run eagerly.
+series would keep n+1 intermediates per site alive until backward; this keeps only x. On CUDA the pair runs as
+two Triton kernels (lslu_triton.py), one pass over the tensor each; elsewhere as the plain functions below.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -69,17 +69,24 @@ def series_backward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, g
     return g, torch.stack(d_theta).to(theta.dtype), torch.stack(d_omega).to(omega.dtype)
 
 
-_COMPILED: dict[str, object] = {}
+def _kernels(x: torch.Tensor, base: str, channel: bool):
+    """The Triton pair for a 4-D CUDA tensor in NCHW or channels_last layout (``LSLU_KERNEL=eager`` turns it off),
+    the eager pair otherwise (CPU, other layouts)."""
+    if x.is_cuda and x.dim() == 4 and os.environ.get("LSLU_KERNEL", "triton") == "triton" and _triton() is not None:
+        if _triton().layout(x) is not None:
+            kernels = _triton()
+            return (functools.partial(kernels.series_forward, base=base, channel=channel),
+                    functools.partial(kernels.series_backward, base=base, channel=channel))
+    return functools.partial(series_forward, base=base, channel=channel), functools.partial(series_backward, base=base, channel=channel)
 
 
-def _kernels(device: torch.device):
-    """The compiled pair on CUDA (unless LSLU_COMPILE=0), the eager pair elsewhere."""
-    if device.type != "cuda" or os.environ.get("LSLU_COMPILE", "1") == "0":
-        return series_forward, series_backward
-    if not _COMPILED:
-        _COMPILED["forward"] = torch.compile(series_forward, dynamic=True)
-        _COMPILED["backward"] = torch.compile(series_backward, dynamic=True)
-    return _COMPILED["forward"], _COMPILED["backward"]
+@functools.lru_cache(maxsize=1)
+def _triton():
+    try:
+        from trainables.activations import lslu_triton
+    except ImportError:  # no Triton (CPU-only installs): the eager pair serves
+        return None
+    return lslu_triton
 
 
 class SeriesFunction(torch.autograd.Function):
@@ -87,14 +94,14 @@ class SeriesFunction(torch.autograd.Function):
     def forward(ctx, x, theta, omega, base: str, channel: bool):
         ctx.save_for_backward(x, theta, omega)
         ctx.base, ctx.channel = base, channel
-        forward, _ = _kernels(x.device)
-        return forward(x, theta, omega, base, channel)
+        forward, _ = _kernels(x, base, channel)
+        return forward(x, theta, omega)
 
     @staticmethod
     def backward(ctx, grad):
         x, theta, omega = ctx.saved_tensors
-        _, backward = _kernels(x.device)
-        dx, d_theta, d_omega = backward(x, theta, omega, grad.contiguous(memory_format=_format(x)), ctx.base, ctx.channel)
+        _, backward = _kernels(x, ctx.base, ctx.channel)
+        dx, d_theta, d_omega = backward(x, theta, omega, grad.contiguous(memory_format=_format(x)))
         return dx, d_theta, d_omega, None, None
 
 
@@ -106,5 +113,5 @@ def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base:
     """f(y_n): through ``SeriesFunction`` when a gradient is needed, else directly."""
     if torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad):
         return SeriesFunction.apply(x, theta, omega, base, channel)
-    forward, _ = _kernels(x.device)
-    return forward(x, theta, omega, base, channel)
+    forward, _ = _kernels(x, base, channel)
+    return forward(x, theta, omega)

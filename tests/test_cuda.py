@@ -1,0 +1,81 @@
+"""The CUDA path: the compiled LSLU series, every activation, bf16 autocast and channels_last in a real training run,
+and an out-of-memory batch. Skipped without a CUDA device (CI has none); run on a GPU machine with
+
+    python -m pytest --noconftest tests/test_cuda.py
+"""
+import pytest
+import torch
+
+from trainables.activations import create_act, list_acts
+from trainables.activations.lslu_series import lslu_series, series_forward
+from trainables.config import TrialConfig
+from trainables.loop import Training
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("base", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("channel", [False, True])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("n", [1, 4])
+def test_triton_series_matches_autograd_on_the_eager_series(base, channel, dtype, tol, layout, n):
+    torch.manual_seed(0)
+    c = 24  # tiles are not multiples of it: masked lanes are exercised
+    x = torch.randn(6, c, 13, 11, device=CUDA).to(dtype).contiguous(memory_format=layout).requires_grad_()
+    shape = (n, c) if channel else (n,)
+    theta = (torch.rand(shape, device=CUDA) + 0.5).requires_grad_()
+    omega = (torch.rand(shape, device=CUDA) - 0.5).requires_grad_()
+    g = torch.randn_like(x)
+    ref = series_forward(x.float(), theta, omega, base, channel)  # float32 autograd on the eager series
+    ref_grads = torch.autograd.grad((ref * g.float()).sum(), (x, theta, omega))
+    out = lslu_series(x, theta, omega, base, channel)  # the Triton kernels
+    grads = torch.autograd.grad((out.float() * g.float()).sum(), (x, theta, omega))
+    assert out.dtype == dtype
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()  # noqa: E731
+    assert rel(out, ref) < tol
+    for got, want in zip(grads, ref_grads):
+        assert rel(got, want) < tol * 3
+
+
+@pytest.mark.parametrize("name", list_acts())
+@pytest.mark.parametrize("train", [True, False])
+def test_every_activation_agrees_on_cuda_and_cpu(name, train):
+    torch.manual_seed(0)
+    cpu = create_act(name, channels=8).train(train)
+    gpu = create_act(name, channels=8)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.to(CUDA).train(train)
+    x = torch.randn(4, 8, 10, 10)
+    assert torch.allclose(gpu(x.to(CUDA)).cpu(), cpu(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
+    # 45 steps an epoch: BatchNorm's running statistics need some hundred steps before eval mode matches training
+    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=5, batch_size=32,
+                      lr=1e-3, warmup_epochs=1, ema_decay=0.9)
+    training = Training(cfg)
+    assert training.device.type == "cuda" and training.amp and training.channels_last
+    assert training.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    while not training.done:
+        metrics = training.run_epoch()
+        print({k: round(v, 4) for k, v in metrics.items()})
+    assert training.best_val_acc > 80, metrics
+    print(f"resnet18 LSLU(downsampling) on {torch.cuda.get_device_name()}: epoch {metrics['epoch_time_s']:.2f}s, "
+          f"val_acc {metrics['val_acc']:.1f}, record {training.summary()}")
+
+
+def test_pwlu_realigns_and_learns_on_cuda():
+    training = Training(TrialConfig(insert_act="pwlu", pwlu_warmup_epochs=1, epochs=3, n=1, lr=4e-3))
+    while not training.done:
+        training.run_epoch()
+    assert training.best_val_acc > 80
+
+
+def test_out_of_memory_raises_the_error_the_trainable_reports_as_oom():
+    cfg = TrialConfig(model="resnet50", dataset="synthetic", image_size=224, train_samples=4096, val_samples=8, batch_size=4096,
+                      epochs=1, warmup_epochs=0, policy="none")
+    training = Training(cfg)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        training.run_epoch()
