@@ -22,6 +22,7 @@ from cluster.preflight import check_cluster
 from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
+from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
 from orchestrator.sweep_plots import log_sweep_plots
@@ -138,10 +139,11 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
         return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
     closed = close_leftover_runs(ctx)
     client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
-    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    metric, mode = sweep.metric, sweep.mode
     best, ranked = summary.best_row(rows, metric, mode), summary.ranked(rows, metric, mode)
     client.log_text(ctx.parent_run_id, summary.results_csv(ranked), "results.csv")
     log_sweep_plots(client, ctx.parent_run_id, sweep, rows)
+    tables = log_sweep_tables(client, ctx.parent_run_id, sweep, rows, name)
     if best:
         client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
         client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric])
@@ -149,7 +151,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
-    lines = ["", summary.table(ranked, list(sweep.spec.space), metric), ""]
+    lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
     lines.append(f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
     if best:
@@ -158,6 +160,11 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
                                                  and (k[7:] in sweep.spec.space or k == "config.mask")))
     else:
         lines.append("no trial finished with a result")
+    if "pareto.csv" in tables:
+        front = tables["pareto.csv"]
+        lines.append(f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
+                     f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run")
+    lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
     lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
     text = "\n".join(lines)
