@@ -170,8 +170,9 @@ def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
     by = f"grouped by {', '.join(keys)}" if keys else "all trials together"
     seeds = " (the seeds)" if AVERAGED in sweep.spec.space else ""
     objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
+    conditional = f" {OFF}: not sampled (a conditional key)." if any(getattr(d, "when", None) for d in sweep.spec.space.values()) else ""
     return (f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; mean ± std over each group's trials{seeds}. "
-            f"Objectives: {objectives}. {OFF}: not sampled (a conditional key).")
+            f"Objectives: {objectives}.{conditional}")
 
 
 def _mean_std(mean: float, std: float) -> str:

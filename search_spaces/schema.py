@@ -33,6 +33,7 @@ SMOKE_SIZES = (16, 32, 64)  # smoke image sides, smallest first: the first every
 GRID_LIMIT = 100_000  # grid points a sweep may enumerate
 RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
 SITE_POLICY_KEYS = ("policy", "mask", "stages", "k", "paths")  # how a point names a mask, in sweep-file terms
+POLICY_ARGUMENT = {"mask": "mask", "stages": "stages", "first_k": "k", "last_k": "k", "paths": "paths"}  # policy kind -> its key
 ARCHITECTURE_KEYS = ("model", "cifar_stem", "width")  # searched keys that change what a smoke test must afford
 Scalar = Union[bool, int, float, str]
 
@@ -476,8 +477,9 @@ def _point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: s
         return mask_of(sites, select_sites(sites, spec))
     except ConfigError as exc:
         raise SpecError(file, f"{where}.{exc.key}", exc.message) from None
-    except ValueError as exc:
-        raise SpecError(file, f"{where}.policy", str(exc)) from None
+    except ValueError as exc:  # the policy does not fit this model: name the key that carries its argument
+        arg_key = POLICY_ARGUMENT.get(point.get("policy", "mask"), "policy")
+        raise SpecError(file, f"{where}.{arg_key if arg_key in point else 'policy'}", str(exc)) from None
 
 
 def _smoke_models(sweep: "Sweep") -> list[TrialConfig]:

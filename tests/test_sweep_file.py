@@ -97,4 +97,5 @@ def test_run_refuses_before_ray_or_mlflow_start(tmp_path):
 
 def test_missing_file_names_the_presets(capsys):
     assert main(["validate", "no_such_sweep"]) == 2
-    assert "presets: quickstart" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "presets: " in err and "quickstart" in err and "insertion_resnet18" in err
