@@ -6,9 +6,11 @@
 Evidence it gives: per variant, the median fwd+bwd time (ms, ± half the interquartile range), its ratio to the
 ReLU site measured in the same run, the activation memory autograd keeps for backward (MB, counted exactly with
 saved-tensor hooks) and its ratio to ReLU's, and on CUDA the peak allocated memory of the step. A ReLU site is
-ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DESIGN.md §2). ``eager`` is the
-plain autograd series (n+1 saved intermediates, one kernel per operation), ``fused`` the shipped one
-(trainables/activations/lslu_series.py: only x saved; compiled to one pass per direction on CUDA).
+ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DESIGN.md §2). ``naive`` is plain
+autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorch's depthwise backward);
+``shipped`` is the LSLU module: on CUDA the series as two Triton kernels that keep only x
+(trainables/activations/lslu_triton.py), on the CPU a depthwise backward made of two forward convolutions
+(trainables/activations/depthwise.py).
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import device_name, median_time, peak_cuda_mb, saved_bytes, table  # noqa: E402
+from benchmarks.common import device_name, interleaved_times, peak_cuda_mb, saved_bytes, table  # noqa: E402
 from trainables.activations import create_act  # noqa: E402
 from trainables.activations.lslu_series import series_forward  # noqa: E402
 
 
-class EagerSeriesLSLU(nn.Module):
-    """The LSLU site with the series left to autograd: the baseline the fused series replaces."""
+class NaiveLSLU(nn.Module):
+    """The LSLU site with everything left to autograd: the baseline the shipped module improves on."""
 
     def __init__(self, lslu: nn.Module):
         super().__init__()
@@ -43,29 +45,32 @@ def variants(channels: int, base: str, ns: list[int]):
     yield "relu", nn.ReLU()
     for n in ns:
         lslu = create_act("lslu", channels=channels, n=n, base=base)
-        yield f"lslu n={n} eager", EagerSeriesLSLU(lslu)
-        yield f"lslu n={n} fused", lslu
+        yield f"lslu n={n} naive", NaiveLSLU(lslu)
+        yield f"lslu n={n} shipped", lslu
 
 
-def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, runs: int):
+def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, rounds: int):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
     g = torch.randn_like(x)
-    rows, relu = [], None
+    steps, extra = {}, {}
     for name, module in variants(shape[1], base, ns):
         module = module.to(device=device, dtype=dtype, memory_format=fmt).train()
 
-        def step():
-            out = module(x)
-            out.backward(g)
+        def step(module=module):
+            module(x).backward(g)
 
-        ms, spread = median_time(step, device, runs=runs)
         with saved_bytes() as saved:
             out = module(x)
         del out
-        row = {"variant": name, "ms": ms, "±": spread, "saved_mb": saved["bytes"] / 2**20, "peak_mb": peak_cuda_mb(step, device)}
-        relu = relu or row
-        row["time_x_relu"] = ms / relu["ms"]
+        steps[name] = step
+        extra[name] = {"saved_mb": saved["bytes"] / 2**20, "peak_mb": peak_cuda_mb(step, device)}
+    times = interleaved_times(steps, device, rounds=rounds)
+    rows = []
+    for name in steps:
+        row = {"variant": name, "ms": times[name][0], "±": times[name][1], **extra[name]}
+        relu = rows[0] if rows else row
+        row["time_x_relu"] = row["ms"] / relu["ms"]
         row["saved_x_relu"] = row["saved_mb"] / relu["saved_mb"]
         rows.append(row)
     return rows
@@ -77,7 +82,7 @@ def main(argv=None):
     p.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], metavar=("N", "C", "H", "W"))
     p.add_argument("--base", default="relu", choices=["relu", "silu", "gelu"])
     p.add_argument("--n", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (4 runs of each variant per round)")
     args = p.parse_args(argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for dev in devices:
@@ -87,7 +92,7 @@ def main(argv=None):
         device = torch.device(dev)
         settings = [(False, torch.float32), (True, torch.float32)] + ([(True, torch.bfloat16)] if dev == "cuda" else [])
         for channels_last, dtype in settings:
-            rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.runs)
+            rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.rounds)
             print(f"\n{device_name(device)} | shape {tuple(args.shape)} | base {args.base} | "
                   f"{'channels_last' if channels_last else 'NCHW'} | {str(dtype).replace('torch.', '')}")
             print(table(rows, ["variant", "ms", "±", "time_x_relu", "saved_mb", "saved_x_relu", "peak_mb"]))

@@ -7,7 +7,8 @@ Evidence it gives, for ResNet-18 (CIFAR stem, 32×32) and VanillaNet-5 (CIFAR st
 (n=3) at no site, the downsampling sites, and every site: the median time of one training step (forward, backward,
 SGD update) and its ratio to the same network without LSLU measured in the same run; the batch-1 eval latency of
 the deploy form (BatchNorm folded, ``fuse_model``) and its ratio; the activation memory autograd keeps for backward
-and, on CUDA, the peak memory of a training step, each with its ratio. Targets (issue 9): training step ≤ 1.05×
+and, on CUDA, the peak memory of a training step, each with its ratio. The policies are timed in interleaved rounds
+(median of all rounds, ± half the interquartile range), so the machine's load falls on each alike. Targets (issue 9): training step ≤ 1.05×
 at the downsampling sites and ≤ 1.25× at all sites, fused latency ≤ 1.05×, peak training memory ≤ 1.10×.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import device_name, median_time, peak_cuda_mb, saved_bytes, table  # noqa: E402
+from benchmarks.common import device_name, interleaved_times, peak_cuda_mb, saved_bytes, table  # noqa: E402
 from trainables.insertion import apply_policy  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.models.stats import fuse_model  # noqa: E402
@@ -36,12 +37,12 @@ def network(name: str, policy: str, width: float):
     return model
 
 
-def measure(name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float, runs: int):
+def measure(name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float, rounds: int):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
     x1 = x[:1].clone()
-    rows, base = [], None
+    steps, infers, extra = {}, {}, {}
     for policy in POLICIES:
         torch.manual_seed(0)
         model = network(name, policy, width).to(device, memory_format=fmt).train()
@@ -49,27 +50,34 @@ def measure(name: str, device: torch.device, batch: int, size: int, channels_las
             model.set_act_learn(1.0)  # VanillaNet after deep training, as it is deployed
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-        def step():
+        def step(model=model, opt=opt):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        train_ms, spread = median_time(step, device, runs=runs)
-        peak = peak_cuda_mb(step, device)
         with saved_bytes() as saved, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             F.cross_entropy(model(x), y)
         deploy = fuse_model(model).to(memory_format=fmt)
-        with torch.inference_mode():
-            latency, _ = median_time(lambda: deploy(x1), device, runs=max(runs, 30))
-        row = {"model": name, "policy": policy, "train_ms": train_ms, "±": spread, "latency_ms": latency,
-               "saved_mb": saved["bytes"] / 2**20, "peak_mb": peak}
-        base = base or row
-        row["train_x"] = train_ms / base["train_ms"]
-        row["latency_x"] = latency / base["latency_ms"]
+
+        def infer(deploy=deploy):
+            with torch.inference_mode():
+                deploy(x1)
+
+        steps[policy], infers[policy] = step, infer
+        extra[policy] = {"saved_mb": saved["bytes"] / 2**20, "peak_mb": peak_cuda_mb(step, device)}
+    train = interleaved_times(steps, device, rounds=rounds)
+    latency = interleaved_times(infers, device, rounds=rounds, runs=10)
+    rows = []
+    for policy in POLICIES:
+        row = {"model": name, "policy": policy, "train_ms": train[policy][0], "±": train[policy][1],
+               "latency_ms": latency[policy][0], **extra[policy]}
+        base = rows[0] if rows else row
+        row["train_x"] = row["train_ms"] / base["train_ms"]
+        row["latency_x"] = row["latency_ms"] / base["latency_ms"]
         row["saved_x"] = row["saved_mb"] / base["saved_mb"]
-        row["peak_x"] = peak / base["peak_mb"] if peak else None
+        row["peak_x"] = row["peak_mb"] / base["peak_mb"] if row["peak_mb"] else None
         rows.append(row)
     return rows
 
@@ -80,7 +88,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--models", nargs="+", default=["resnet18", "vanillanet_5"])
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (4 steps of each policy per round)")
     args = p.parse_args(argv)
     for dev in (["cpu", "cuda"] if args.device == "all" else [args.device]):
         if dev == "cuda" and not torch.cuda.is_available():
@@ -92,7 +100,7 @@ def main(argv=None):
             rows = []
             for name in args.models:
                 width = 0.25 if dev == "cpu" else 1.0
-                rows += measure(name, device, args.batch, args.size, channels_last, amp, width, args.runs)
+                rows += measure(name, device, args.batch, args.size, channels_last, amp, width, args.rounds)
             print(f"\n{device_name(device)} | batch {args.batch} at {args.size}² | {'channels_last' if channels_last else 'NCHW'}"
                   f" | {'bf16 autocast' if amp else 'float32'} | VanillaNet width {0.25 if dev == 'cpu' else 1.0}")
             print(table(rows, ["model", "policy", "train_ms", "±", "train_x", "latency_ms", "latency_x", "saved_mb", "saved_x",

@@ -20,19 +20,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, device: torch.device, runs: int = 20, warmup: int = 5) -> tuple[float, float]:
-    """Median and interquartile half-range of ``fn()``'s wall time in ms (device work included)."""
-    for _ in range(warmup):
-        fn()
+def interleaved_times(fns: dict[str, object], device: torch.device, rounds: int = 5, runs: int = 4, warmup: int = 3) -> dict[str, tuple[float, float]]:
+    """Median and interquartile half-range (ms) of each function, measured in interleaved rounds.
+
+    One variant after another, round after round: a drift in the machine's load (other processes) falls on every
+    variant alike instead of on whichever ran during it, and first-call costs land in the warm-up.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(1000 * (time.perf_counter() - start))
-    q = statistics.quantiles(times, n=4)
-    return statistics.median(times), (q[2] - q[0]) / 2
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                samples[name].append(1000 * (time.perf_counter() - start))
+    out = {}
+    for name, times in samples.items():
+        q = statistics.quantiles(times, n=4)
+        out[name] = (statistics.median(times), (q[2] - q[0]) / 2)
+    return out
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
+from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
 from search_spaces.schema import Sweep, parse_sweep
@@ -149,6 +150,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     rows = summary.trial_rows(result_grid)
     pending = unfinished_trials(path, sweep.spec.search.num_samples)
     if pending:  # open trial runs stay open: `resume` reopens them
+        figure_queue(ctx.tracking_uri).drain()
         client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
         client.set_terminated(ctx.parent_run_id, "KILLED")
         text = (f"\nsweep {name} was interrupted with {pending} trial(s) unfinished; its state is saved.\n"
@@ -156,6 +158,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
         echo(text)
         return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
     closed = close_leftover_runs(ctx)
+    complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
     client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
     metric, mode = sweep.metric, sweep.mode
     best, ranked = summary.best_row(rows, metric, mode), summary.ranked(rows, metric, mode)

@@ -15,7 +15,8 @@ from cluster.tracking import default_artifact_location
 from orchestrator.ui import save_sweep_view
 from search_spaces.schema import Sweep
 from trainables.retry import retry
-from trainables.tracking import SweepContext, end, log_trial_figures
+from orchestrator.figures import figure_queue
+from trainables.tracking import SweepContext, end
 from trainables.trainable import weights_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,15 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
 
 
 def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", checkpoint_dir: str | None = None) -> bool:
-    """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed): its θ/ω
-    artifacts from what the run logged and, for a stopped trial, the weights of its last checkpoint."""
+    """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed); a stopped trial's
+    run gets the weights of its last checkpoint. Its figures come from the figure queue, as every trial's."""
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return False
-    if status == "stopped_early":
-        log_trial_figures(client, run_id, run.info.run_name)
-        if checkpoint_dir:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
-                client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
+    if status == "stopped_early" and checkpoint_dir:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
+            client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
     end(client, run_id, status, reason)
     return True
 
@@ -125,3 +124,4 @@ class RunCloser(Callback):
                 retry(close, budget_s=10, what=f"closing MLflow run {run_id}")
             except Exception as exc:  # a busy SQLite store or a server outage must not stop the sweep
                 log.warning("could not close MLflow run %s: %s (the end of the sweep closes it)", run_id, exc)
+            figure_queue(self.tracking_uri).submit(run_id)  # drawn in the background, for every trial alike

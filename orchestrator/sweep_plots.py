@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from orchestrator.summary import finished, pareto_rows  # noqa: E402
 from search_spaces.schema import Sweep  # noqa: E402
-from trainables.tracking import log_figure  # noqa: E402
+from orchestrator.figures import log_figure  # noqa: E402
 
 IMPORTANCE_MIN_TRIALS = 3
 OFF = -0.1  # where a conditional key's "not sampled" sits, below its axis

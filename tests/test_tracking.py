@@ -10,7 +10,8 @@ from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.plots import theta_omega_rows
 from trainables.retry import is_transient, retry
-from trainables.tracking import SweepContext, TrialRun, act_history_from_run
+from orchestrator.figures import act_history, draw_trial_figures, run_history
+from trainables.tracking import SweepContext, TrialRun
 
 
 def _context(uri):
@@ -48,16 +49,21 @@ def test_each_epoch_is_logged_once_across_a_reopen(tracking_uri):
     assert len(client.search_runs([ctx.experiment_id], "tags.trial_id = 'trial_1'")) == 1
 
 
-def test_finish_logs_artifacts_and_status(tracking_uri, tmp_path):
+SITES = "index,path,stage,channels,downsampling,depth_fraction,module,inserted\n0,stages.0.act,1,32,True,0.000,LSLU,1\n"
+
+
+def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(tracking_uri, tmp_path):
     ctx = _context(tracking_uri)
-    run = TrialRun.create(ctx, TrialConfig(), "trial_2", "1111", "index,path\n")
+    run = TrialRun.create(ctx, TrialConfig(), "trial_2", "1111", SITES)
     history = _history(3)
     for entry in history:
-        run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
-    run.finish("completed", {"params_m": 0.1}, "title")
+        run.log_epoch(entry["epoch"], {"train_loss": 1.0 / entry["epoch"], **act_metrics(entry["state"])})
+    run.finish("completed", {"params_m": 0.1})
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv"}  # the trial draws nothing
+    draw_trial_figures(client, run.run_id)  # what the driver's figure queue does once Tune reports the trial ended
     assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv",
                                                                   "theta_omega.png", "learning_curves.png"}
     csv_text = open(client.download_artifacts(run.run_id, "theta_omega.csv", str(tmp_path))).read().splitlines()
@@ -65,7 +71,7 @@ def test_finish_logs_artifacts_and_status(tracking_uri, tmp_path):
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2
     assert got.data.metrics["theta/stages.0.act/2"] == 0.7
     # the driver rebuilds the same history from the run's metrics
-    assert act_history_from_run(client, run.run_id) == history
+    assert act_history(run_history(client, run.run_id)) == history
 
 
 def test_act_metric_keys_round_trip():
@@ -94,13 +100,13 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
                for e in (1, 2)]
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
-    run.finish("completed", {}, "title")
+    run.finish("completed", {})
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.data.tags["insert_act"] == "pwlu" and got.data.params["insert_act"] == "pwlu"
     assert got.info.run_name == "digits_cnn-pwlu-all-trial_5"  # n is LSLU's: not in a PWLU trial's name
     assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
-    assert act_history_from_run(client, run.run_id) == history
+    assert act_history(run_history(client, run.run_id)) == history
     assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows
 
 
@@ -165,12 +171,12 @@ def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(
     run = TrialRun.create(ctx, TrialConfig(), "trial_6", "1111", "")
     for entry in history:
         run.log_epoch(entry["epoch"], {"train_loss": 1.0, **act_metrics(entry["state"])})
-    run.finish("completed", {"params_m": 0.1}, "title")
+    run.finish("completed", {"params_m": 0.1})
     # the node died before Tune got the last report: the trial is restored from epoch 1's checkpoint
     again = TrialRun.open(ctx, TrialConfig(), "trial_6", "1111", "", run_id=run.run_id)
     assert again.logged_through == 2
     again.log_epoch(2, {"train_loss": 1.0, **act_metrics(history[1]["state"])})  # already held: skipped
-    again.finish("completed", {"params_m": 0.1}, "title")
+    again.finish("completed", {"params_m": 0.1})
     client = MlflowClient(tracking_uri)
     assert len(client.get_metric_history(run.run_id, "params_m")) == 1
     assert len(client.get_metric_history(run.run_id, "theta/stages.0.act/1")) == 2

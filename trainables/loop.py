@@ -119,7 +119,6 @@ class Training:
         self.stop_reason = ""  # set when early stopping ends the trial
         self.epoch_times: list[float] = []
         self.act_history: list[dict] = []  # per epoch: {"epoch": e, "state": learnable_act_state(model)}
-        self.metric_history: list[dict] = []  # per epoch: {"epoch": e, **the metrics run_epoch returned}
 
     @property
     def done(self) -> bool:
@@ -192,7 +191,6 @@ class Training:
         self.act_history.append({"epoch": self.epoch, "state": learnable_act_state(self.model)})
         metrics.update(best_val_acc=self.best_val_acc, min_val_loss=self.min_val_loss, epoch_time_s=epoch_time,
                        lr=self.optimizer.param_groups[0]["lr"])
-        self.metric_history.append({"epoch": self.epoch, **metrics})
         return metrics
 
     @torch.no_grad()
@@ -224,8 +222,7 @@ class Training:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss, "stop_reason": self.stop_reason,
-            "epoch_times": self.epoch_times, "act_history": self.act_history, "metric_history": self.metric_history,
-            "rng": _rng_state(self.generator),
+            "epoch_times": self.epoch_times, "act_history": self.act_history, "rng": _rng_state(self.generator),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -236,7 +233,7 @@ class Training:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
         self.min_val_loss, self.stop_reason = state["min_val_loss"], state["stop_reason"]
-        self.epoch_times, self.act_history, self.metric_history = state["epoch_times"], state["act_history"], state["metric_history"]
+        self.epoch_times, self.act_history = state["epoch_times"], state["act_history"]
         _set_rng_state(self.generator, state["rng"])
 
 

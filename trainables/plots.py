@@ -1,7 +1,7 @@
 """A trial's figures: θ/ω against epoch (papers/000 Fig. 5), learning curves, and the network's sites.
 
 Each figure is drawn from plain rows (what the trial's MLflow run holds), so a trial that finishes and a
-trial the driver closes after the scheduler stopped it get the same pictures (``tracking.log_trial_figures``).
+trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver (orchestrator/figures.py).
 """
 from __future__ import annotations
 

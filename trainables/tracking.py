@@ -13,8 +13,6 @@ run wait for the server (``LSLU_MLFLOW_OUTAGE_WAIT_S``, default 900 s) rather th
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
@@ -24,9 +22,8 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainables import plots
 from trainables.config import TrialConfig
-from trainables.metrics import EPOCH_METRICS, act_metrics, parse_act_metric_key
+from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry
 
 log = logging.getLogger(__name__)
@@ -100,8 +97,7 @@ class TrialRun:
             retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH]), budget_s=wait, what="logging params")
         retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
               budget_s=wait, what="logging config.yaml")
-        title = run_name(cfg, mask, trial_id)
-        retry(lambda: log_sites(client, run_id, sites_csv, title), budget_s=wait, what="logging sites.csv")
+        retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
         return cls(client, run_id, logged_through=0)
 
     @classmethod
@@ -174,18 +170,16 @@ class TrialRun:
 
         retry(log, budget_s=wait, what=what)
 
-    def finish(self, status: str, final: dict[str, float], title: str, reason: str = "", files: str | None = None,
-               history: dict[str, list[tuple[int, float]]] | None = None) -> None:
-        """End-of-trial metrics, the trial's figures, the files in ``files`` (a folder), the status tag, the run status.
-        ``history`` is what the trial logged per epoch (``{key: [(epoch, value)]}``); without it the figures are drawn
-        from what the run holds. Waits out an outage (``outage_wait_s``): what is queued is sent first."""
+    def finish(self, status: str, final: dict[str, float], reason: str = "", files: str | None = None) -> None:
+        """End-of-trial metrics, the files in ``files`` (a folder), the status tag and the run status; the driver
+        draws the trial's figures afterwards (orchestrator/figures.py). Waits out an outage (``outage_wait_s``):
+        what is queued is sent first."""
         wait = outage_wait_s()
         if not self.flush(wait):
             raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
                                   f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
         if final:  # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
             self._log_once(final, wait, "logging final metrics")
-        retry(lambda: log_trial_figures(self.client, self.run_id, title, history), budget_s=wait, what="logging the trial's figures")
         if files:
             retry(lambda: self.client.log_artifacts(self.run_id, files), budget_s=wait, what="logging the final files")
         retry(lambda: end(self.client, self.run_id, status, reason), budget_s=wait, what="ending the run")
@@ -197,68 +191,10 @@ def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> st
     return runs[0].info.run_id if runs else None
 
 
-def log_trial_figures(client: MlflowClient, run_id: str, title: str, history: dict[str, list[tuple[int, float]]] | None = None) -> None:
-    """``theta_omega.csv``/``.png`` and ``learning_curves.png`` from a trial's per-epoch metrics: those it passes
-    (a finishing trial has them in memory) or, by default, what the run holds (a run the driver closes).
-
-    The one rendering path for a trial that finishes and for one the driver closes (stopped by the scheduler).
-    """
-    history = run_history(client, run_id) if history is None else history
-    rows = plots.theta_omega_rows(act_history(history))
-    client.log_text(run_id, plots.theta_omega_csv(rows), "theta_omega.csv")
-    log_figure(client, run_id, plots.theta_omega_figure(rows, title), "theta_omega.png")
-    curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
-    log_figure(client, run_id, plots.learning_curves_figure(curves, title), "learning_curves.png")
-
-
-def log_sites(client: MlflowClient, run_id: str, sites_csv: str, title: str) -> None:
-    """The site table (``sites.csv``) and its picture (``sites.png``), drawn from the table itself."""
-    client.log_text(run_id, sites_csv, "sites.csv")
-    log_figure(client, run_id, plots.sites_figure(list(csv.DictReader(io.StringIO(sites_csv))), title), "sites.png")
-
-
-def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
-    """Log a matplotlib figure as a PNG artifact and free it."""
-    try:
-        client.log_figure(run_id, fig, name)
-    finally:
-        plots.close(fig)
-
-
 def end(client: MlflowClient, run_id: str, status: str, reason: str = "") -> None:
     tags = [RunTag("status", status)] + ([RunTag("status_reason", reason[:5000])] if reason else [])
     client.log_batch(run_id, tags=tags)
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
-def run_history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0, left out)."""
-    history = {}
-    for key in client.get_run(run_id).data.metrics:
-        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= 1)
-        if points:
-            history[key] = points
-    return history
-
-
-def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
-    """The θ/ω part of ``run_history`` in ``Training.act_history`` form: ``[{"epoch": e, "state": {path: {...}}}]``."""
-    by_epoch: dict[int, dict] = {}
-    for key, points in history.items():
-        parsed = parse_act_metric_key(key)
-        if not parsed:
-            continue
-        param, path, i = parsed
-        for epoch, value in points:
-            by_epoch.setdefault(epoch, {}).setdefault(path, {}).setdefault(param, {})[i] = value
-    return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
-            for e, state in sorted(by_epoch.items())]
-
-
-def act_history_from_run(client: MlflowClient, run_id: str) -> list[dict]:
-    """Rebuild a trial's θ/ω history from what its run logged."""
-    return act_history(run_history(client, run_id))
-
-
-__all__ = ["SweepContext", "TrialRun", "act_history", "act_history_from_run", "act_metrics", "end", "find_trial_run",
-           "log_figure", "log_sites", "log_trial_figures", "run_history", "run_name"]
+__all__ = ["SweepContext", "TrialRun", "act_metrics", "end", "find_trial_run", "run_name"]

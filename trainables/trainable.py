@@ -64,7 +64,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
                 status, reason = _failure(exc, cfg)
                 print(f"trial {trial_id} {status}: {reason}", flush=True)
                 final = end_of_trial(training) if status == "diverged" else {}
-                run.finish(status, final, title, reason, history=epoch_history(training))
+                run.finish(status, final, reason)
                 tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
                 return
             metrics.update(act_metrics(training.act_history[-1]["state"]))
@@ -76,7 +76,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
                 final = end_of_trial(training)
                 with tempfile.TemporaryDirectory() as files:
                     write_final_files(training, title, files)
-                    run.finish(status, final, title, training.stop_reason, files=files, history=epoch_history(training))
+                    run.finish(status, final, training.stop_reason, files=files)
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
                             "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
@@ -108,15 +108,6 @@ def _no_result(training: Training) -> dict:
     return {"epoch": training.epoch, "train_loss": math.nan, "val_loss": math.nan, "val_acc": 0.0,
             "best_val_acc": training.best_val_acc, "min_val_loss": training.min_val_loss}
 
-
-def epoch_history(training: Training) -> dict[str, list[tuple[int, float]]]:
-    """What the trial logged each epoch, ``{key: [(epoch, value)]}``: the figures' input, without asking MLflow back."""
-    history: dict[str, list[tuple[int, float]]] = {}
-    for logged, acts in zip(training.metric_history, training.act_history):
-        for key, value in {**logged, **act_metrics(acts["state"])}.items():
-            if key != "epoch":
-                history.setdefault(key, []).append((logged["epoch"], value))
-    return history
 
 
 def end_of_trial(training: Training) -> dict[str, float]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.lslu_series import lslu_series
 from trainables.activations.registry import register_act
 from trainables.fusion import fold_bn
@@ -57,7 +58,7 @@ class LSLU(nn.Module):
         return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(self.series(x), self.weight, self.bias, padding=self.n, groups=self.channels)
+        y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
         return y if self.fused else self.bn(y)
 
     @torch.no_grad()

@@ -110,8 +110,12 @@ def _format(x: torch.Tensor) -> torch.memory_format:
 
 
 def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool) -> torch.Tensor:
-    """f(y_n): through ``SeriesFunction`` when a gradient is needed, else directly."""
-    if torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad):
+    """f(y_n): through ``SeriesFunction`` (only x saved) when a gradient is needed on CUDA with Triton; elsewhere
+    autograd on the plain series, which on the CPU is faster than recomputing it in backward (benchmarks/)."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad)
+    if needs_grad and x.is_cuda and _triton() is not None and os.environ.get("LSLU_KERNEL", "triton") == "triton":
         return SeriesFunction.apply(x, theta, omega, base, channel)
+    if needs_grad:
+        return series_forward(x, theta, omega, base, channel)
     forward, _ = _kernels(x, base, channel)
     return forward(x, theta, omega)

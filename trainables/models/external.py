@@ -2,8 +2,6 @@
 head, and a base activation (``act``) that replaces the model's own at every site (``native`` keeps them)."""
 from __future__ import annotations
 
-import timm
-import torchvision
 from torch import nn
 
 from trainables.insertion import apply_policy
@@ -40,6 +38,8 @@ def _cifar_stem(model: nn.Module) -> None:
 
 def _timm_factory(name: str):
     def build(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native", dropout: float = 0.0):
+        import timm  # imported when a timm model is built: a trial on an in-house model never pays for it
+
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout)
         if cifar_stem:
             _cifar_stem(model)
@@ -55,6 +55,8 @@ for _name in TIMM_MODELS:
 
 @register_model("shufflenet_v2_x1_0")
 def shufflenet_v2_x1_0(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native", dropout: float = 0.0):
+    import torchvision
+
     model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
     if in_chans != 3:
         first = model.conv1[0]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.lslu import BASES
 from trainables.fusion import fold_bn, merge_1x1
 from trainables.insertion import register_site_type
@@ -57,7 +58,7 @@ class VanillaAct(nn.Module):
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
 
     def forward(self, x):
-        y = F.conv2d(BASES[self.base](x), self.weight, self.bias, padding=self.act_num, groups=self.channels)
+        y = depthwise_conv(BASES[self.base](x), self.weight, self.bias, self.act_num)
         return y if self.bias is not None else self.bn(y)
 
     @torch.no_grad()

@@ -1,0 +1,121 @@
+"""Every trial's figures, drawn in the driver from what its MLflow run holds, so trials spend no time on them.
+
+A trial logs numbers and tables (its metrics per epoch, ``sites.csv``); when Tune reports the trial ended
+(completed, stopped by the scheduler, failed), the driver queues it, and one background thread draws
+``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` onto its run — the same path for every
+trial. The end of a sweep waits for the queue and draws whatever is still missing (after a ``resume``, say).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from trainables import plots
+from trainables.metrics import EPOCH_METRICS, parse_act_metric_key
+from trainables.retry import retry
+from trainables.tracking import SweepContext
+
+log = logging.getLogger(__name__)
+TRIAL_FIGURES = ("theta_omega.csv", "theta_omega.png", "learning_curves.png", "sites.png")
+
+
+def run_history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0, left out)."""
+    history = {}
+    for key in client.get_run(run_id).data.metrics:
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= 1)
+        if points:
+            history[key] = points
+    return history
+
+
+def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
+    """The θ/ω (and PWLU boundary) part of ``run_history`` in ``Training.act_history`` form: ``[{"epoch": e, "state": {path: {...}}}]``."""
+    by_epoch: dict[int, dict] = {}
+    for key, points in history.items():
+        parsed = parse_act_metric_key(key)
+        if not parsed:
+            continue
+        param, path, i = parsed
+        for epoch, value in points:
+            by_epoch.setdefault(epoch, {}).setdefault(path, {}).setdefault(param, {})[i] = value
+    return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
+            for e, state in sorted(by_epoch.items())]
+
+
+def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact and free it."""
+    try:
+        client.log_figure(run_id, fig, name)
+    finally:
+        plots.close(fig)
+
+
+def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
+    """``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` of one trial, from its run."""
+    title = client.get_run(run_id).info.run_name
+    history = run_history(client, run_id)
+    rows = plots.theta_omega_rows(act_history(history))
+    client.log_text(run_id, plots.theta_omega_csv(rows), "theta_omega.csv")
+    log_figure(client, run_id, plots.theta_omega_figure(rows, title), "theta_omega.png")
+    curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
+    log_figure(client, run_id, plots.learning_curves_figure(curves, title), "learning_curves.png")
+    with tempfile.TemporaryDirectory() as d:
+        sites = Path(client.download_artifacts(run_id, "sites.csv", d)).read_text()
+    log_figure(client, run_id, plots.sites_figure(list(csv.DictReader(io.StringIO(sites))), title), "sites.png")
+
+
+class FigureQueue:
+    """One background thread drawing trials' figures in the order their trials ended."""
+
+    def __init__(self, tracking_uri: str):
+        self.client = MlflowClient(tracking_uri)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lslu-figures")
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+
+    def submit(self, run_id: str) -> None:
+        with self._lock:
+            self._pending.append(self._pool.submit(self._draw, run_id))
+
+    def _draw(self, run_id: str) -> None:
+        try:
+            retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60, what=f"drawing the figures of run {run_id}")
+        except Exception as exc:  # the end of the sweep draws what is missing
+            log.warning("could not draw the figures of run %s: %s", run_id, exc)
+
+    def drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+
+_QUEUES: dict[str, FigureQueue] = {}
+
+
+def figure_queue(tracking_uri: str) -> FigureQueue:
+    """The driver's queue for this tracking store (one per process, shared by the callback Tune may restore)."""
+    if tracking_uri not in _QUEUES:
+        _QUEUES[tracking_uri] = FigureQueue(tracking_uri)
+    return _QUEUES[tracking_uri]
+
+
+def complete_figures(ctx: SweepContext) -> int:
+    """Wait for the queue, then draw the figures of every trial run of the sweep that still lacks them; returns how many."""
+    figure_queue(ctx.tracking_uri).drain()
+    client = MlflowClient(ctx.tracking_uri)
+    drawn = 0
+    for run in client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'"):
+        held = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if not set(TRIAL_FIGURES) <= held and "sites.csv" in held:
+            retry(lambda: draw_trial_figures(client, run.info.run_id), budget_s=60, what="drawing a trial's figures")
+            drawn += 1
+    return drawn
