@@ -27,8 +27,10 @@ from trainables.metrics import OBJECTIVES
 
 PRESET_DIR = Path(__file__).parent
 SMOKE_TRAIN, SMOKE_VAL = 512, 256  # images a smoke test trains and validates on at most: enough to see learning
-SMOKE_MIN_TRAIN = 32  # ... and at least, however deep the network
-SMOKE_GMACS = 12.0  # forward multiply–accumulates (G) of one smoke epoch's training images: deep nets get fewer images
+SMOKE_MIN_TRAIN = 16  # ... and at least, however deep the network
+SMOKE_GMACS = 2.0  # forward multiply–accumulates (G) of one smoke epoch's training images: deep nets get fewer images
+SMOKE_WIDTH = 0.25  # a wide network with a width multiplier trains at this width in a smoke test (VanillaNet's x0_25) ...
+SMOKE_WIDE_GMACS = 0.02  # ... when one smoke image costs it more than this (G multiply–accumulates)
 SMOKE_SIZES = (16, 32, 64)  # smoke image sides, smallest first: the first every searched model can take
 GRID_LIMIT = 100_000  # grid points a sweep may enumerate
 RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
@@ -185,11 +187,14 @@ class Sweep:
 
     def shrunk(self) -> "Sweep":
         """The smoke-test form: same searcher and space, digits, ≤ 4 trials, ≤ 2 epochs (PWLU realigns after 1), small
-        images (the smallest every searched model takes) and fewer of them the deeper the network."""
+        images (the smallest every searched model takes) and fewer of them the deeper the network; a wide network with a
+        width multiplier at width 0.25 (VanillaNet at full width means gigabyte checkpoints and seconds of fusing per trial:
+        the same sites and stages, narrower)."""
         data = self.spec.model_dump()
         size = _smoke_image_size(self)
-        train = _smoke_samples(self, size)
-        shrink = {"dataset": "digits", "image_size": size, "epochs": min(self.base.epochs, 2),
+        width = _smoke_width(self, size)
+        train = _smoke_samples(self, size, width)
+        shrink = {**({"width": width} if width else {}), "dataset": "digits", "image_size": size, "epochs": min(self.base.epochs, 2),
                   "warmup_epochs": min(self.base.warmup_epochs, 1), "pwlu_warmup_epochs": min(self.base.pwlu_warmup_epochs, 1),
                   "train_samples": train, "val_samples": min(SMOKE_VAL, train // 2)}
         data["trial"] = {**data["trial"], **{k: v for k, v in shrink.items() if k not in self.spec.space}}
@@ -482,10 +487,10 @@ def _point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: s
         raise SpecError(file, f"{where}.{arg_key if arg_key in point else 'policy'}", str(exc)) from None
 
 
-def _smoke_models(sweep: "Sweep") -> list[TrialConfig]:
+def _smoke_models(sweep: "Sweep", width: float | None = None) -> list[TrialConfig]:
     """The fixed config with every searched architecture (model, stem, width): the smoke image size and image count
     must suit all of them. A conditional key adds its fixed value too (what the trials that do not sample it keep)."""
-    base, options = sweep.base.to_dict(), []
+    base, options = {**sweep.base.to_dict(), **({"width": width} if width else {})}, []
     for key in ARCHITECTURE_KEYS:
         dist = sweep.spec.space.get(key)
         if dist is None or dist.type != "categorical":
@@ -503,9 +508,21 @@ def _smoke_image_size(sweep: "Sweep") -> int:
     return sweep.base.image_size
 
 
-def _smoke_samples(sweep: "Sweep", size: int) -> int:
-    """Training images per smoke epoch: SMOKE_GMACS worth of forward passes of the costliest searched model, 64…512."""
-    macs = max((_forward_macs(cfg, size) or 0.0) for cfg in _smoke_models(sweep))
+def _smoke_width(sweep: "Sweep", size: int) -> float | None:
+    """SMOKE_WIDTH where every searched architecture has a width multiplier (not searched) and the costliest takes more
+    than SMOKE_WIDE_GMACS per image at the smoke size; else None (the file's width)."""
+    from trainables.models import model_arguments
+
+    models = _smoke_models(sweep)
+    if "width" in sweep.spec.space or sweep.base.width <= SMOKE_WIDTH or \
+            not all("width" in model_arguments(cfg.model) for cfg in models):
+        return None
+    return SMOKE_WIDTH if max((_forward_macs(cfg, size) or 0.0) for cfg in models) > SMOKE_WIDE_GMACS else None
+
+
+def _smoke_samples(sweep: "Sweep", size: int, width: float | None = None) -> int:
+    """Training images per smoke epoch: SMOKE_GMACS worth of forward passes of the costliest searched model, 16…512."""
+    macs = max((_forward_macs(cfg, size) or 0.0) for cfg in _smoke_models(sweep, width))
     return int(min(SMOKE_TRAIN, max(SMOKE_MIN_TRAIN, SMOKE_GMACS / macs if macs else SMOKE_TRAIN)))
 
 
