@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             sweep = load_sweep(args.file)
-            print(f"{sweep.file}: ok ({sweep.spec.search.num_samples} trials, searching {', '.join(sweep.spec.space) or 'nothing'}"
+            objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
+            print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
+                  f"searching {', '.join(sweep.spec.space) or 'nothing'}"
                   + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
             return 0
         if args.command == "sites":

@@ -54,6 +54,9 @@ def _check_smoke_outputs(preset, client, parent, children, out, tmp_path):
     # same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs, small images
     assert parent.data.params["algorithm"] == sweep.spec.search.algorithm
     assert parent.data.params["searched"] == ",".join(sweep.spec.space)
+    # each trial takes one CPU and no GPU here, whatever the preset asks: else Tune would wait forever for resources
+    assert (parent.data.params["cpu_per_trial"], parent.data.params["gpu_per_trial"]) == ("1.0", "0.0")
+    assert f"the sweep file asks {sweep.spec.resources.cpu:g} CPU, {sweep.spec.resources.gpu:g} GPU" in out
     assert len(children) == SMOKE_TRIALS
     for child in children:
         assert child.data.params["dataset"] == "digits" and int(child.data.params["image_size"]) <= 32
