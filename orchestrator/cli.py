@@ -3,6 +3,7 @@
     lslu-sweep run search_spaces/quickstart.yaml [--smoke-test] [--tracking-uri URI] [--storage DIR] [--address ADDR]
     lslu-sweep validate FILE
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
+    lslu-sweep report NAME [--tracking-uri URI]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
     lslu-sweep ui [--tracking-uri URI] [--port P]
 
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
     res.add_argument("name")
     _common(res)
+
+    rep = sub.add_parser("report", help="the paper-style table of a finished sweep (grouped, mean ± std over seeds), "
+                                        "printed and logged to its parent run")
+    rep.add_argument("name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, <sweep>-<date>")
+    _tracking_uri(rep)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest sweep's links")
     _tracking_uri(ui)
@@ -95,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         except UiError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    if args.command == "report":
+        return _report(args.name, args.tracking_uri)
     try:
         if args.command == "validate":
             sweep = load_sweep(args.file)
-            print(f"{sweep.file}: ok ({sweep.spec.search.num_samples} trials, searching {', '.join(sweep.spec.space) or 'nothing'}"
+            objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
+            print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
+                  f"searching {', '.join(sweep.spec.space) or 'nothing'}"
                   + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
             return 0
         if args.command == "sites":
@@ -129,6 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 0 if outcome.best else 1
+
+
+def _report(name: str, tracking_uri: str | None) -> int:
+    from cluster.tracking import resolve_tracking_uri
+    from orchestrator.report import ReportError, report_sweep  # MLflow loads only when needed
+
+    try:
+        print(report_sweep(name, resolve_tracking_uri(tracking_uri)))
+    except (ReportError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 if __name__ == "__main__":

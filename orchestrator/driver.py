@@ -22,6 +22,7 @@ from cluster.preflight import check_cluster
 from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
+from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
 from orchestrator.figures import complete_figures, figure_queue
@@ -32,6 +33,7 @@ from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
 MANIFEST = "lslu_sweep.json"
+SMOKE_CPU = 1.0  # CPUs a smoke-test trial takes at most
 
 
 @dataclass
@@ -55,6 +57,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     ray_description = connect(address)
     nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
     where = _where(ray_description, nodes)
+    if smoke_test:
+        _fit_smoke_resources(sweep, echo)
     if nodes > 1 and sweep.spec.search.max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
              "to continue such trials on another node from their last checkpoint")
@@ -89,6 +93,8 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
     where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
+    if manifest["smoke_test"]:
+        _fit_smoke_resources(sweep, echo)
     MlflowClient(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
     echo(f"resuming sweep {exp_name} on {where}")
@@ -108,6 +114,19 @@ def find_experiment(name: str, storage: str | None = None) -> str:
 
 def _where(ray_description: str, node_count: int) -> str:
     return ray_description if node_count <= 1 else f"{ray_description} ({node_count} nodes)"
+
+
+def _fit_smoke_resources(sweep: Sweep, echo) -> None:
+    """A smoke test runs where it is started: each trial takes at most one CPU, and a GPU (share) only where the
+    cluster has one. A preset's own request (e.g. 4 CPUs and a GPU) would leave its trials pending forever on a
+    laptop: Tune waits for resources that never come. Changes the shrunk sweep's resources in place."""
+    import ray
+
+    r, total = sweep.spec.resources, ray.cluster_resources()
+    cpu, gpu = min(r.cpu, SMOKE_CPU, total.get("CPU", 1.0)), min(r.gpu, total.get("GPU", 0.0))
+    if (cpu, gpu) != (r.cpu, r.gpu):
+        echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here (the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
+        r.cpu, r.gpu = cpu, gpu
 
 
 def trial_dirname(trial) -> str:
@@ -141,10 +160,11 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     closed = close_leftover_runs(ctx)
     complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
     client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
-    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    metric, mode = sweep.metric, sweep.mode
     best, ranked = summary.best_row(rows, metric, mode), summary.ranked(rows, metric, mode)
     client.log_text(ctx.parent_run_id, summary.results_csv(ranked), "results.csv")
     log_sweep_plots(client, ctx.parent_run_id, sweep, rows)
+    tables = log_sweep_tables(client, ctx.parent_run_id, sweep, rows, name)
     if best:
         client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
         client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric])
@@ -152,7 +172,7 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
-    lines = ["", summary.table(ranked, list(sweep.spec.space), metric), ""]
+    lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
     lines.append(f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
     if best:
@@ -161,6 +181,11 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
                                                  and (k[7:] in sweep.spec.space or k == "config.mask")))
     else:
         lines.append("no trial finished with a result")
+    if "pareto.csv" in tables:
+        front = tables["pareto.csv"]
+        lines.append(f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
+                     f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run")
+    lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
     lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
     text = "\n".join(lines)

@@ -22,12 +22,11 @@ HEARTBEAT_S = 300.0  # but at least one every 5 minutes, so a long epoch does no
 
 class SweepReporter(CLIReporter):
     def __init__(self, sweep: Sweep, min_interval_s: float = MIN_INTERVAL_S, heartbeat_s: float = HEARTBEAT_S):
-        s = sweep.spec.search
-        columns = {"epoch": "epoch", "val_acc": "val_acc", s.metric: s.metric}
+        columns = {"epoch": "epoch", "val_acc": "val_acc", **{m: m for m, _ in sweep.objectives}}
         if "mask" in sweep.spec.space:  # searched as one choice per site; the trial reports it folded
             columns["mask"] = "mask"
         params = [k for k, d in sweep.spec.space.items() if d.type != "sites"]
-        super().__init__(metric_columns=columns, parameter_columns=params, metric=s.metric, mode=s.mode,
+        super().__init__(metric_columns=columns, parameter_columns=params, metric=sweep.metric, mode=sweep.mode,
                          sort_by_metric=True, print_intermediate_tables=True, max_progress_rows=20)
         self.min_interval_s, self.heartbeat_s = min_interval_s, heartbeat_s
         self._last_time, self._last_state = float("-inf"), None

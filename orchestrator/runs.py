@@ -50,10 +50,13 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
         shared_tags["mlflow.source.git.commit"] = commit
     tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name, "smoke_test": str(smoke_test).lower(),
             "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: `results.csv` (one row per trial, "
-                                   "best first), `parallel_coordinates.png`, `param_importance.png`, `best_config.yaml`."}
+                                   "best first), `report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
+                                   "`param_importance.png`, `best_config.yaml`; with two objectives `pareto.png` and `pareto.csv`; "
+                                   "with a searched mask `site_importance.csv`."}
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     s = sweep.spec.search
-    params = {"algorithm": s.algorithm, "metric": s.metric, "mode": s.mode, "num_samples": s.num_samples,
+    params = {"algorithm": s.algorithm, "metric": ",".join(m for m, _ in sweep.objectives),
+              "mode": ",".join(mode for _, mode in sweep.objectives), "num_samples": s.num_samples, "max_sites": s.max_sites,
               "max_concurrent": s.max_concurrent, "scheduler": s.scheduler, "seed": s.seed, "searched": ",".join(sweep.spec.space),
               "site_count": sweep.site_count, "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -1,9 +1,10 @@
-"""What a finished sweep amounts to: one row per trial, the best trial, and a runnable best config."""
+"""What a finished sweep amounts to: one row per trial, the best trial, the Pareto front of a multi-objective
+sweep, and a runnable best config."""
 from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 import yaml
@@ -13,8 +14,12 @@ from trainables.config import TrialConfig
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS
 
 
+CONVERGENCE_PREFIXES = ("theta_conv", "theta_conv_std", "omega_conv", "omega_conv_std")  # per LSLU site, end of trial
+
+
 def trial_rows(result_grid) -> list[dict[str, Any]]:
-    """One row per trial: ids, status, the resolved config (mask folded) and every reported metric."""
+    """One row per trial: ids, status, the resolved config (mask folded), the insertion mask its policy gave,
+    and every reported metric (the last epoch's, and the end-of-trial record with the θ/ω convergence values)."""
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
@@ -25,16 +30,17 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
         elif status in (None, "running"):
             status = "stopped_early"
         row = {"trial_id": metrics.get("trial_id", ""), "status": status, "epochs_run": metrics.get("epoch", 0),
-               "mlflow_run_id": metrics.get("mlflow_run_id", "")}
+               "mlflow_run_id": metrics.get("mlflow_run_id", ""), "mask": metrics.get("mask", "")}
         row.update({f"config.{k}": v for k, v in config.items()})
         row.update({m: metrics.get(m) for m in EPOCH_METRICS + EMA_METRICS + FINAL_METRICS})
+        row.update({k: v for k, v in metrics.items() if k.partition("/")[0] in CONVERGENCE_PREFIXES})
         rows.append(row)
     return rows
 
 
-def finished(rows: list[dict], metric: str) -> list[dict]:
-    """The trials whose ``metric`` counts: completed or stopped by the scheduler, with a finite value."""
-    return [r for r in rows if r["status"] in ("completed", "stopped_early") and _finite(r.get(metric))]
+def finished(rows: list[dict], *metrics: str) -> list[dict]:
+    """The trials whose ``metrics`` count: completed or stopped by the scheduler, with a finite value of each."""
+    return [r for r in rows if r["status"] in ("completed", "stopped_early") and all(_finite(r.get(m)) for m in metrics)]
 
 
 def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
@@ -52,26 +58,45 @@ def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
     return done + [r for r in rows if id(r) not in chosen]
 
 
+def dominates(a: dict, b: dict, objectives: Sequence[tuple[str, str]]) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one."""
+    signs = [1 if mode == "max" else -1 for _, mode in objectives]
+    diffs = [sign * (a[m] - b[m]) for (m, _), sign in zip(objectives, signs)]
+    return all(d >= 0 for d in diffs) and any(d > 0 for d in diffs)
+
+
+def pareto_rows(rows: list[dict], objectives: Sequence[tuple[str, str]]) -> list[dict]:
+    """The finished trials no other finished trial dominates, best in the first objective first."""
+    done = finished(rows, *(m for m, _ in objectives))
+    front = [r for r in done if not any(dominates(o, r, objectives) for o in done)]
+    return ranked(front, *objectives[0])
+
+
 def best_config_yaml(sweep: Sweep, best: dict) -> str:
     """A one-trial sweep file that reruns the best trial: ``lslu-sweep run best_config.yaml``."""
     trial = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
     spec = {"name": f"{sweep.name}-best", "trial": trial,
-            "search": {"algorithm": "random", "metric": sweep.spec.search.metric, "mode": sweep.spec.search.mode,
+            "search": {"algorithm": "random", "metric": sweep.metric, "mode": sweep.mode,
                        "num_samples": 1, "max_concurrent": 1, "scheduler": "none"},
             "resources": sweep.spec.resources.model_dump()}
-    header = f"# lslu-sweep run best_config.yaml\n# The best trial ({best['trial_id']}) of sweep {sweep.name}.\n"
+    header = (f"# lslu-sweep run best_config.yaml\n"
+              f"# The best trial ({best['trial_id']}) of sweep {sweep.name} by {sweep.metric} ({sweep.mode}).\n")
     return header + yaml.safe_dump(spec, sort_keys=False)
 
 
 def results_csv(rows: list[dict]) -> str:
+    return frame_csv(pd.DataFrame(rows))
+
+
+def frame_csv(frame: pd.DataFrame) -> str:
     out = io.StringIO()
-    pd.DataFrame(rows).to_csv(out, index=False)
+    frame.to_csv(out, index=False)
     return out.getvalue()
 
 
-def table(rows: list[dict], searched: list[str], metric: str) -> str:
-    """The printed summary: one line per trial, the searched values and the headline metrics."""
-    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + ["val_acc", metric]
+def table(rows: list[dict], searched: list[str], metrics: Sequence[str]) -> str:
+    """The printed summary: one line per trial, the searched values and the headline metrics (the objectives)."""
+    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + ["val_acc", *metrics]
     cols = list(dict.fromkeys(c for c in cols if any(c in r for r in rows)))
     frame = pd.DataFrame(rows, columns=cols).rename(columns=lambda c: c.removeprefix("config."))
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")

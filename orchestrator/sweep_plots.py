@@ -1,8 +1,11 @@
 """A sweep's own figures, logged on its parent run beside ``results.csv``.
 
 Every per-sweep plot lives here: ``PLOTS`` maps an artifact name to a function ``(sweep, rows) -> figure
-or None`` (None: this sweep cannot show it, e.g. fewer than two finished trials). ``rows`` are
-``summary.trial_rows``. A multi-objective sweep's ``pareto.png`` belongs beside these.
+or None`` (None: this sweep cannot show it, e.g. fewer than two finished trials, or not two objectives).
+``rows`` are ``summary.trial_rows``. Plots that rank trials use the sweep's first objective.
+
+A conditional key (``when``) has no value in the trials that did not sample it: it is drawn at "off" below
+its axis, and Optuna's importance only weighs keys every finished trial sampled.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ import optuna  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from orchestrator.summary import finished  # noqa: E402
+from orchestrator.summary import finished, pareto_rows  # noqa: E402
 from search_spaces.schema import Sweep  # noqa: E402
 from orchestrator.figures import log_figure  # noqa: E402
 
 IMPORTANCE_MIN_TRIALS = 3
+OFF = -0.1  # where a conditional key's "not sampled" sits, below its axis
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,12 @@ class Axis:
 
 
 def searched_axes(sweep: Sweep, rows: list[dict]) -> list[Axis]:
-    """One axis per searched key; a searched mask (``sites``) gives one 0/1 axis per site, ``site_<i>``."""
+    """One axis per searched key; a searched mask (``sites``) gives one 0/1 axis per site, ``site_<i>``.
+    A conditional key's value is None in the rows that did not sample it."""
     axes = []
+    active = [set(sweep.active_keys(config_of(r))) for r in rows]
     for key, dist in sweep.spec.space.items():
-        values = [r[f"config.{key}"] for r in rows]
+        values = [r[f"config.{key}"] if key in on else None for r, on in zip(rows, active)]
         if dist.type == "sites":
             axes += [Axis(f"site_{i}", [int(m[i]) for m in values], [0, 1]) for i in range(sweep.site_count)]
         elif dist.type == "categorical":
@@ -48,12 +54,17 @@ def searched_axes(sweep: Sweep, rows: list[dict]) -> list[Axis]:
     return axes
 
 
+def config_of(row: dict) -> dict:
+    """A results row's trial config, without the ``config.`` prefix."""
+    return {k[len("config."):]: v for k, v in row.items() if k.startswith("config.")}
+
+
 def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     """Each finished trial as a line across the searched values to the metric, coloured by the metric; the best in red."""
-    rows = finished(rows, sweep.spec.search.metric)
+    rows = finished(rows, sweep.metric)
     if len(rows) < 2:
         return None
-    metric, mode = sweep.spec.search.metric, sweep.spec.search.mode
+    metric, mode = sweep.metric, sweep.mode
     axes = [*searched_axes(sweep, rows), Axis(metric, [r[metric] for r in rows])]
     placed = [_place(axis) for axis in axes]
     scores = [r[metric] for r in rows]
@@ -75,7 +86,7 @@ def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     ax.set_xticks(xs, [a.name for a in axes], rotation=30 if len(axes) > 6 else 0, ha="right" if len(axes) > 6 else "center")
     ax.set_yticks([])
     ax.set_xlim(-0.3, len(axes) - 0.5)
-    ax.set_ylim(-0.06, 1.06)
+    ax.set_ylim(OFF - 0.06 if any(None in a.values for a in axes) else -0.06, 1.06)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, pad=0.02)
@@ -85,18 +96,31 @@ def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     return fig
 
 
-def importance_figure(sweep: Sweep, rows: list[dict]):
-    """How much each searched value explains the metric: Optuna's fANOVA over the finished trials."""
-    rows = finished(rows, sweep.spec.search.metric)
-    metric = sweep.spec.search.metric
+def param_importances(sweep: Sweep, rows: list[dict]) -> dict[str, float] | None:
+    """Optuna's fANOVA importance of each searched value (``site_<i>`` per site) for the first objective, over the
+    finished trials; None with too few trials or a constant metric. A conditional key counts only if every trial sampled it."""
+    metric = sweep.metric
+    rows = finished(rows, metric)
     distributions = _distributions(sweep)
     if len(rows) < IMPORTANCE_MIN_TRIALS or not distributions or len({r[metric] for r in rows}) < 2:
         return None
-    study = optuna.create_study(direction="maximize" if sweep.spec.search.mode == "max" else "minimize")
+    study = optuna.create_study(direction="maximize" if sweep.mode == "max" else "minimize")
     for axis_values in zip(*(a.values for a in searched_axes(sweep, rows)), (r[metric] for r in rows)):
         *params, value = axis_values
-        study.add_trial(optuna.trial.create_trial(params=dict(zip(distributions, params)), distributions=distributions, value=value))
-    importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        sampled = {name: v for name, v in zip(distributions, params) if v is not None}
+        study.add_trial(optuna.trial.create_trial(params=sampled, distributions={n: distributions[n] for n in sampled}, value=value))
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except ValueError:  # no key that every trial sampled
+        return None
+
+
+def importance_figure(sweep: Sweep, rows: list[dict]):
+    """How much each searched value explains the metric: Optuna's fANOVA over the finished trials."""
+    importances = param_importances(sweep, rows)
+    if not importances:
+        return None
+    metric, count = sweep.metric, len(finished(rows, sweep.metric))
     names = sorted(importances, key=importances.get)
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.35 * len(names)))
     ax.barh(names, [importances[n] for n in names], color="C0")
@@ -104,12 +128,45 @@ def importance_figure(sweep: Sweep, rows: list[dict]):
         ax.text(importances[n], y, f" {importances[n]:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1 * max(importances.values()) or 1)
     ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
-    ax.set_title(f"{sweep.name}: parameter importance over {len(rows)} finished trials", fontsize=10)
+    ax.set_title(f"{sweep.name}: parameter importance over {count} finished trials", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-PLOTS = {"parallel_coordinates.png": parallel_coordinates_figure, "param_importance.png": importance_figure}
+def pareto_figure(sweep: Sweep, rows: list[dict]):
+    """Two objectives: every finished trial, the first objective against the second (papers/000 Fig. 6a: accuracy
+    against latency), the Pareto front joined in red and each front trial labelled with its count of inserted sites."""
+    if len(sweep.objectives) != 2:
+        return None
+    (y_metric, y_mode), (x_metric, x_mode) = sweep.objectives
+    done = finished(rows, y_metric, x_metric)
+    if len(done) < 2:
+        return None
+    front = sorted(pareto_rows(done, sweep.objectives), key=lambda r: r[x_metric])
+    on_front = {id(r) for r in front}
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    others = [r for r in done if id(r) not in on_front]
+    ax.scatter([r[x_metric] for r in others], [r[y_metric] for r in others], color="0.6", s=28, label="dominated trials", zorder=2)
+    ax.plot([r[x_metric] for r in front], [r[y_metric] for r in front], color="red", marker="o", drawstyle="steps-post"
+            if (x_mode == "min") == (y_mode == "max") else "default", linewidth=1.5, label=f"Pareto front ({len(front)})", zorder=3)
+    for r in front:
+        ax.annotate(_sites_label(r), (r[x_metric], r[y_metric]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"{x_metric} ({'lower' if x_mode == 'min' else 'higher'} is better)")
+    ax.set_ylabel(f"{y_metric} ({'higher' if y_mode == 'max' else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: {len(done)} finished trials", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sites_label(row: dict) -> str:
+    mask = row.get("mask") or row.get("config.mask") or ""
+    return f"{mask.count('1')} sites" if mask else str(row.get("trial_id", ""))
+
+
+PLOTS = {"parallel_coordinates.png": parallel_coordinates_figure, "param_importance.png": importance_figure,
+         "pareto.png": pareto_figure}
 
 
 def log_sweep_plots(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict]) -> list[str]:
@@ -139,7 +196,13 @@ def _distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribut
 
 
 def _place(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
-    """Positions in [0, 1] for the axis' values, and the (position, label) ticks to write beside it."""
+    """Positions in [0, 1] for the axis' values, and the (position, label) ticks to write beside it; a value
+    a trial did not sample (None) sits at OFF."""
+    if None in axis.values:
+        sampled = [v for v in axis.values if v is not None]
+        placed, ticks = _place(Axis(axis.name, sampled, axis.choices, axis.log)) if sampled else ([], [])
+        spots = iter(placed)
+        return [OFF if v is None else next(spots) for v in axis.values], [*ticks, (OFF, "off")]
     if axis.choices is not None:
         span = max(1, len(axis.choices) - 1)
         index = {repr(c): i for i, c in enumerate(axis.choices)}

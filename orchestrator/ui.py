@@ -26,12 +26,11 @@ LOCAL_UI = f"http://{HOST}:{DEFAULT_PORT}"  # where `lslu-sweep ui` serves by de
 
 def sweep_view_state(sweep: Sweep, parent_run_id: str) -> dict:
     """The runs-table state of one sweep: its trials only, best first, the columns a researcher compares."""
-    s = sweep.spec.search
-    metrics = list(dict.fromkeys([s.metric, "val_acc", "val_loss"]))
+    metrics = list(dict.fromkeys([*(m for m, _ in sweep.objectives), "val_acc", "val_loss"]))
     return {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        "orderByKey": f"metrics.`{s.metric}`",
-        "orderByAsc": s.mode == "min",
+        "orderByKey": f"metrics.`{sweep.metric}`",
+        "orderByAsc": sweep.mode == "min",
         "selectedColumns": ["tags.`status`", *(f"metrics.`{m}`" for m in metrics), *(f"params.`{k}`" for k in sweep.spec.space)],
     }
 

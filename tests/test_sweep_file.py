@@ -97,4 +97,19 @@ def test_run_refuses_before_ray_or_mlflow_start(tmp_path):
 
 def test_missing_file_names_the_presets(capsys):
     assert main(["validate", "no_such_sweep"]) == 2
-    assert "presets: quickstart" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "presets: " in err and "quickstart" in err and "insertion_resnet18" in err
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_the_smoke_form_keeps_searcher_and_space_and_shrinks_the_rest(preset):
+    sweep = load_sweep(preset)
+    smoke = sweep.shrunk()
+    assert smoke.spec.space == sweep.spec.space and smoke.objectives == sweep.objectives and smoke.points == sweep.points
+    assert smoke.spec.search.algorithm == sweep.spec.search.algorithm and smoke.spec.search.max_sites == sweep.spec.search.max_sites
+    assert smoke.spec.search.num_samples == min(4, sweep.spec.search.num_samples)
+    base = smoke.base
+    assert base.dataset == "digits" and base.epochs <= 2 and base.image_size <= 32 and 16 <= base.train_samples <= 512
+    # a wide VanillaNet trains at width 0.25 (same sites, narrower); a space with another model keeps the file's width
+    models = sweep.spec.space["model"].choices if "model" in sweep.spec.space else [sweep.base.model]
+    assert base.width == (0.25 if all(m.startswith("vanillanet") for m in models) else sweep.base.width)
