@@ -10,6 +10,8 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
+    # The driver reads each finished trial's sites.csv back to draw its figures: no progress bar per trial.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Checkpointing every epoch with num_to_keep forces a cheap state snapshot each time; short epochs warn about it.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Tune's classic console, which takes the driver's trial table (orchestrator/progress.py); the new one
