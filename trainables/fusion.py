@@ -16,6 +16,16 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d)
 
 
 @torch.no_grad()
+def fold_own_bn_(module: nn.Module) -> None:
+    """Deploy form of a depthwise-conv-then-BN activation (LSLU, VanillaNet's series activation), in place:
+    ``module.bn`` is folded into ``module.weight``, its shift becomes ``module.bias`` and ``bn`` an Identity."""
+    weight, bias = fold_bn(module.weight, module.bias, module.bn)
+    module.weight.copy_(weight)
+    module.bias = nn.Parameter(bias)
+    module.bn = nn.Identity()
+
+
+@torch.no_grad()
 def merge_1x1(outer_w: torch.Tensor, outer_b: torch.Tensor, inner_w: torch.Tensor, inner_b: torch.Tensor):
     """One conv equal to ``outer(inner(x))`` when ``outer`` is a 1×1 conv and nothing nonlinear lies between.
 

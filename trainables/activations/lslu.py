@@ -18,7 +18,7 @@ from torch import nn
 from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.lslu_series import lslu_series
 from trainables.activations.registry import register_act
-from trainables.fusion import fold_bn
+from trainables.fusion import fold_own_bn_
 
 BASES = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}  # F.gelu is the exact (erf) GELU
 GRANULARITIES = ("layer", "channel")
@@ -66,10 +66,7 @@ class LSLU(nn.Module):
         """Fold the eval-mode BatchNorm into the depthwise conv, in place (deploy form)."""
         if self.fused:
             return self
-        weight, bias = fold_bn(self.weight, None, self.bn)
-        self.weight.copy_(weight)
-        self.bias = nn.Parameter(bias)
-        self.bn = nn.Identity()
+        fold_own_bn_(self)
         return self
 
     def extra_repr(self) -> str:

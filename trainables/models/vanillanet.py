@@ -21,7 +21,7 @@ from torch import nn
 
 from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.lslu import BASES
-from trainables.fusion import fold_bn, merge_1x1
+from trainables.fusion import fold_bn, fold_own_bn_, merge_1x1
 from trainables.insertion import register_site_type
 from trainables.models.registry import register_model
 
@@ -64,10 +64,7 @@ class VanillaAct(nn.Module):
     @torch.no_grad()
     def fuse(self) -> "VanillaAct":
         if self.bias is None:
-            weight, bias = fold_bn(self.weight, None, self.bn)
-            self.weight.copy_(weight)
-            self.bias = nn.Parameter(bias)
-            self.bn = nn.Identity()
+            fold_own_bn_(self)
         return self
 
     def extra_repr(self) -> str:
