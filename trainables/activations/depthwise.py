@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor laid out that way (and not also plain contiguous), else contiguous_format."""
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+
+
 class _DepthwiseCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, padding: int):
@@ -25,7 +30,7 @@ class _DepthwiseCPU(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p, (n, c, h, w) = ctx.padding, x.shape
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+        fmt = memory_format_of(x)
         x, grad = x.contiguous(), grad.contiguous()  # the grouped convolutions below are fastest in NCHW on the CPU
         dx = dw = None
         if ctx.needs_input_grad[0]:

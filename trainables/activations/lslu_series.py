@@ -19,6 +19,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from trainables.activations.depthwise import memory_format_of
+
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
 
@@ -72,12 +74,17 @@ def series_backward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, g
 def _kernels(x: torch.Tensor, base: str, channel: bool):
     """The Triton pair for a 4-D CUDA tensor in NCHW or channels_last layout (``LSLU_KERNEL=eager`` turns it off),
     the eager pair otherwise (CPU, other layouts)."""
-    if x.is_cuda and x.dim() == 4 and os.environ.get("LSLU_KERNEL", "triton") == "triton" and _triton() is not None:
+    if _triton_on(x) and x.dim() == 4:
         if _triton().layout(x) is not None:
             kernels = _triton()
             return (functools.partial(kernels.series_forward, base=base, channel=channel),
                     functools.partial(kernels.series_backward, base=base, channel=channel))
     return functools.partial(series_forward, base=base, channel=channel), functools.partial(series_backward, base=base, channel=channel)
+
+
+def _triton_on(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels serve x: a CUDA tensor, Triton importable, and not turned off by ``LSLU_KERNEL=eager``."""
+    return x.is_cuda and os.environ.get("LSLU_KERNEL", "triton") == "triton" and _triton() is not None
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,19 +108,15 @@ class SeriesFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, theta, omega = ctx.saved_tensors
         _, backward = _kernels(x, ctx.base, ctx.channel)
-        dx, d_theta, d_omega = backward(x, theta, omega, grad.contiguous(memory_format=_format(x)))
+        dx, d_theta, d_omega = backward(x, theta, omega, grad.contiguous(memory_format=memory_format_of(x)))
         return dx, d_theta, d_omega, None, None
-
-
-def _format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
 
 
 def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool) -> torch.Tensor:
     """f(y_n): through ``SeriesFunction`` (only x saved) when a gradient is needed on CUDA with Triton; elsewhere
     autograd on the plain series, which on the CPU is faster than recomputing it in backward (benchmarks/)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad)
-    if needs_grad and x.is_cuda and _triton() is not None and os.environ.get("LSLU_KERNEL", "triton") == "triton":
+    if needs_grad and _triton_on(x):
         return SeriesFunction.apply(x, theta, omega, base, channel)
     if needs_grad:
         return series_forward(x, theta, omega, base, channel)
