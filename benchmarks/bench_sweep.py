@@ -1,14 +1,20 @@
 """bench_sweep.py: what the orchestration costs each trial, and how many short trials an hour a sweep runs.
 
-    python benchmarks/bench_sweep.py                # 16-trial digits sweeps on the embedded local Ray, with and without actor reuse
+    python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with actor reuse, 8 without
     python benchmarks/bench_sweep.py --trials 32 --gpu 0.25    # on a GPU machine: four trials packed per GPU
 
-Evidence it gives, per setting: the sweep's wall time (Tuner.fit, Ray already started), the trials' own training time
-(the sum of their epoch times), the orchestration overhead per trial — idle slot-time per trial:
-(wall × concurrent slots − Σ training time) / trials, i.e. everything that is not training — split into the part inside
-the trainable function (Tune's time_total_s minus training: model and data set-up, MLflow logging, checkpoints) and the
-part outside it (process or actor start, Tune's scheduling and bookkeeping, idle slots) — and trials per hour. Target (issue 9):
-overhead ≤ 0.5 s per trial on the local default. Each setting logs to its own SQLite store in a temporary folder.
+Evidence it gives, per sweep: its wall time (``run_sweep``, Ray already started; everything from the parent run to the
+sweep's plots), the trials' own training time (the sum of their epoch times), and the orchestration overhead per
+trial — idle slot-time per trial: (wall × concurrent slots − Σ training time) / trials, i.e. everything that is not
+training — split into the part inside the trainable function (Tune's time_total_s minus training: model and data
+set-up, MLflow logging, checkpoints) and the part outside it (actor start, Tune's scheduling, the driver's figures
+and sweep plots, idle slots); the CPU time the driver's figure thread spent per trial; trials per hour.
+
+A sweep's overhead is a fixed part (the first worker processes and their imports, the parent run, the figures of the
+last trials and the sweep's plots at the end) plus a part per trial. Two sweep sizes with actor reuse separate them:
+the marginal overhead per trial is the difference of their overheads over the difference of their trial counts, and
+the fixed part is what remains. Target (issue 9): overhead ≤ 0.5 s per trial on the local default. Each sweep logs to
+its own SQLite store in a temporary folder.
 """
 from __future__ import annotations
 
@@ -37,27 +43,41 @@ def sweep_text(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float
 
 def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float) -> dict:
     from orchestrator.driver import run_sweep
+    from orchestrator.figures import figure_queue
     from search_spaces.schema import parse_sweep
 
     text = sweep_text(trials, concurrent, reuse, cpu, gpu)
     with tempfile.TemporaryDirectory() as tmp:
         sweep = parse_sweep(yaml.safe_load(text), text, "bench_sweep.yaml")
+        uri = f"sqlite:///{tmp}/mlruns.db"
         start = time.perf_counter()
-        outcome = run_sweep(sweep, tracking_uri=f"sqlite:///{tmp}/mlruns.db", storage=f"{tmp}/ray", echo=lambda *_: None)
+        outcome = run_sweep(sweep, tracking_uri=uri, storage=f"{tmp}/ray", echo=lambda *_: None)
         wall = time.perf_counter() - start
         train = sum(r.metrics.get("epoch_time_s", 0.0) for r in outcome.results)
         in_trial = sum(r.metrics.get("time_total_s", 0.0) for r in outcome.results)  # inside the trainable function
+        figures_cpu = figure_queue(uri).cpu_s
     slots = concurrent
     return {"actor reuse": reuse, "trials": trials, "slots": slots, "wall_s": wall, "train_s": train,
+            "idle_slot_s": wall * slots - train,
             "overhead_s_per_trial": (wall * slots - train) / trials,
-            "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, figures, checkpoints: the trainable's own
-            "outside_s": (wall * slots - in_trial) / trials,  # process or actor start, Tune's scheduling, idle slots
+            "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, checkpoints: the trainable's own
+            "outside_s": (wall * slots - in_trial) / trials,  # actor start, Tune's scheduling, the driver's figures, idle slots
+            "figures_cpu_s": figures_cpu / trials,  # the driver's figure thread, per trial (it shares the machine's cores)
             "trials_per_hour": 3600 * trials / wall, "completed": sum(r["status"] == "completed" for r in outcome.rows)}
+
+
+def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
+    """(fixed overhead per sweep in wall seconds, marginal overhead per trial in slot-seconds) from two sweep sizes."""
+    marginal = (large["idle_slot_s"] - small["idle_slot_s"]) / (large["trials"] - small["trials"])
+    fixed = (small["idle_slot_s"] - marginal * small["trials"]) / small["slots"]
+    return fixed, marginal
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--trials", type=int, nargs=2, default=[8, 32], metavar=("SMALL", "LARGE"),
+                   help="the two sweep sizes run with actor reuse")
+    p.add_argument("--fresh-trials", type=int, default=8, help="trials of the sweep without actor reuse (0: skip it)")
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--cpu", type=float, default=1.0)
     p.add_argument("--gpu", type=float, default=0.0)
@@ -67,9 +87,14 @@ def main(argv=None):
     start = time.perf_counter()
     where = connect()
     print(f"{where} started in {time.perf_counter() - start:.1f} s (once per sweep, not counted below)")
-    rows = [run(args.trials, args.concurrent, reuse, args.cpu, args.gpu) for reuse in (False, True)]
+    rows = [run(n, args.concurrent, True, args.cpu, args.gpu) for n in args.trials]
+    if args.fresh_trials:
+        rows.append(run(args.fresh_trials, args.concurrent, False, args.cpu, args.gpu))
     print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial", "in_trial_s",
-                       "outside_s", "trials_per_hour"]))
+                       "outside_s", "figures_cpu_s", "trials_per_hour"]))
+    fixed, marginal = split_fixed_marginal(rows[0], rows[1])
+    print(f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
+          f"{fixed:.1f} s fixed per sweep (wall); the driver's figures take {rows[1]['figures_cpu_s']:.2f} s CPU a trial")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import io
 import logging
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,16 +81,22 @@ class FigureQueue:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lslu-figures")
         self._pending: list[Future] = []
         self._lock = threading.Lock()
+        self.cpu_s = 0.0  # CPU time the thread has spent drawing (benchmarks/bench_sweep.py reports it per trial)
+        self.drawn = 0
 
     def submit(self, run_id: str) -> None:
         with self._lock:
             self._pending.append(self._pool.submit(self._draw, run_id))
 
     def _draw(self, run_id: str) -> None:
+        start = time.thread_time()
         try:
             retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60, what=f"drawing the figures of run {run_id}")
+            self.drawn += 1
         except Exception as exc:  # the end of the sweep draws what is missing
             log.warning("could not draw the figures of run %s: %s", run_id, exc)
+        finally:
+            self.cpu_s += time.thread_time() - start
 
     def drain(self) -> None:
         with self._lock:

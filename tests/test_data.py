@@ -6,17 +6,31 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.data import DataError, TensorData, load_dataset
+from trainables.data import DataError, TensorData, bundled_digits, load_dataset, stratified_split
+
+
+def test_digits_are_scikit_learns_and_split_stratified():
+    from sklearn.datasets import load_digits
+
+    images, labels = bundled_digits()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert len(set(train) | set(val)) == len(labels) == len(train) + len(val)  # disjoint, and every image used
+    for c in range(10):  # each class split 80/20, rounded
+        assert (labels[val] == c).sum() == round(0.2 * (labels == c).sum())
+    assert np.array_equal(stratified_split(labels, 0.2, seed=0)[1], val)  # the same split every time
+    assert len(set(labels[val[:20]])) > 3  # shuffled: a prefix (val_samples) holds several classes
 
 
 def test_digits_split_and_batches():
     data = load_dataset("digits", 16)
-    assert data.n_train == 1437 and data.n_val == 360 and data.num_classes == 10 and data.in_chans == 3
+    assert data.n_train == 1438 and data.n_val == 359 and data.num_classes == 10 and data.in_chans == 3
     assert set(data.val_y.tolist()) == set(range(10))
     x, y = next(data.val_batches(512, 16))
-    assert x.shape == (360, 3, 16, 16) and y.shape == (360,)
+    assert x.shape == (359, 3, 16, 16) and y.shape == (359,)
     xs = torch.cat([b for b, _ in data.train_batches(500, torch.Generator().manual_seed(0), 16)])
-    assert xs.shape == (1437, 3, 16, 16)
+    assert xs.shape == (1438, 3, 16, 16)
     # each batch: bilinear resize of the 8×8 images, then (x - mean) / std with the train split's statistics
     raw = data.train_x
     assert abs(raw.mean().item() - data.mean[0]) < 1e-6 and abs(raw.std().item() - data.std[0]) < 1e-6

@@ -69,6 +69,27 @@ def test_model_stats_on_a_real_model():
     assert stats["latency_ms"] > 0
 
 
+def test_architecture_stats_measure_each_architecture_once(monkeypatch):
+    from trainables.models import stats as stats_module
+
+    measured = []
+    monkeypatch.setattr(stats_module, "model_stats", lambda model, size: measured.append(repr(model)) or {"latency_ms": len(measured)})
+    monkeypatch.setattr(stats_module, "_BY_ARCHITECTURE", {})
+
+    def lslu_net(n, lr_seed=0):
+        torch.manual_seed(lr_seed)
+        model = build_model("digits_cnn", num_classes=10)
+        apply_policy(model, "all", "lslu", n=n)
+        return model
+
+    first = stats_module.architecture_stats(lslu_net(1), (3, 8, 8))
+    again = stats_module.architecture_stats(lslu_net(1, lr_seed=1), (3, 8, 8))  # other weights, same network
+    other_n = stats_module.architecture_stats(lslu_net(3), (3, 8, 8))
+    other_size = stats_module.architecture_stats(lslu_net(1), (3, 16, 16))
+    assert len(measured) == 3 and first == again == {"latency_ms": 1}
+    assert other_n == {"latency_ms": 2} and other_size == {"latency_ms": 3}
+
+
 # ResNet-18: stem act1, then two BasicBlocks (act1, act2) in each of layer1..4 = 17 sites.
 R18 = ["act1"] + [f"layer{s}.{b}.act{a}" for s in range(1, 5) for b in range(2) for a in (1, 2)]
 

@@ -15,6 +15,7 @@ batch is augmented, resized to ``image_size`` and normalized there, with no Data
 from __future__ import annotations
 
 import functools
+import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,16 +141,35 @@ def load_dataset(name: str, image_size: int, data_dir: str = "", download: bool 
 
 @functools.lru_cache(maxsize=2)  # once per worker process: reused actors skip the reload
 def _digits() -> TensorData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1).repeat(1, 3, 1, 1) / 16.0  # (1797, 3, 8, 8) in [0, 1]
-    y = torch.tensor(bunch.target, dtype=torch.int64)
-    idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=0.2, random_state=SPLIT_SEED, stratify=bunch.target)
+    images, labels = bundled_digits()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1).repeat(1, 3, 1, 1) / 16.0  # (1797, 3, 8, 8) in [0, 1]
+    y = torch.tensor(labels, dtype=torch.int64)
+    idx_train, idx_val = stratified_split(labels, val_fraction=0.2, seed=SPLIT_SEED)
     train_x = x[idx_train]
     mean, std = (train_x.mean().item(),) * 3, (train_x.std().item(),) * 3
     return TensorData(train_x, y[idx_train], x[idx_val], y[idx_val], num_classes=10, mean=mean, std=std)
+
+
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``load_digits`` gives them: images (1797, 8, 8) in 0…16 and labels, read
+    from the package's own ``digits.csv.gz`` without importing scikit-learn (that import costs a worker ~1.5 s)."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is None or not spec.origin:
+        raise DataError("dataset digits needs scikit-learn installed (it ships the digits file)")
+    table = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices, each class split ``1 − val_fraction : val_fraction`` (rounded), both shuffled."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = round(val_fraction * len(members))
+        val.append(members[:cut])
+        train.append(members[cut:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
 
 
 @functools.lru_cache(maxsize=2)

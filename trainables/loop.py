@@ -25,7 +25,7 @@ from trainables.config import TrialConfig
 from trainables.data import load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
 from trainables.models import build_model, model_arguments
-from trainables.models.stats import model_stats
+from trainables.models.stats import architecture_stats
 from trainables.recipe import EMA, TrainLoss, make_mixup, make_optimizer, make_scheduler
 
 EVAL_BATCH = 512
@@ -111,8 +111,9 @@ class Training:
         self.criterion = TrainLoss(cfg)
         self.mixup = make_mixup(cfg, self.data.num_classes)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        # params_m, flops_g, latency_ms of the deploy form: architecture only, so measured once, before training
-        self.stats = model_stats(self.model, (self.data.in_chans, cfg.image_size, cfg.image_size))
+        # params_m, flops_g, latency_ms of the deploy form: architecture only, so measured before training, once per
+        # architecture in this worker
+        self.stats = architecture_stats(self.model, (self.data.in_chans, cfg.image_size, cfg.image_size))
         self.generator = torch.Generator().manual_seed(cfg.seed)  # batch order and augmentation
         self.epoch = 0  # epochs completed
         self.best_val_acc, self.best_epoch, self.min_val_loss = 0.0, 0, math.inf

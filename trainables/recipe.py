@@ -69,10 +69,12 @@ class TrainLoss(nn.Module):
 
     def __init__(self, cfg: TrialConfig):
         super().__init__()
-        from timm.loss import BinaryCrossEntropy
-
         self.kind, self.smoothing = cfg.loss, cfg.label_smoothing
-        self.bce = BinaryCrossEntropy(smoothing=cfg.label_smoothing) if cfg.loss == "bce" else None
+        self.bce = None
+        if cfg.loss == "bce":
+            from timm.loss import BinaryCrossEntropy  # timm costs a worker ~1 s to import: only where it is used
+
+            self.bce = BinaryCrossEntropy(smoothing=cfg.label_smoothing)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

@@ -75,3 +75,20 @@ def model_stats(model: nn.Module, input_size: tuple[int, int, int], runs: int = 
         "flops_g": count_macs(deploy, input_size),
         "latency_ms": latency_ms(deploy, input_size, runs=runs),
     }
+
+
+_BY_ARCHITECTURE: dict[tuple, dict[str, float]] = {}
+_KEEP = 256  # architectures remembered per process
+
+
+def architecture_stats(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
+    """``model_stats``, measured once per architecture in this process: a reused actor's next trial of the same
+    network (a sweep over lr or dropout, say) takes the same figures instead of fusing and timing it again.
+    The architecture is the model's module tree as printed (every layer with its sizes) and its parameter shapes."""
+    device = next(model.parameters()).device
+    key = (repr(model), tuple(tuple(p.shape) for p in model.parameters()), tuple(input_size), str(device))
+    if key not in _BY_ARCHITECTURE:
+        if len(_BY_ARCHITECTURE) >= _KEEP:
+            _BY_ARCHITECTURE.pop(next(iter(_BY_ARCHITECTURE)))  # the oldest
+        _BY_ARCHITECTURE[key] = model_stats(model, input_size)
+    return dict(_BY_ARCHITECTURE[key])
