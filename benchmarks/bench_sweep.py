@@ -1,7 +1,7 @@
 """bench_sweep.py: what the orchestration costs each trial, and how many short trials an hour a sweep runs.
 
     python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with actor reuse, 8 without
-    python benchmarks/bench_sweep.py --trials 32 --gpu 0.25    # on a GPU machine: four trials packed per GPU
+    python benchmarks/bench_sweep.py --gpu 0.25 --concurrent 4    # on a GPU machine: four trials packed per GPU
 
 Evidence it gives, per sweep: its wall time (``run_sweep``, Ray already started; everything from the parent run to the
 sweep's plots), the trials' own training time (the sum of their epoch times), and the orchestration overhead per
@@ -19,6 +19,8 @@ its own SQLite store in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +75,15 @@ def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
     return fixed, marginal
 
 
+def run_apart(trials: int, args, reuse: bool) -> dict:
+    """One sweep in a driver process of its own, as ``lslu-sweep run`` starts one: what a driver builds once (its
+    imports, its figure process) counts to the sweep. Ray's start is timed apart and not counted."""
+    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(args.concurrent), "--cpu", str(args.cpu),
+               "--gpu", str(args.gpu)] + ([] if reuse else ["--fresh"])
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, nargs=2, default=[8, 32], metavar=("SMALL", "LARGE"),
@@ -81,15 +92,21 @@ def main(argv=None):
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--cpu", type=float, default=1.0)
     p.add_argument("--gpu", type=float, default=0.0)
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one sweep of this many trials here, print its row as JSON
+    p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from cluster.local import connect
+    if args.one:
+        from cluster.local import connect
 
-    start = time.perf_counter()
-    where = connect()
-    print(f"{where} started in {time.perf_counter() - start:.1f} s (once per sweep, not counted below)")
-    rows = [run(n, args.concurrent, True, args.cpu, args.gpu) for n in args.trials]
+        start = time.perf_counter()
+        where = connect()
+        print(f"{where} started in {time.perf_counter() - start:.1f} s (not counted)", file=sys.stderr)
+        row = run(args.one, args.concurrent, not args.fresh, args.cpu, args.gpu)
+        print(json.dumps(row))
+        return
+    rows = [run_apart(n, args, reuse=True) for n in args.trials]
     if args.fresh_trials:
-        rows.append(run(args.fresh_trials, args.concurrent, False, args.cpu, args.gpu))
+        rows.append(run_apart(args.fresh_trials, args, reuse=False))
     print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial", "in_trial_s",
                        "outside_s", "figures_cpu_s", "trials_per_hour"]))
     fixed, marginal = split_fixed_marginal(rows[0], rows[1])
