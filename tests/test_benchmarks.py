@@ -1,0 +1,45 @@
+"""The benchmarks run and measure what they say, at tiny sizes on the CPU (their figures are in benchmarks/README.md;
+speed is never asserted here)."""
+import pytest
+import torch
+
+from benchmarks import bench_activation, bench_model, bench_sweep
+
+
+def test_activation_benchmark_counts_what_autograd_keeps():
+    shape = [2, 4, 8, 8]
+    rows = bench_activation.measure(torch.device("cpu"), shape, "relu", [1], channels_last=False, dtype=torch.float32, rounds=1)
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["relu", "lslu n=1 naive", "lslu n=1 shipped"]
+    assert by["relu"]["saved_mb"] * 2**20 == 2 * 4 * 8 * 8 * 4  # ReLU keeps its output for backward: one fp32 tensor
+    assert by["relu"]["time_x_relu"] == 1 and by["relu"]["saved_x_relu"] == 1
+    for row in rows:
+        assert row["ms"] > 0 and row["time_x_relu"] == pytest.approx(row["ms"] / by["relu"]["ms"])
+    assert by["lslu n=1 shipped"]["saved_x_relu"] > 1  # the series, the depthwise conv and its BatchNorm keep more
+
+
+def test_model_benchmark_measures_every_policy_against_none():
+    rows = bench_model.measure("digits_cnn", torch.device("cpu"), batch=2, size=8, channels_last=False, amp=False, width=1.0, rounds=1)
+    assert [r["policy"] for r in rows] == list(bench_model.POLICIES)
+    none = rows[0]
+    assert none["train_x"] == none["latency_x"] == none["saved_x"] == 1
+    for row in rows:
+        assert row["train_ms"] > 0 and row["latency_ms"] > 0
+        assert row["train_x"] == pytest.approx(row["train_ms"] / none["train_ms"])
+    assert rows[-1]["saved_mb"] > none["saved_mb"]  # LSLU at every site keeps more for backward than ReLU
+
+
+def test_sweep_benchmark_separates_fixed_and_per_trial_overhead():
+    fixed, per_trial, slots = 12.0, 0.75, 2  # a sweep's idle slot-seconds: fixed × slots + per_trial × trials
+    small = {"trials": 8, "slots": slots, "idle_slot_s": fixed * slots + per_trial * 8}
+    large = {"trials": 32, "slots": slots, "idle_slot_s": fixed * slots + per_trial * 32}
+    assert bench_sweep.split_fixed_marginal(small, large) == pytest.approx((fixed, per_trial))
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_runs_a_real_sweep(ray_local):
+    row = bench_sweep.run(trials=2, concurrent=1, reuse=True, cpu=1.0, gpu=0.0)
+    assert row["completed"] == 2 and row["trials"] == 2
+    assert row["wall_s"] > row["train_s"] > 0  # the sweep's time holds both trials' training
+    assert row["overhead_s_per_trial"] == pytest.approx((row["wall_s"] - row["train_s"]) / 2)
+    assert row["figures_cpu_s"] > 0  # the driver drew both trials' figures, and counted the CPU it took
