@@ -101,9 +101,11 @@ def test_insertion_resnet18_smoke_finds_masks_a_pareto_front_and_a_runnable_best
         assert child.data.metrics["lslu_sites"] == child.data.tags["mask"].count("1")
 
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"pareto.png", "pareto.csv", "site_importance.csv", "param_importance.png"} <= artifacts
+    assert {"pareto.png", "pareto.csv", "site_importance.csv"} <= artifacts
     rows = read_results(client.download_artifacts(run_id, "results.csv", str(tmp_path)))
     done = [r for r in rows if r["status"] in ("completed", "stopped_early")]
+    # Optuna's importance needs the first objective to vary: a smoke run's trials can all sit at the same chance accuracy
+    assert ("param_importance.png" in artifacts) == (len(done) >= 3 and len({r["best_val_acc"] for r in done}) > 1)
     # the Pareto front, recomputed here: no finished trial is at least as accurate and at least as fast, and better in one
     front = {r["trial_id"] for r in done
              if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
