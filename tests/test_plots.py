@@ -100,3 +100,17 @@ def test_sites_figure_wraps_a_deep_network():
         assert not any(t.get_text().startswith("layer") for t in ax.texts)  # too many sites for path labels
     finally:
         plots.close(fig)
+
+
+def test_a_single_epoch_is_drawn_on_whole_epoch_ticks():
+    history = {"train_loss": [(1, 2.3)], "val_loss": [(1, 2.4)], "val_acc": [(1, 60.0)], "lr": [(1, 0.002)]}
+    figures = [plots.learning_curves_figure(history, "t"), plots.theta_omega_figure(_theta_omega_rows(1), "t")]
+    try:
+        axes = [ax for fig in figures for ax in fig.axes if ax.get_visible()]
+        assert len(axes) == 5
+        for ax in axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert 1 in ticks and all(float(t).is_integer() for t in ticks)
+    finally:
+        for fig in figures:
+            plots.close(fig)

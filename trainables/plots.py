@@ -34,6 +34,14 @@ def fixed_margins(fig, *, left: float, right: float, bottom: float, top: float, 
                         wspace=wgap / axes_w, hspace=hgap / axes_h)
 
 
+def epoch_axis(ax, epochs: list[int]) -> None:
+    """An x axis of whole epochs; a single epoch gets its neighbours as limits (matplotlib would tick 0.95 … 1.05)."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
 def theta_omega_rows(act_history: list[dict]) -> list[dict]:
     """Flatten ``[{"epoch": e, "state": {path: {"theta": [...], "omega": [...]}}}]`` into epoch × site × i rows."""
     rows = []
@@ -83,8 +91,7 @@ def theta_omega_figure(rows: list[dict], title: str = ""):
                         label=f"{symbol}{i} → {mean:.3f} ± {std:.3f}")
                 ax.hlines(mean, xs[-CONVERGENCE_EPOCHS:][0], xs[-1], colors=f"C{n}", linestyles=":", linewidth=1)
         ax.set_title(site, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, columnspacing=0.8, handlelength=1.6)
     if not sites:
@@ -117,9 +124,9 @@ def learning_curves_figure(history: dict[str, list[tuple[int, float]]], title: s
     if history.get("lr"):
         lr_ax.plot(*zip(*history["lr"]), marker=".", color="C4", label="lr (end of epoch)")
     lr_ax.set_title("learning rate", fontsize=9)
+    epochs = sorted({e for points in history.values() for e, _ in points})
     for ax in (loss_ax, acc_ax, lr_ax):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
