@@ -82,7 +82,6 @@ class FigureQueue:
         self._pending: list[Future] = []
         self._lock = threading.Lock()
         self.cpu_s = 0.0  # CPU time the thread has spent drawing (benchmarks/bench_sweep.py reports it per trial)
-        self.drawn = 0
 
     def submit(self, run_id: str) -> None:
         with self._lock:
@@ -92,7 +91,6 @@ class FigureQueue:
         start = time.thread_time()
         try:
             retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60, what=f"drawing the figures of run {run_id}")
-            self.drawn += 1
         except Exception as exc:  # the end of the sweep draws what is missing
             log.warning("could not draw the figures of run %s: %s", run_id, exc)
         finally:
