@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -54,7 +55,20 @@ def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
 def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
     """Log a matplotlib figure as a PNG artifact and free it."""
     try:
-        client.log_figure(run_id, fig, name)
+        client.log_figure(run_id, fig, name, save_kwargs=plots.PNG_KWARGS)
+    finally:
+        plots.close(fig)
+
+
+@lru_cache(maxsize=128)
+def sites_png(sites_csv: str) -> bytes:
+    """``sites.png`` for a ``sites.csv``: it shows only the network's sites and its mask (no run name), so the trials
+    of one network and mask share one drawing."""
+    fig = plots.sites_figure(list(csv.DictReader(io.StringIO(sites_csv))))
+    try:
+        out = io.BytesIO()
+        fig.savefig(out, format="png", **plots.PNG_KWARGS)
+        return out.getvalue()
     finally:
         plots.close(fig)
 
@@ -69,8 +83,9 @@ def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
     curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
     log_figure(client, run_id, plots.learning_curves_figure(curves, title), "learning_curves.png")
     with tempfile.TemporaryDirectory() as d:
-        sites = Path(client.download_artifacts(run_id, "sites.csv", d)).read_text()
-    log_figure(client, run_id, plots.sites_figure(list(csv.DictReader(io.StringIO(sites))), title), "sites.png")
+        picture = Path(d, "sites.png")
+        picture.write_bytes(sites_png(Path(client.download_artifacts(run_id, "sites.csv", d)).read_text()))
+        client.log_artifact(run_id, str(picture))
 
 
 class FigureQueue:

@@ -114,3 +114,26 @@ def test_a_single_epoch_is_drawn_on_whole_epoch_ticks():
     finally:
         for fig in figures:
             plots.close(fig)
+
+
+def _pixels(fig):
+    fig.canvas.draw()
+    try:
+        return np.asarray(fig.canvas.buffer_rgba()).copy()
+    finally:
+        plots.close(fig)
+
+
+@pytest.mark.parametrize("epochs", [1, 14])
+def test_pinned_titles_and_axis_labels_land_where_matplotlib_places_them(epochs, monkeypatch):
+    """Titles and axis labels are placed without measuring the tick labels (cheaper to draw): the figures must be
+    pixel for pixel what matplotlib's own placement draws."""
+    history = {"train_loss": [(e, 2 / e) for e in range(1, epochs + 1)], "val_loss": [(e, 2.2 / e) for e in range(1, epochs + 1)],
+               "val_acc": [(e, 50.0 + e) for e in range(1, epochs + 1)], "lr": [(e, 1e-3 * 0.9**e) for e in range(1, epochs + 1)]}
+    rows = _theta_omega_rows(epochs)
+    pinned = [_pixels(plots.learning_curves_figure(history, "t")), _pixels(plots.theta_omega_figure(rows, "t"))]
+    monkeypatch.setattr(plots, "pin_axis_labels", lambda ax: None)
+    monkeypatch.setattr(plots, "panel_title", lambda ax, text: ax.set_title(text, fontsize=9))
+    placed = [_pixels(plots.learning_curves_figure(history, "t")), _pixels(plots.theta_omega_figure(rows, "t"))]
+    for a, b in zip(pinned, placed):
+        assert a.shape == b.shape and np.array_equal(a, b)

@@ -10,7 +10,7 @@ from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.plots import theta_omega_rows
 from trainables.retry import is_transient, retry
-from orchestrator.figures import act_history, draw_trial_figures, run_history
+from orchestrator.figures import act_history, draw_trial_figures, run_history, sites_png
 from trainables.tracking import SweepContext, TrialRun
 
 
@@ -72,6 +72,21 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     assert got.data.metrics["theta/stages.0.act/2"] == 0.7
     # the driver rebuilds the same history from the run's metrics
     assert act_history(run_history(client, run.run_id)) == history
+
+
+def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):
+    ctx = _context(tracking_uri)
+    other = SITES.replace(",LSLU,1", ",ReLU,0")  # the same network with its site kept
+    runs = [TrialRun.create(ctx, TrialConfig(), f"trial_{k}", "1", sites) for k, sites in enumerate((SITES, SITES, other))]
+    client = MlflowClient(tracking_uri)
+    sites_png.cache_clear()
+    pictures = []
+    for k, run in enumerate(runs):
+        run.finish("completed", {})
+        draw_trial_figures(client, run.run_id)
+        pictures.append(open(client.download_artifacts(run.run_id, "sites.png", str(tmp_path / str(k))), "rb").read())
+    assert pictures[0] == pictures[1] != pictures[2] and pictures[0].startswith(b"\x89PNG")
+    assert (sites_png.cache_info().hits, sites_png.cache_info().misses) == (1, 2)  # drawn once per network and mask
 
 
 def test_act_metric_keys_round_trip():
@@ -181,3 +196,23 @@ def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(
     assert len(client.get_metric_history(run.run_id, "params_m")) == 1
     assert len(client.get_metric_history(run.run_id, "theta/stages.0.act/1")) == 2
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracking_uri):
+    ctx = _context(tracking_uri)
+    run = TrialRun.create(ctx, TrialConfig(), "trial_7", "1111", "")
+    run.log_record({"params_m": 0.1})
+    run.log_epoch(1, {"train_loss": 1.0, "best_val_acc": 40.0})
+    many = {f"site_{k}/value": float(k) for k in range(1500)}  # more than one log_batch holds
+    run.finish("stopped_early", {"best_val_acc": 40.0, "params_m": 0.1, "min_val_loss": 0.9, **many}, reason="asha")
+    client = MlflowClient(tracking_uri)
+
+    def points(key):
+        return [(m.step, m.value) for m in client.get_metric_history(run.run_id, key)]
+
+    assert points("best_val_acc") == [(1, 40.0)]  # logged per epoch: not again at step 0
+    assert points("params_m") == [(0, 0.1)] and points("min_val_loss") == [(0, 0.9)]
+    got = client.get_run(run.run_id)
+    assert all(got.data.metrics[key] == value for key, value in many.items())
+    assert got.data.tags["status"] == "stopped_early" and got.data.tags["status_reason"] == "asha"
+    assert got.info.status == "KILLED"

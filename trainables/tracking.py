@@ -29,6 +29,7 @@ from trainables.retry import is_transient, retry
 log = logging.getLogger(__name__)
 RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
+_METRICS = 1000  # ... and at most 1000 metrics, 1000 entries in all
 
 
 def epoch_retry_s() -> float:
@@ -60,9 +61,13 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 
 class TrialRun:
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None,
+                 held: set[str] | None = None):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
         self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
+        # metric keys the run holds, or will once ``unsent`` is sent: kept here for a run this trial created (so
+        # no call asks), None for a reopened run until the run is asked
+        self.held = held
 
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
@@ -86,8 +91,12 @@ class TrialRun:
                 "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
                 "policy": cfg.policy_spec, **(extra_tags or {})}
 
+        attempts = 0
+
         def create_once() -> str:  # a retry after a lost answer must not create a second run
-            return find_trial_run(client, ctx, trial_id) or client.create_run(
+            nonlocal attempts
+            attempts += 1
+            return (attempts > 1 and find_trial_run(client, ctx, trial_id)) or client.create_run(
                 ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags).info.run_id
 
         wait = outage_wait_s()
@@ -98,7 +107,7 @@ class TrialRun:
         retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
               budget_s=wait, what="logging config.yaml")
         retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
-        return cls(client, run_id, logged_through=0)
+        return cls(client, run_id, logged_through=0, held=set())
 
     @classmethod
     def reopen(cls, ctx: SweepContext, run_id: str, extra_tags: dict[str, str] | None = None) -> "TrialRun":
@@ -119,9 +128,14 @@ class TrialRun:
         if epoch <= self.logged_through:
             return
         now = int(time.time() * 1000)
-        self.unsent.append((epoch, [Metric(k, float(v), now, epoch) for k, v in metrics.items()]))
-        self.logged_through = epoch
+        self._queue(epoch, [Metric(k, float(v), now, epoch) for k, v in metrics.items()])
         self.flush(epoch_retry_s())
+
+    def _queue(self, epoch: int, batch: list[Metric]) -> None:
+        self.unsent.append((epoch, batch))
+        self.logged_through = epoch
+        if self.held is not None:
+            self.held.update(m.key for m in batch)
 
     def flush(self, budget_s: float) -> bool:
         """Send the queued batches in order; False (and the rest kept) if the server is still away after ``budget_s``."""
@@ -129,9 +143,8 @@ class TrialRun:
         while self.unsent:
             epoch, batch = self.unsent[0]
             try:
-                for i in range(0, len(batch), 1000):  # MLflow's per-call metric limit
-                    retry(lambda: self.client.log_batch(self.run_id, metrics=batch[i : i + 1000]),
-                          budget_s=max(0.0, deadline - time.monotonic()), what=f"logging epoch {epoch}")
+                retry(lambda: log_metrics(self.client, self.run_id, batch),
+                      budget_s=max(0.0, deadline - time.monotonic()), what=f"logging epoch {epoch}")
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -149,8 +162,7 @@ class TrialRun:
         """Queue a checkpoint's unsent batches the run does not hold yet (it may have got them before the restart)."""
         for epoch, rows in state:
             if epoch > self.logged_through:
-                self.unsent.append((epoch, [Metric(*row) for row in rows]))
-                self.logged_through = epoch
+                self._queue(epoch, [Metric(*row) for row in rows])
         if self.unsent:
             self.flush(epoch_retry_s())
 
@@ -160,15 +172,17 @@ class TrialRun:
         self._log_once(record, outage_wait_s(), "logging the trial's record")
 
     def _log_once(self, values: dict[str, float], wait: float, what: str) -> None:
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000)  # one timestamp: a retried batch is the same rows, not new ones
+        batch = retry(lambda: self._unheld(values, now), budget_s=wait, what=what)
+        retry(lambda: log_metrics(self.client, self.run_id, batch), budget_s=wait, what=what)
 
-        def log() -> None:
-            held = self.client.get_run(self.run_id).data.metrics
-            batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in held]
-            for i in range(0, len(batch), 1000):  # MLflow's per-call metric limit
-                self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
-
-        retry(log, budget_s=wait, what=what)
+    def _unheld(self, values: dict[str, float], now: int) -> list[Metric]:
+        """``values`` as step-0 metrics, less those the run holds (a restarted trial may have logged them); counted as held."""
+        if self.held is None:
+            self.held = set(self.client.get_run(self.run_id).data.metrics)
+        batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in self.held]
+        self.held.update(values)
+        return batch
 
     def finish(self, status: str, final: dict[str, float], reason: str = "", files: str | None = None) -> None:
         """End-of-trial metrics, the files in ``files`` (a folder), the status tag and the run status; the driver
@@ -178,11 +192,12 @@ class TrialRun:
         if not self.flush(wait):
             raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
                                   f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
-        if final:  # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
-            self._log_once(final, wait, "logging final metrics")
         if files:
             retry(lambda: self.client.log_artifacts(self.run_id, files), budget_s=wait, what="logging the final files")
-        retry(lambda: end(self.client, self.run_id, status, reason), budget_s=wait, what="ending the run")
+        now = int(time.time() * 1000)
+        # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
+        final_metrics = retry(lambda: self._unheld(final, now), budget_s=wait, what="reading the run's metrics")
+        retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
 
 
 def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str | None:
@@ -191,9 +206,19 @@ def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> st
     return runs[0].info.run_id if runs else None
 
 
-def end(client: MlflowClient, run_id: str, status: str, reason: str = "") -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags: list[RunTag] = ()) -> None:
+    """``metrics`` and ``tags`` in as few ``log_batch`` calls as MLflow's limits allow (the tags go with the last)."""
+    per_call = _METRICS - len(tags)
+    for i in range(0, max(1, len(metrics)), per_call):
+        last = i + per_call >= len(metrics)
+        if metrics[i : i + per_call] or (last and tags):
+            client.log_batch(run_id, metrics=metrics[i : i + per_call], tags=list(tags) if last else [])
+
+
+def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metrics: list[Metric] = ()) -> None:
+    """The run's last metrics (if any) with its status tags in one batch, then its MLflow status."""
     tags = [RunTag("status", status)] + ([RunTag("status_reason", reason[:5000])] if reason else [])
-    client.log_batch(run_id, tags=tags)
+    log_metrics(client, run_id, list(metrics), tags)
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
