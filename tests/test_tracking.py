@@ -200,8 +200,7 @@ def test_a_trial_that_died_after_finishing_does_not_log_its_final_metrics_twice(
 
 def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracking_uri):
     ctx = _context(tracking_uri)
-    run = TrialRun.create(ctx, TrialConfig(), "trial_7", "1111", "")
-    run.log_record({"params_m": 0.1})
+    run = TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", record={"params_m": 0.1})  # logged with the params
     run.log_epoch(1, {"train_loss": 1.0, "best_val_acc": 40.0})
     many = {f"site_{k}/value": float(k) for k in range(1500)}  # more than one log_batch holds
     run.finish("stopped_early", {"best_val_acc": 40.0, "params_m": 0.1, "min_val_loss": 0.9, **many}, reason="asha")
@@ -215,4 +214,7 @@ def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracki
     got = client.get_run(run.run_id)
     assert all(got.data.metrics[key] == value for key, value in many.items())
     assert got.data.tags["status"] == "stopped_early" and got.data.tags["status_reason"] == "asha"
-    assert got.info.status == "KILLED"
+    assert got.info.status == "KILLED" and got.data.params["n"] == str(TrialConfig().n)
+    # restored from a checkpoint: the record is not logged twice
+    TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id, record={"params_m": 0.1, "lslu_sites": 4})
+    assert points("params_m") == [(0, 0.1)] and points("lslu_sites") == [(0, 4.0)]

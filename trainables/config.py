@@ -10,6 +10,7 @@ A searched insertion mask arrives as one key per site, ``site_0 … site_{k-1}``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
@@ -32,6 +33,12 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key, self.message = key, message
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    """pydantic's validator for a config class, built once per process (building it takes longer than validating)."""
+    return TypeAdapter(cls)
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class TrialConfig:
     def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
         values = _fold_site_keys(dict(flat))
         try:
-            cfg = TypeAdapter(cls).validate_python(values)
+            cfg = _adapter(cls).validate_python(values)
         except ValidationError as exc:
             err = first_error(exc)
             key = ".".join(str(p) for p in err["loc"]) or "config"

@@ -71,21 +71,25 @@ class TrialRun:
 
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
-             run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None) -> "TrialRun":
+             run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None,
+             record: dict[str, float] | None = None) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
         without a checkpoint (found by parent run and trial id), else a new one. ``unsent`` is
         ``unsent_state()`` from the checkpoint: batches the run did not get before the trial stopped.
-        ``tags`` are set on the run each time it is opened (where the trial runs now)."""
+        ``tags`` are set on the run each time it is opened (where the trial runs now). ``record``: end-of-trial
+        style metrics known at the start (``log_record``), logged with the params of a new run."""
         if run_id is None:
             client = MlflowClient(ctx.tracking_uri)
             run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run")
-        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags)
+        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record)
         run._requeue(unsent or [])
+        if run_id and record:
+            run.log_record(record)
         return run
 
     @classmethod
     def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
-               extra_tags: dict[str, str] | None = None) -> "TrialRun":
+               extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None) -> "TrialRun":
         client = MlflowClient(ctx.tracking_uri)
         tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
                 "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
@@ -102,12 +106,16 @@ class TrialRun:
         wait = outage_wait_s()
         run_id = retry(create_once, budget_s=wait, what="creating the trial's run")
         params = [Param(k, str(v)) for k, v in cfg.to_dict().items()]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in (record or {}).items()]  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
-            retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH]), budget_s=wait, what="logging params")
+            last = i + _BATCH >= len(params)
+            retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
+                  budget_s=wait, what="logging params")
         retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
               budget_s=wait, what="logging config.yaml")
         retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
-        return cls(client, run_id, logged_through=0, held=set())
+        return cls(client, run_id, logged_through=0, held=set(record or {}))
 
     @classmethod
     def reopen(cls, ctx: SweepContext, run_id: str, extra_tags: dict[str, str] | None = None) -> "TrialRun":

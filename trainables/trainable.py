@@ -51,11 +51,11 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         run_id, unsent = state["mlflow_run_id"], state.get("mlflow_unsent")
     node_id = ray.get_runtime_context().get_node_id()
     run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
-                        tags={"ray_node_id": node_id})
+                        tags={"ray_node_id": node_id},
+                        record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
     title = run_name(cfg, training.mask, trial_id)
     fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
              **training.stats}
-    run.log_record({**training.stats, "lslu_sites": training.lslu_sites})  # known before training: every trial has them
     try:
         while not training.done:
             try:
