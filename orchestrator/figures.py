@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from trainables import plots
-from trainables.metrics import EPOCH_METRICS, parse_act_metric_key
+from trainables.metrics import EMA_METRICS, EPOCH_METRICS, parse_act_metric_key
 from trainables.retry import retry
 from trainables.tracking import SweepContext
 
@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 TRIAL_FIGURES = ("theta_omega.csv", "theta_omega.png", "learning_curves.png", "sites.png")
 
 
+def per_epoch(key: str) -> bool:
+    """Whether a trial logs ``key`` every epoch (the end-of-trial record and convergence values it logs once)."""
+    return key in EPOCH_METRICS or key in EMA_METRICS or parse_act_metric_key(key) is not None
+
+
 def run_history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0, left out)."""
+    """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0,
+    left out). One call per key: the keys logged once (four convergence values per θ/ω) are not asked for."""
     history = {}
-    for key in client.get_run(run_id).data.metrics:
+    for key in filter(per_epoch, client.get_run(run_id).data.metrics):
         points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= 1)
         if points:
             history[key] = points

@@ -58,7 +58,7 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     history = _history(3)
     for entry in history:
         run.log_epoch(entry["epoch"], {"train_loss": 1.0 / entry["epoch"], **act_metrics(entry["state"])})
-    run.finish("completed", {"params_m": 0.1})
+    run.finish("completed", {"params_m": 0.1, "theta_conv/stages.0.act/1": 1.1})
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
@@ -70,8 +70,11 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     assert csv_text[0] == "epoch,site,i,theta,omega"
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2
     assert got.data.metrics["theta/stages.0.act/2"] == 0.7
-    # the driver rebuilds the same history from the run's metrics
+    # the driver rebuilds the same history from the run's metrics, asking only for the keys logged every epoch
+    asked, get_metric_history = [], client.get_metric_history
+    client.get_metric_history = lambda run_id, key: asked.append(key) or get_metric_history(run_id, key)
     assert act_history(run_history(client, run.run_id)) == history
+    assert sorted(asked) == sorted(["train_loss", *act_metrics(history[0]["state"])])
 
 
 def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):
