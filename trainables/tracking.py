@@ -105,9 +105,9 @@ class TrialRun:
 
         wait = outage_wait_s()
         run_id = retry(create_once, budget_s=wait, what="creating the trial's run")
+        run = cls(client, run_id, logged_through=0, held=set())  # new: it holds nothing yet
         params = [Param(k, str(v)) for k, v in cfg.to_dict().items()]
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in (record or {}).items()]  # with the last params: one call less
+        metrics = run._unheld(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
             last = i + _BATCH >= len(params)
             retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
@@ -115,7 +115,7 @@ class TrialRun:
         retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
               budget_s=wait, what="logging config.yaml")
         retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
-        return cls(client, run_id, logged_through=0, held=set(record or {}))
+        return run
 
     @classmethod
     def reopen(cls, ctx: SweepContext, run_id: str, extra_tags: dict[str, str] | None = None) -> "TrialRun":
@@ -177,17 +177,16 @@ class TrialRun:
     def log_record(self, record: dict[str, float]) -> None:
         """End-of-trial style metrics known early (step 0), e.g. the deploy form's params_m, flops_g, latency_ms;
         those the run already holds (a restarted trial) are not logged again."""
-        self._log_once(record, outage_wait_s(), "logging the trial's record")
-
-    def _log_once(self, values: dict[str, float], wait: float, what: str) -> None:
-        now = int(time.time() * 1000)  # one timestamp: a retried batch is the same rows, not new ones
-        batch = retry(lambda: self._unheld(values, now), budget_s=wait, what=what)
+        wait, what = outage_wait_s(), "logging the trial's record"
+        batch = retry(lambda: self._unheld(record), budget_s=wait, what=what)
         retry(lambda: log_metrics(self.client, self.run_id, batch), budget_s=wait, what=what)
 
-    def _unheld(self, values: dict[str, float], now: int) -> list[Metric]:
-        """``values`` as step-0 metrics, less those the run holds (a restarted trial may have logged them); counted as held."""
+    def _unheld(self, values: dict[str, float]) -> list[Metric]:
+        """``values`` as step-0 metrics, less those the run holds (a restarted trial may have logged them); counted
+        as held. Built once and then resent as is: a retried batch is the same rows (same timestamp), not new ones."""
         if self.held is None:
             self.held = set(self.client.get_run(self.run_id).data.metrics)
+        now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in self.held]
         self.held.update(values)
         return batch
@@ -202,9 +201,8 @@ class TrialRun:
                                   f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
         if files:
             retry(lambda: self.client.log_artifacts(self.run_id, files), budget_s=wait, what="logging the final files")
-        now = int(time.time() * 1000)
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
-        final_metrics = retry(lambda: self._unheld(final, now), budget_s=wait, what="reading the run's metrics")
+        final_metrics = retry(lambda: self._unheld(final), budget_s=wait, what="reading the run's metrics")
         retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
 
 
