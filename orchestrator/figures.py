@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
+from mlflow.entities import Run
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from trainables import plots
@@ -33,12 +35,12 @@ def per_epoch(key: str) -> bool:
     return key in EPOCH_METRICS or key in EMA_METRICS or parse_act_metric_key(key) is not None
 
 
-def run_history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+def run_history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
     """Every per-epoch metric of a run as ``(epoch, value)`` points, epoch order (end-of-trial values, logged at step 0,
     left out). One call per key: the keys logged once (four convergence values per θ/ω) are not asked for."""
     history = {}
-    for key in filter(per_epoch, client.get_run(run_id).data.metrics):
-        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= 1)
+    for key in filter(per_epoch, run.data.metrics):
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key) if m.step >= 1)
         if points:
             history[key] = points
     return history
@@ -72,26 +74,28 @@ def sites_png(sites_csv: str) -> bytes:
     of one network and mask share one drawing."""
     fig = plots.sites_figure(list(csv.DictReader(io.StringIO(sites_csv))))
     try:
-        out = io.BytesIO()
-        fig.savefig(out, format="png", **plots.PNG_KWARGS)
-        return out.getvalue()
+        return plots.png_bytes(fig)
     finally:
         plots.close(fig)
 
 
 def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
-    """``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` of one trial, from its run."""
-    title = client.get_run(run_id).info.run_name
-    history = run_history(client, run_id)
+    """``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` of one trial, from its run, logged in one call."""
+    run = client.get_run(run_id)
+    title, history = run.info.run_name, run_history(client, run)
     rows = plots.theta_omega_rows(act_history(history))
-    client.log_text(run_id, plots.theta_omega_csv(rows), "theta_omega.csv")
-    log_figure(client, run_id, plots.theta_omega_figure(rows, title), "theta_omega.png")
     curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
-    log_figure(client, run_id, plots.learning_curves_figure(curves, title), "learning_curves.png")
+    # the run's own repository: the client's download_artifacts would look the run up again (a quarter of this call's store time)
+    artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
     with tempfile.TemporaryDirectory() as d:
-        picture = Path(d, "sites.png")
-        picture.write_bytes(sites_png(Path(client.download_artifacts(run_id, "sites.csv", d)).read_text()))
-        client.log_artifact(run_id, str(picture))
+        sites_csv = Path(artifacts.download_artifacts("sites.csv", d)).read_text(encoding="utf-8")
+        out = Path(d, "figures")
+        out.mkdir()
+        (out / "theta_omega.csv").write_text(plots.theta_omega_csv(rows), encoding="utf-8")
+        (out / "theta_omega.png").write_bytes(plots.theta_omega_png(rows, title))
+        (out / "learning_curves.png").write_bytes(plots.learning_curves_png(curves, title))
+        (out / "sites.png").write_bytes(sites_png(sites_csv))
+        artifacts.log_artifacts(str(out))
 
 
 class FigureQueue:

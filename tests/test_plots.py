@@ -1,7 +1,11 @@
 """A trial's figures: what they draw, checked against values computed here independently."""
+import io
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
+from PIL import Image
 
 from trainables import plots
 from trainables.metrics import convergence
@@ -137,3 +141,41 @@ def test_pinned_titles_and_axis_labels_land_where_matplotlib_places_them(epochs,
     placed = [_pixels(plots.learning_curves_figure(history, "t")), _pixels(plots.theta_omega_figure(rows, "t"))]
     for a, b in zip(pinned, placed):
         assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def _png_pixels(png: bytes):
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _new_figure_pixels(fig):
+    try:
+        return _png_pixels(plots.png_bytes(fig))
+    finally:
+        plots.close(fig)
+
+
+def test_figures_drawn_again_on_a_laid_out_figure_are_a_new_figures_pixels(monkeypatch):
+    """``learning_curves_png``/``theta_omega_png`` empty a figure this thread laid out before and draw on it (it keeps
+    its tick marks, cheaper to draw). Through a run of drawings that change the epochs, the scales, the metrics logged,
+    the title and the sites, each must be pixel for pixel what a new figure draws."""
+    monkeypatch.setattr(plots._LAID_OUT, "figures", OrderedDict(), raising=False)
+    drawn_on, laid_out = [], plots._laid_out
+    monkeypatch.setattr(plots, "_laid_out", lambda key, layout: drawn_on.append((key, laid_out(key, layout))) or drawn_on[-1][1])
+    rng = np.random.default_rng(0)
+
+    def curves(epochs, keys=("train_loss", "val_loss", "val_acc", "lr"), scale=1.0):
+        return {k: [(e, float(rng.random() * (100 if k == "val_acc" else scale))) for e in range(1, epochs + 1)] for k in keys}
+
+    for history, title in [(curves(12), "a"), (curves(1, scale=1e-4), "b"), (curves(3, ("train_loss",)), "c"), ({}, "d"),
+                           (curves(40, scale=1e5), "e"), (curves(5), ""), (curves(2), "")]:
+        got = _png_pixels(plots.learning_curves_png(history, title))
+        assert np.array_equal(got, _new_figure_pixels(plots.learning_curves_figure(history, title))), (history, title)
+    for rows in [_theta_omega_rows(14), _theta_omega_rows(1), _theta_omega_rows(3)[:4], [], _theta_omega_rows(40), [],
+                 _theta_omega_rows(2)[:2]]:
+        got = _png_pixels(plots.theta_omega_png(rows, "t"))
+        assert np.array_equal(got, _new_figure_pixels(plots.theta_omega_figure(rows, "t"))), rows
+    # 14 drawings on 5 figures, one per layout: with and without a title; 2 sites, 1 site, none
+    figures = {key: {id(fig) for k, fig in drawn_on if k == key} for key, _ in drawn_on}
+    assert len(drawn_on) == 14 and sorted(map(len, figures.values())) == [1] * 5
+    assert sorted(figures, key=str) == sorted([("learning_curves", True), ("learning_curves", False), ("theta_omega", 2),
+                                               ("theta_omega", 1), ("theta_omega", 0)], key=str)

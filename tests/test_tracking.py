@@ -73,7 +73,7 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     # the driver rebuilds the same history from the run's metrics, asking only for the keys logged every epoch
     asked, get_metric_history = [], client.get_metric_history
     client.get_metric_history = lambda run_id, key: asked.append(key) or get_metric_history(run_id, key)
-    assert act_history(run_history(client, run.run_id)) == history
+    assert act_history(run_history(client, client.get_run(run.run_id))) == history
     assert sorted(asked) == sorted(["train_loss", *act_metrics(history[0]["state"])])
 
 
@@ -124,7 +124,7 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
     assert got.data.tags["insert_act"] == "pwlu" and got.data.params["insert_act"] == "pwlu"
     assert got.info.run_name == "digits_cnn-pwlu-all-trial_5"  # n is LSLU's: not in a PWLU trial's name
     assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
-    assert act_history(run_history(client, run.run_id)) == history
+    assert act_history(run_history(client, client.get_run(run.run_id))) == history
     assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows
 
 
