@@ -18,13 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from mlflow.entities import Run
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from trainables import plots
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, parse_act_metric_key
 from trainables.retry import retry
-from trainables.tracking import SweepContext
+from trainables.tracking import SweepContext, artifact_repository
 
 log = logging.getLogger(__name__)
 TRIAL_FIGURES = ("theta_omega.csv", "theta_omega.png", "learning_curves.png", "sites.png")
@@ -85,8 +84,7 @@ def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
     title, history = run.info.run_name, run_history(client, run)
     rows = plots.theta_omega_rows(act_history(history))
     curves = {k: v for k, v in history.items() if k in EPOCH_METRICS}
-    # the run's own repository: the client's download_artifacts would look the run up again (a quarter of this call's store time)
-    artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
+    artifacts = artifact_repository(client, run.info.artifact_uri)  # the client's calls would look the run up again
     with tempfile.TemporaryDirectory() as d:
         sites_csv = Path(artifacts.download_artifacts("sites.csv", d)).read_text(encoding="utf-8")
         out = Path(d, "figures")

@@ -3,6 +3,7 @@ import time
 
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from services import free_port
 
@@ -75,6 +76,27 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     client.get_metric_history = lambda run_id, key: asked.append(key) or get_metric_history(run_id, key)
     assert act_history(run_history(client, client.get_run(run.run_id))) == history
     assert sorted(asked) == sorted(["train_loss", *act_metrics(history[0]["state"])])
+
+
+def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_uri, tmp_path, monkeypatch):
+    """The artifact location comes with ``create_run``'s answer: the trial's files (config.yaml and sites.csv at the
+    start, the final files at the end) go to it without a ``get_run``; a reopened run asks for it."""
+    ctx = _context(tracking_uri)
+    asked, get_run = [], SqlAlchemyStore.get_run
+    monkeypatch.setattr(SqlAlchemyStore, "get_run", lambda self, run_id: asked.append(run_id) or get_run(self, run_id))
+    run = TrialRun.create(ctx, TrialConfig(), "trial_9", "1", SITES)
+    run.log_epoch(1, {"train_loss": 0.5})
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "model_summary.txt").write_text("the network")
+    run.finish("completed", {"best_val_acc": 90.0}, files=str(files))
+    assert asked == []
+    client = MlflowClient(tracking_uri)
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "model_summary.txt"}
+    assert open(client.download_artifacts(run.run_id, "sites.csv", str(tmp_path))).read() == SITES
+    (files / "model_summary.txt").write_text("the network, again")
+    TrialRun.reopen(ctx, run.run_id).log_files(str(files), budget_s=5)  # asks for the run's artifact location
+    assert open(client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))).read() == "the network, again"
 
 
 def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):

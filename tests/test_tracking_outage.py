@@ -74,6 +74,8 @@ def test_a_server_outage_mid_trial_loses_no_epoch_and_logs_none_twice(ray_local,
         for key in ("train_loss", "val_loss", "val_acc", "theta/stem.act/1"):
             history = client.get_metric_history(child.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (key, history)
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"theta_omega.csv", "theta_omega.png"}
+        # the trial's files and the driver's figures, through the server's artifact proxy
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
+            "config.yaml", "sites.csv", "model_final.pt", "theta_omega.csv", "theta_omega.png", "learning_curves.png", "sites.png"}
     finally:
         server.stop()

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from trainables.config import TrialConfig
@@ -62,8 +65,9 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 class TrialRun:
     def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None,
-                 held: set[str] | None = None):
+                 held: set[str] | None = None, artifact_uri: str | None = None):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
+        self.artifact_uri = artifact_uri  # known to a run this trial created; asked for when first needed otherwise
         self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
         # metric keys the run holds, or will once ``unsent`` is sent: kept here for a run this trial created (so
         # no call asks), None for a reopened run until the run is asked
@@ -97,24 +101,27 @@ class TrialRun:
 
         attempts = 0
 
-        def create_once() -> str:  # a retry after a lost answer must not create a second run
+        def create_once() -> tuple[str, str | None]:  # a retry after a lost answer must not create a second run
             nonlocal attempts
             attempts += 1
-            return (attempts > 1 and find_trial_run(client, ctx, trial_id)) or client.create_run(
-                ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags).info.run_id
+            if attempts > 1 and (found := find_trial_run(client, ctx, trial_id)):
+                return found, None
+            info = client.create_run(ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags).info
+            return info.run_id, info.artifact_uri
 
         wait = outage_wait_s()
-        run_id = retry(create_once, budget_s=wait, what="creating the trial's run")
-        run = cls(client, run_id, logged_through=0, held=set())  # new: it holds nothing yet
+        run_id, artifact_uri = retry(create_once, budget_s=wait, what="creating the trial's run")
+        run = cls(client, run_id, logged_through=0, held=set(), artifact_uri=artifact_uri)  # new: it holds nothing yet
         params = [Param(k, str(v)) for k, v in cfg.to_dict().items()]
         metrics = run._unheld(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
             last = i + _BATCH >= len(params)
             retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
                   budget_s=wait, what="logging params")
-        retry(lambda: client.log_text(run_id, yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml"),
-              budget_s=wait, what="logging config.yaml")
-        retry(lambda: client.log_text(run_id, sites_csv, "sites.csv"), budget_s=wait, what="logging sites.csv")
+        with tempfile.TemporaryDirectory() as files:
+            (Path(files) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            (Path(files) / "sites.csv").write_text(sites_csv, encoding="utf-8")
+            run.log_files(files, wait)
         return run
 
     @classmethod
@@ -191,6 +198,14 @@ class TrialRun:
         self.held.update(values)
         return batch
 
+    def log_files(self, folder: str, budget_s: float) -> None:
+        """Every file in ``folder`` as an artifact at the run's root, in one call."""
+        def log_once() -> None:
+            if self.artifact_uri is None:
+                self.artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+            artifact_repository(self.client, self.artifact_uri).log_artifacts(folder)
+        retry(log_once, budget_s=budget_s, what=f"logging {', '.join(sorted(os.listdir(folder)))}")
+
     def finish(self, status: str, final: dict[str, float], reason: str = "", files: str | None = None) -> None:
         """End-of-trial metrics, the files in ``files`` (a folder), the status tag and the run status; the driver
         draws the trial's figures afterwards (orchestrator/figures.py). Waits out an outage (``outage_wait_s``):
@@ -200,10 +215,16 @@ class TrialRun:
             raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
                                   f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
         if files:
-            retry(lambda: self.client.log_artifacts(self.run_id, files), budget_s=wait, what="logging the final files")
+            self.log_files(files, wait)
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
         final_metrics = retry(lambda: self._unheld(final), budget_s=wait, what="reading the run's metrics")
         retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
+
+
+def artifact_repository(client: MlflowClient, artifact_uri: str):
+    """The artifact store at a run's ``artifact_uri`` (from ``create_run`` or ``get_run``): the client's
+    ``log_artifact(s)``/``download_artifacts`` would ask the tracking store for the run again to find it."""
+    return get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri)
 
 
 def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str | None:
@@ -228,4 +249,4 @@ def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metric
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
-__all__ = ["SweepContext", "TrialRun", "act_metrics", "end", "find_trial_run", "run_name"]
+__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "find_trial_run", "run_name"]
