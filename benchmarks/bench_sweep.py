@@ -1,6 +1,7 @@
 """bench_sweep.py: what the orchestration costs each trial, and how many short trials an hour a sweep runs.
 
     python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with actor reuse, 8 without
+    python benchmarks/bench_sweep.py --repeat 3 --fresh-trials 0    # the two sizes three times, alternately: median and range
     python benchmarks/bench_sweep.py --gpu 0.25 --concurrent 4    # on a GPU machine: four trials packed per GPU
 
 Evidence it gives, per sweep: its wall time (``run_sweep``, Ray already started; everything from the parent run to the
@@ -14,12 +15,16 @@ A sweep's overhead is a fixed part (the first worker processes and their imports
 last trials and the sweep's plots at the end) plus a part per trial. Two sweep sizes with actor reuse separate them:
 the marginal overhead per trial is the difference of their overheads over the difference of their trial counts, and
 the fixed part is what remains. Target (issue 9): overhead ≤ 0.5 s per trial on the local default. Each sweep logs to
-its own SQLite store in a temporary folder.
+its own SQLite store in a temporary folder. A single pair varies by about ±0.1 s per trial on a 2-core machine (the
+small sweep's wall time is mostly fixed cost, and its noise is divided by the difference in trials only), so
+``--repeat`` runs the pair several times, alternately, splits the medians of each size, and shows the range single
+pairs give.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +97,7 @@ def main(argv=None):
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--cpu", type=float, default=1.0)
     p.add_argument("--gpu", type=float, default=0.0)
+    p.add_argument("--repeat", type=int, default=1, help="run the two sizes this many times, alternately")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one sweep of this many trials here, print its row as JSON
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -104,14 +110,31 @@ def main(argv=None):
         row = run(args.one, args.concurrent, not args.fresh, args.cpu, args.gpu)
         print(json.dumps(row))
         return
-    rows = [run_apart(n, args, reuse=True) for n in args.trials]
+    pairs = [[run_apart(n, args, reuse=True) for n in args.trials] for _ in range(args.repeat)]
+    rows = [row for pair in pairs for row in pair]
     if args.fresh_trials:
         rows.append(run_apart(args.fresh_trials, args, reuse=False))
     print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial", "in_trial_s",
                        "outside_s", "figures_cpu_s", "trials_per_hour"]))
-    fixed, marginal = split_fixed_marginal(rows[0], rows[1])
+    fixed, marginal = split_fixed_marginal(*(median_row([pair[k] for pair in pairs]) for k in (0, 1)))
+    singles = [split_fixed_marginal(*pair) for pair in pairs]
+    figures = statistics.median(pair[1]["figures_cpu_s"] for pair in pairs)
     print(f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
-          f"{fixed:.1f} s fixed per sweep (wall); the driver's figures take {rows[1]['figures_cpu_s']:.2f} s CPU a trial")
+          f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; the driver's figures take {figures:.2f} s CPU a trial")
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The sweeps of one size as one: their median idle slot-time."""
+    return {**rows[0], "idle_slot_s": statistics.median(r["idle_slot_s"] for r in rows)}
+
+
+def spread(singles: list[tuple[float, float]]) -> str:
+    """What single pairs of sweeps give, when there are several: the machine's noise in this split."""
+    if len(singles) < 2:
+        return ""
+    fixed, marginal = zip(*singles)
+    return (f" — from the medians of {len(singles)} sweeps of each size; single pairs give {min(marginal):.2f}–{max(marginal):.2f} s "
+            f"per trial and {min(fixed):.1f}–{max(fixed):.1f} s fixed")
 
 
 if __name__ == "__main__":

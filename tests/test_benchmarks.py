@@ -36,6 +36,15 @@ def test_sweep_benchmark_separates_fixed_and_per_trial_overhead():
     assert bench_sweep.split_fixed_marginal(small, large) == pytest.approx((fixed, per_trial))
 
 
+def test_repeated_sweeps_are_split_at_the_median_of_each_size():
+    smalls = [{"trials": 8, "slots": 2, "idle_slot_s": v} for v in (40.0, 42.0, 38.0)]
+    larges = [{"trials": 32, "slots": 2, "idle_slot_s": v} for v in (50.0, 56.0, 52.0)]
+    assert bench_sweep.median_row(smalls)["idle_slot_s"] == 40.0 and bench_sweep.median_row(larges)["trials"] == 32
+    singles = [bench_sweep.split_fixed_marginal(s, l) for s, l in zip(smalls, larges)]  # per trial 10/24, 14/24, 14/24 s; fixed (idle − 8 × that) / 2
+    assert bench_sweep.spread(singles) == " — from the medians of 3 sweeps of each size; single pairs give 0.42–0.58 s per trial and 16.7–18.7 s fixed"
+    assert bench_sweep.spread(singles[:1]) == ""
+
+
 @pytest.mark.slow
 def test_sweep_benchmark_runs_a_real_sweep(ray_local):
     row = bench_sweep.run(trials=2, concurrent=1, reuse=True, cpu=1.0, gpu=0.0)
