@@ -80,7 +80,7 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
 
 def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_uri, tmp_path, monkeypatch):
     """The artifact location comes with ``create_run``'s answer: the trial's files (config.yaml and sites.csv at the
-    start, the final files at the end) go to it without a ``get_run``; a reopened run asks for it."""
+    start, the final files at the end) go to it without a ``get_run``; a reopened run asks once for it and its metrics."""
     ctx = _context(tracking_uri)
     asked, get_run = [], SqlAlchemyStore.get_run
     monkeypatch.setattr(SqlAlchemyStore, "get_run", lambda self, run_id: asked.append(run_id) or get_run(self, run_id))
@@ -95,8 +95,13 @@ def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_
     assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "model_summary.txt"}
     assert open(client.download_artifacts(run.run_id, "sites.csv", str(tmp_path))).read() == SITES
     (files / "model_summary.txt").write_text("the network, again")
-    TrialRun.reopen(ctx, run.run_id).log_files(str(files), budget_s=5)  # asks for the run's artifact location
+    reopened = TrialRun.reopen(ctx, run.run_id)
+    asked.clear()
+    reopened.finish("completed", {"best_val_acc": 90.0, "min_val_loss": 0.4}, files=str(files))
+    assert asked == [run.run_id]  # one look-up: the artifact location and the metric keys the run holds
     assert open(client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))).read() == "the network, again"
+    assert [m.step for m in client.get_metric_history(run.run_id, "best_val_acc")] == [0]  # not logged twice
+    assert [m.step for m in client.get_metric_history(run.run_id, "min_val_loss")] == [0]
 
 
 def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):

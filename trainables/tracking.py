@@ -192,17 +192,25 @@ class TrialRun:
         """``values`` as step-0 metrics, less those the run holds (a restarted trial may have logged them); counted
         as held. Built once and then resent as is: a retried batch is the same rows (same timestamp), not new ones."""
         if self.held is None:
-            self.held = set(self.client.get_run(self.run_id).data.metrics)
+            self._look_up()
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in self.held]
         self.held.update(values)
         return batch
 
+    def _look_up(self) -> None:
+        """What a reopened run learns from the store, both in one ``get_run``: the metric keys it holds (with those
+        still queued) and its artifact location. A run this trial created knows both."""
+        run = self.client.get_run(self.run_id)
+        if self.held is None:
+            self.held = set(run.data.metrics) | {m.key for _, batch in self.unsent for m in batch}
+        self.artifact_uri = run.info.artifact_uri
+
     def log_files(self, folder: str, budget_s: float) -> None:
         """Every file in ``folder`` as an artifact at the run's root, in one call."""
         def log_once() -> None:
             if self.artifact_uri is None:
-                self.artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+                self._look_up()
             artifact_repository(self.client, self.artifact_uri).log_artifacts(folder)
         retry(log_once, budget_s=budget_s, what=f"logging {', '.join(sorted(os.listdir(folder)))}")
 
