@@ -53,4 +53,4 @@ ui: install
 	$(BIN)/lslu-sweep ui
 
 clean:
-	rm -rf ray_results mlruns.db mlartifacts .pytest_cache
+	rm -rf ray_results mlruns.db mlruns.db-wal mlruns.db-shm mlartifacts .pytest_cache

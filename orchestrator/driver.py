@@ -13,13 +13,12 @@ import time
 from dataclasses import asdict, dataclass
 
 import yaml
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from cluster import storage as st
 from cluster.local import connect
 from cluster.preflight import check_cluster
-from cluster.tracking import resolve_tracking_uri
+from cluster.tracking import mlflow_client, resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
@@ -95,7 +94,7 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     if manifest["smoke_test"]:
         _fit_smoke_resources(sweep, echo)
-    MlflowClient(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
+    mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
     echo(f"resuming sweep {exp_name} on {where}")
     tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
@@ -146,7 +145,7 @@ def unfinished_trials(path: str, num_samples: int) -> int:
 
 
 def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, echo) -> SweepOutcome:
-    client = MlflowClient(ctx.tracking_uri)
+    client = mlflow_client(ctx.tracking_uri)
     rows = summary.trial_rows(result_grid)
     pending = unfinished_trials(path, sweep.spec.search.num_samples)
     if pending:  # open trial runs stay open: `resume` reopens them

@@ -20,6 +20,7 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from cluster.tracking import mlflow_client
 from trainables import plots
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, parse_act_metric_key
 from trainables.retry import retry
@@ -60,9 +61,12 @@ def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
 
 
 def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
-    """Log a matplotlib figure as a PNG artifact and free it."""
+    """Log a matplotlib figure as the PNG artifact ``name`` (written by ``plots.png_bytes``, as the trials' are) and free it."""
     try:
-        client.log_figure(run_id, fig, name, save_kwargs=plots.PNG_KWARGS)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d, name)
+            path.write_bytes(plots.png_bytes(fig))
+            client.log_artifact(run_id, str(path))
     finally:
         plots.close(fig)
 
@@ -100,7 +104,7 @@ class FigureQueue:
     """One background thread drawing trials' figures in the order their trials ended."""
 
     def __init__(self, tracking_uri: str):
-        self.client = MlflowClient(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lslu-figures")
         self._pending: list[Future] = []
         self._lock = threading.Lock()
@@ -139,7 +143,7 @@ def figure_queue(tracking_uri: str) -> FigureQueue:
 def complete_figures(ctx: SweepContext) -> int:
     """Wait for the queue, then draw the figures of every trial run of the sweep that still lacks them; returns how many."""
     figure_queue(ctx.tracking_uri).drain()
-    client = MlflowClient(ctx.tracking_uri)
+    client = mlflow_client(ctx.tracking_uri)
     drawn = 0
     for run in client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'"):
         held = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -21,6 +21,7 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from cluster.tracking import mlflow_client
 from orchestrator.summary import finished, frame_csv, pareto_rows, ranked
 from orchestrator.sweep_plots import config_of, param_importances
 from search_spaces.schema import Sweep, parse_sweep
@@ -121,7 +122,7 @@ def report_sweep(name: str, tracking_uri: str) -> str:
     """``lslu-sweep report NAME``: the paper-style table of a finished sweep, logged again on its parent run."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; name the sweeps' store with --tracking-uri")
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     run = find_sweep_run(client, name, tracking_uri)
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as d:

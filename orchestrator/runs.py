@@ -11,7 +11,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from cluster.tracking import default_artifact_location
+from cluster.tracking import default_artifact_location, mlflow_client
 from orchestrator.ui import save_sweep_view
 from search_spaces.schema import Sweep
 from trainables.retry import retry
@@ -42,7 +42,7 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 
 
 def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool) -> SweepContext:
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp_id = experiment_id(client, sweep.name, tracking_uri)
     shared_tags = {"sweep_file_sha256": sweep.sha256}
     commit = git_commit()
@@ -81,7 +81,7 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
 
 def close_leftover_runs(ctx: SweepContext) -> int:
     """Mark every child run still RUNNING at the end of the sweep as failed; returns how many."""
-    client = MlflowClient(ctx.tracking_uri)
+    client = mlflow_client(ctx.tracking_uri)
     runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'")
     for run in runs:
         end(client, run.info.run_id, "failed", "the sweep ended while this trial's run was still open")
@@ -98,7 +98,7 @@ class RunCloser(Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def __getstate__(self):  # Tune checkpoints callbacks with the experiment: keep the client out

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from cluster.tracking import resolve_tracking_uri, ui_command
+from cluster.tracking import mlflow_client, resolve_tracking_uri, ui_command
 from cluster.ui_server import DEFAULT_PORT, HOST, UiError, UiServer
 from search_spaces.schema import Sweep
 
@@ -118,7 +118,7 @@ def _interrupt(signum, frame):
 
 
 def _print_newest(uri: str, base: str, echo) -> None:
-    parent = newest_sweep(MlflowClient(uri))
+    parent = newest_sweep(mlflow_client(uri))
     if parent is None:
         echo(f"no sweep in {uri} yet; run one with: lslu-sweep run quickstart")
         return

@@ -44,6 +44,11 @@ def test_theta_omega_figure_annotates_each_curve_with_its_convergence_value():
         lines = {line.get_label(): line for line in panels[0].get_lines() if not line.get_label().startswith("_")}
         t1, o1 = (next(l for k, l in lines.items() if k.startswith(p)) for p in ("θ1", "ω1"))
         assert t1.get_color() == o1.get_color() and t1.get_linestyle() == "-" and o1.get_linestyle() == "--"
+        # each convergence value is drawn as a dotted line over its window, in its curve's colour
+        dotted = [(tuple(l.get_xdata()), tuple(l.get_ydata()), l.get_color()) for l in panels[0].get_lines() if l.get_linestyle() == ":"]
+        t2 = next(l for k, l in lines.items() if k.startswith("θ2"))
+        assert len(dotted) == 4 and any(x == (5, 14) and y == pytest.approx((np.mean(theta2),) * 2) and c == t2.get_color()
+                                        for x, y, c in dotted)
         assert "last 10 epochs" in fig._suptitle.get_text()
     finally:
         plots.close(fig)
@@ -179,3 +184,21 @@ def test_figures_drawn_again_on_a_laid_out_figure_are_a_new_figures_pixels(monke
     assert len(drawn_on) == 14 and sorted(map(len, figures.values())) == [1] * 5
     assert sorted(figures, key=str) == sorted([("learning_curves", True), ("learning_curves", False), ("theta_omega", 2),
                                                ("theta_omega", 1), ("theta_omega", 0)], key=str)
+
+
+def test_png_bytes_is_a_png_of_savefigs_pixels():
+    """``png_bytes`` writes the PNG itself (faster than PIL's writer): a PNG decoder must read back exactly the pixels,
+    size and resolution that ``savefig`` writes, for figures with transparency and colour."""
+    history = {"train_loss": [(1, 2.0), (2, 1.0)], "val_acc": [(1, 50.0), (2, 60.0)]}
+    for fig in (plots.learning_curves_figure(history, "t"), plots.sites_figure(
+            [{"index": i, "path": f"s{i}", "channels": 8, "module": "LSLU", "inserted": i % 2} for i in range(5)])):
+        fig.patch.set_alpha(0.5)  # a translucent background: the alpha channel must come through too
+        try:
+            ours, theirs = Image.open(io.BytesIO(plots.png_bytes(fig))), io.BytesIO()
+            fig.savefig(theirs, format="png")
+            theirs = Image.open(theirs)
+            assert ours.format == "PNG" and ours.mode == theirs.mode == "RGBA" and ours.size == theirs.size
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+            assert ours.info["dpi"] == pytest.approx(theirs.info["dpi"], abs=0.01)
+        finally:
+            plots.close(fig)

@@ -1,4 +1,5 @@
 """In-trial MLflow logging against a real SQLite store, read back with MlflowClient."""
+import sqlite3
 import time
 
 import pytest
@@ -7,6 +8,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from services import free_port
 
+from cluster.tracking import mlflow_client
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.plots import theta_omega_rows
@@ -48,6 +50,26 @@ def test_each_epoch_is_logged_once_across_a_reopen(tracking_uri):
     assert got.data.params["n"] == "2" and got.data.params["mask"] == "0100"
     assert got.info.run_name == "digits_cnn-lslu-n2-0100-trial_1"
     assert len(client.search_runs([ctx.experiment_id], "tags.trial_id = 'trial_1'")) == 1
+
+
+def test_a_sqlite_store_is_kept_in_write_ahead_log_mode(tracking_uri, tmp_path):
+    """Every process of a sweep opens the store through ``mlflow_client`` first: the SQLite file is switched to
+    write-ahead logging (readers are not shut out while a trial writes) and MLflow's connections sync the disk only
+    at the log's checkpoints."""
+    client = mlflow_client(tracking_uri)
+    ctx = SweepContext(tracking_uri, client.create_experiment("t"), "parent", "t")
+    with sqlite3.connect(tmp_path / "mlruns.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # SQLite's default: delete
+    store = client._tracking_client.store  # the store MLflow logs through, and its connections
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (SQLite's default: 2, FULL)
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 20000
+    # a reader that knows nothing of it sees a trial's epoch while a writer holds the database
+    run = TrialRun.create(ctx, TrialConfig(), "trial_w", "1111", "index,path\n")
+    run.log_epoch(1, {"train_loss": 1.0})
+    with sqlite3.connect(tmp_path / "mlruns.db") as writer:
+        writer.execute("BEGIN EXCLUSIVE")
+        assert [m.value for m in MlflowClient(tracking_uri).get_metric_history(run.run_id, "train_loss")] == [1.0]
 
 
 SITES = "index,path,stage,channels,downsampling,depth_fraction,module,inserted\n0,stages.0.act,1,32,True,0.000,LSLU,1\n"

@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
+from cluster.tracking import mlflow_client
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry
@@ -83,7 +84,7 @@ class TrialRun:
         ``tags`` are set on the run each time it is opened (where the trial runs now). ``record``: end-of-trial
         style metrics known at the start (``log_record``), logged with the params of a new run."""
         if run_id is None:
-            client = MlflowClient(ctx.tracking_uri)
+            client = mlflow_client(ctx.tracking_uri)
             run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run")
         run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record)
         run._requeue(unsent or [])
@@ -94,7 +95,7 @@ class TrialRun:
     @classmethod
     def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
                extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None) -> "TrialRun":
-        client = MlflowClient(ctx.tracking_uri)
+        client = mlflow_client(ctx.tracking_uri)
         tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
                 "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
                 "policy": cfg.policy_spec, **(extra_tags or {})}
@@ -126,7 +127,7 @@ class TrialRun:
 
     @classmethod
     def reopen(cls, ctx: SweepContext, run_id: str, extra_tags: dict[str, str] | None = None) -> "TrialRun":
-        client = MlflowClient(ctx.tracking_uri)
+        client = mlflow_client(ctx.tracking_uri)
         tags = [RunTag(k, v) for k, v in {"status": "running", **(extra_tags or {})}.items()]
 
         def reopen_once() -> int:
