@@ -43,14 +43,18 @@ def _sqlite_write_ahead() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    event.listen(Engine, "connect", _set_sqlite_pragmas)
+    event.listen(Engine, "connect", set_sqlite_pragmas)
 
 
-def _set_sqlite_pragmas(dbapi_connection, _connection_record) -> None:
+def set_sqlite_pragmas(dbapi_connection, _connection_record) -> None:
+    """``SQLITE_PRAGMAS`` on a new SQLite connection (SQLAlchemy's ``connect`` event); other databases are left alone."""
     if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
-            cursor.execute(f"PRAGMA {pragma}")
+            try:
+                cursor.execute(f"PRAGMA {pragma}")
+            except sqlite3.OperationalError:  # a read-only file cannot change its mode; reading it works as before
+                pass
         cursor.close()
 
 

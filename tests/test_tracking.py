@@ -8,7 +8,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from services import free_port
 
-from cluster.tracking import mlflow_client
+from cluster.tracking import set_sqlite_pragmas, mlflow_client
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.plots import theta_omega_rows
@@ -70,6 +70,21 @@ def test_a_sqlite_store_is_kept_in_write_ahead_log_mode(tracking_uri, tmp_path):
     with sqlite3.connect(tmp_path / "mlruns.db") as writer:
         writer.execute("BEGIN EXCLUSIVE")
         assert [m.value for m in MlflowClient(tracking_uri).get_metric_history(run.run_id, "train_loss")] == [1.0]
+
+
+def test_a_read_only_sqlite_store_is_read_in_the_mode_it_has(tmp_path):
+    """A store someone can only read (an archived sweep, a colleague's file) cannot be switched to WAL: it is read as it is."""
+    path = tmp_path / "archived.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE runs (run_uuid TEXT)")
+        db.execute("INSERT INTO runs VALUES ('r1')")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        set_sqlite_pragmas(db, None)  # what every new connection of a sweep's processes runs
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert db.execute("SELECT run_uuid FROM runs").fetchall() == [("r1",)]
+    finally:
+        db.close()
 
 
 SITES = "index,path,stage,channels,downsampling,depth_fraction,module,inserted\n0,stages.0.act,1,32,True,0.000,LSLU,1\n"
