@@ -9,8 +9,9 @@ saved-tensor hooks) and its ratio to ReLU's, and on CUDA the peak allocated memo
 ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DESIGN.md §2). ``naive`` is plain
 autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorch's depthwise backward);
 ``shipped`` is the LSLU module: on CUDA the series as two Triton kernels that keep only x
-(trainables/activations/lslu_triton.py), on the CPU a depthwise backward made of two forward convolutions
-(trainables/activations/depthwise.py).
+(trainables/activations/lslu_triton.py); on the CPU with a ReLU base the whole site as one function that keeps x and
+its output (lslu_site.py: the series in closed form, lslu_relu.py, the depthwise backward as two forward
+convolutions, depthwise.py, and the conv's output rebuilt from the site's output for BatchNorm's backward).
 """
 from __future__ import annotations
 

@@ -29,16 +29,21 @@ class _DepthwiseCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        p, (n, c, h, w) = ctx.padding, x.shape
-        fmt = memory_format_of(x)
-        x, grad = x.contiguous(), grad.contiguous()  # the grouped convolutions below are fastest in NCHW on the CPU
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = F.conv2d(grad, weight.flip(-1, -2), padding=p, groups=c).contiguous(memory_format=fmt)
-        if ctx.needs_input_grad[1]:
-            padded = F.pad(x, (p, p, p, p)).reshape(1, n * c, h + 2 * p, w + 2 * p)
-            dw = F.conv2d(padded, grad.reshape(n * c, 1, h, w), groups=n * c).reshape(n, c, 2 * p + 1, 2 * p + 1).sum(0).unsqueeze(1)
-        return dx, dw, None
+        return (*depthwise_grads(x, weight, grad, ctx.padding, *ctx.needs_input_grad[:2]), None)
+
+
+def depthwise_grads(x, weight, grad, padding: int, need_input: bool = True, need_weight: bool = True):
+    """dx and dweight of ``F.conv2d(x, weight, padding=padding, groups=C)`` as two forward convolutions."""
+    p, (n, c, h, w) = padding, x.shape
+    fmt = memory_format_of(x)
+    x, grad = x.contiguous(), grad.contiguous()  # the grouped convolutions below are fastest in NCHW on the CPU
+    dx = dw = None
+    if need_input:
+        dx = F.conv2d(grad, weight.flip(-1, -2), padding=p, groups=c).contiguous(memory_format=fmt)
+    if need_weight:
+        padded = F.pad(x, (p, p, p, p)).reshape(1, n * c, h + 2 * p, w + 2 * p)
+        dw = F.conv2d(padded, grad.reshape(n * c, 1, h, w), groups=n * c).reshape(n, c, 2 * p + 1, 2 * p + 1).sum(0).unsqueeze(1)
+    return dx, dw
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:

@@ -8,6 +8,10 @@ Training form, for x of shape (N, C, H, W):
 
 ``fuse()`` folds ``bn`` into the depthwise conv (weight and bias) and keeps the series, unlike the
 authors' deploy path, which drops it.
+
+How it runs: on CUDA the series is two Triton kernels (lslu_series.py); on the CPU a ReLU-based series is its closed
+form (lslu_relu.py) and a training step runs the whole site as one function that keeps only x (lslu_site.py);
+otherwise the plain series under autograd.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.activations import lslu_relu, lslu_site
 from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.lslu_series import lslu_series
 from trainables.activations.registry import register_act
@@ -44,6 +49,7 @@ class LSLU(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
         self.bias: nn.Parameter | None = None  # set by fuse()
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
+        self._series_memo: dict = {}  # the closed-form series' coefficients while θ, ω are unchanged (lslu_relu.py)
 
     def no_weight_decay(self) -> set[str]:
         """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
@@ -55,9 +61,13 @@ class LSLU(nn.Module):
 
     def series(self, x: torch.Tensor) -> torch.Tensor:
         """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i; its backward keeps only x (lslu_series.py)."""
-        return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel")
+        return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused and torch.is_grad_enabled() and lslu_relu.serves(self.base, x) and lslu_site.serves(x, self.weight, self.bn):
+            form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo)
+            if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
+                return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)
         y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
         return y if self.fused else self.bn(y)
 

@@ -9,6 +9,7 @@ Backward recomputes y_0..y_n from x (element-wise, cheap) and runs the chain rul
 (Σ over every element for layer granularity, over N, H, W for channel granularity.) Autograd on the eager
 series would keep n+1 intermediates per site alive until backward; this keeps only x. On CUDA the pair runs as
 two Triton kernels (lslu_triton.py), one pass over the tensor each; elsewhere as the plain functions below.
+On the CPU a ReLU-based series has a closed form, one clamp of one affine map (lslu_relu.py), which serves first.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from trainables.activations import lslu_relu
 from trainables.activations.depthwise import memory_format_of
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -112,9 +114,15 @@ class SeriesFunction(torch.autograd.Function):
         return dx, d_theta, d_omega, None, None
 
 
-def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool) -> torch.Tensor:
-    """f(y_n): through ``SeriesFunction`` (only x saved) when a gradient is needed on CUDA with Triton; elsewhere
-    autograd on the plain series, which on the CPU is faster than recomputing it in backward (benchmarks/)."""
+def lslu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool,
+                memo: dict | None = None) -> torch.Tensor:
+    """f(y_n): on CUDA with Triton through ``SeriesFunction`` (only x saved); on the CPU with a ReLU base in closed
+    form (lslu_relu.py, only x saved; ``memo`` is its per-module cache); elsewhere autograd on the plain series, which
+    on the CPU is faster than recomputing it in backward (benchmarks/)."""
+    if lslu_relu.serves(base, x):
+        out = lslu_relu.relu_series(x, theta, omega, memo)
+        if out is not None:
+            return out
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or theta.requires_grad or omega.requires_grad)
     if needs_grad and _triton_on(x):
         return SeriesFunction.apply(x, theta, omega, base, channel)

@@ -1,0 +1,70 @@
+"""A training-mode LSLU site (series, depthwise conv, BatchNorm) as one autograd function that keeps only x.
+
+Autograd on the three parts keeps, besides x, the conv's input f(y_n) and BatchNorm's input (the conv's output): three
+tensors of the site's size where a ReLU site keeps one, which the next layer keeps anyway. Here backward rebuilds both:
+
+    conv output = μ + (out − β) / (γ · invstd)     from the site's output, which the next layer keeps for its own backward
+    f(y_n)      = clamp(A x + B, lo, hi)           from x, one pass (lslu_relu.py)
+
+so the site adds x alone to what a ReLU network keeps (the in-place activated BatchNorm idea, Rota Bulò et al. 2018).
+It serves where each part has its measured CPU path: a ReLU series in closed form, the depthwise backward as two forward
+convolutions, BatchNorm's own kernels; and only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's
+output comes back. Elsewhere the parts run as modules. An in-place change of the site's output before backward (the
+next layer's ``x += …``) is refused by autograd, as for any saved output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.activations.depthwise import depthwise_grads
+from trainables.activations.lslu_relu import ClosedForm
+
+GAMMA_FLOOR = 1e-2  # below it, (out − β) / γ loses too many digits of the conv's output: keep the modules
+
+
+def serves(x: torch.Tensor, weight: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether ``site`` can run this training step (the series' own conditions are checked by its caller)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
+            and (x.is_contiguous() or weight.shape[-1] >= 5)  # as depthwise_conv: 3×3 in channels_last keeps torch's
+            and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
+            and x.shape[0] * x.shape[2] * x.shape[3] > 1  # BatchNorm's own error for one value per channel
+            and bool(bn.weight.detach().abs().min() >= GAMMA_FLOOR))
+
+
+def site(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor, bn: nn.BatchNorm2d,
+         form: ClosedForm) -> torch.Tensor:
+    """bn(depthwise_conv(f(y_n))) in training mode, BatchNorm's running statistics updated as ``bn(…)`` does."""
+    factor = 0.0
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return _Site.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.eps, form)
+
+
+class _Site(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor, eps, form):
+        padding = weight.shape[-1] // 2  # n: the kernel is (2n + 1)²
+        conv = F.conv2d(form.forward(x), weight, None, padding=padding, groups=x.shape[1])
+        out, mean, invstd = torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
+        ctx.save_for_backward(x, out, weight, gamma, beta, mean, invstd)
+        ctx.form, ctx.padding, ctx.eps = form, padding, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out, weight, gamma, beta, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        scale = 1 / (gamma * invstd)  # conv = μ + (out − β) · scale
+        shape = (1, -1, 1, 1)
+        conv = torch.addcmul((mean - beta * scale).view(shape), out, scale.view(shape))
+        d_conv, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
+            grad, conv, gamma, None, None, mean, invstd, True, ctx.eps, [True, need[4], need[5]])
+        del conv
+        series = ctx.form.forward(x)
+        d_series, d_weight = depthwise_grads(series, weight, d_conv, ctx.padding, True, need[3])
+        del series, d_conv
+        dx, d_theta, d_omega = ctx.form.backward(x, d_series, need[0])
+        return dx, d_theta, d_omega, d_weight, d_gamma, d_beta, None, None, None, None, None
