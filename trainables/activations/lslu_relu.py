@@ -73,37 +73,43 @@ def _sum(t: torch.Tensor, channel: bool) -> np.ndarray:
 class ClosedForm:
     """The series for one value of θ, ω: ``forward(x)`` = f(y_n); ``backward(x, grad)`` = dx, dθ, dω."""
 
-    def __init__(self, theta: torch.Tensor, omega: torch.Tensor):
-        self.a, self.b, self.lo, self.hi, self.hi_finite, self._steps = _bounds(_host(theta), _host(omega))
-        self.param = (theta.dtype, theta.shape)
+    def __init__(self, theta: np.ndarray, omega: np.ndarray, param: tuple[torch.dtype, torch.Size]):
+        self.a, self.b, self.lo, self.hi, self.hi_finite, self._steps = _bounds(theta, omega)
+        self.param = param  # θ's dtype and shape, which dθ and dω take
         self.channel = self.a.ndim > 0
+        self.bounded_above = bool(self.hi_finite.any())
         self._tensors: tuple | None = None
 
     @staticmethod
     def of(theta: torch.Tensor, omega: torch.Tensor) -> "ClosedForm | None":
         """None when a θ_i is exactly 0 (the caller keeps the plain series)."""
-        return None if bool((theta == 0).any()) else ClosedForm(theta, omega)
+        theta_host = _host(theta)
+        return None if (theta_host == 0).any() else ClosedForm(theta_host, _host(omega), (theta.dtype, theta.shape))
+
+    def _coefs(self, x: torch.Tensor) -> tuple:
+        """A, B, lo and hi (None when unbounded) as tensors in x's dtype, made once per dtype."""
+        if self._tensors is None or self._tensors[0].dtype != x.dtype:
+            hi = _on(x, np.where(self.hi_finite, self.hi, np.inf)) if self.bounded_above else None
+            self._tensors = (_on(x, self.a), _on(x, self.b), _on(x, self.lo), hi)
+        return self._tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._tensors is None or self._tensors[0].dtype != x.dtype:
-            hi = _on(x, np.where(self.hi_finite, self.hi, np.inf)) if self.hi_finite.any() else None
-            self._tensors = (_on(x, self.a), _on(x, self.b), _on(x, self.lo), hi)
-        a, b, lo, hi = self._tensors
+        a, b, lo, hi = self._coefs(x)
         return torch.addcmul(b, x, a).clamp_(min=lo, max=hi)
 
     def backward(self, x: torch.Tensor, grad: torch.Tensor, need_input: bool = True):
-        a, b, lo, hi, channel = self.a, self.b, self.lo, self.hi, self.channel
-        a_t = _on(x, a)
+        b, lo, hi, channel = self.b, self.lo, self.hi, self.channel
+        a_t = self._coefs(x)[0]
         # grad where lo < A x + B < hi, by relu's own backward on A x + B − lo and on hi − (A x + B)
         above = torch.ops.aten.threshold_backward(grad, torch.addcmul(_on(x, b - lo), x, a_t), 0)
         s_above = _sum(above, channel)
         d_lo = _sum(grad, channel) - s_above
         g_mid = above
-        if self.hi_finite.any():
+        if self.bounded_above:
             below = torch.addcmul(_on(x, np.where(self.hi_finite, hi - b, np.inf)), x, -a_t)
             g_mid = torch.ops.aten.threshold_backward(above, below, 0)
         d_b = _sum(g_mid, channel)
-        d_hi = s_above - d_b if self.hi_finite.any() else np.zeros_like(hi)
+        d_hi = s_above - d_b if self.bounded_above else np.zeros_like(hi)
         d_a = _sum(g_mid * x, channel)
         d_theta, d_omega = _bounds_backward(self._steps, d_a, d_b, d_lo, d_hi)
         dtype, shape = self.param

@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.activations.depthwise import depthwise_grads
+from trainables.activations import lslu_relu
 from trainables.activations.lslu_relu import ClosedForm
 
 GAMMA_FLOOR = 1e-2  # below it, (out − β) / γ loses too many digits of the conv's output: keep the modules
 
 
-def serves(x: torch.Tensor, weight: torch.Tensor, bn: nn.Module) -> bool:
-    """Whether ``site`` can run this training step (the series' own conditions are checked by its caller)."""
-    return (x.device.type == "cpu" and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
+def serves(base: str, x: torch.Tensor, weight: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether ``site`` can run this training step (but for θ_i = 0, which ``ClosedForm.of`` tells)."""
+    return (torch.is_grad_enabled() and lslu_relu.serves(base, x) and not torch.is_autocast_enabled("cpu")
             and (x.is_contiguous() or weight.shape[-1] >= 5)  # as depthwise_conv: 3×3 in channels_last keeps torch's
             and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
             and x.shape[0] * x.shape[2] * x.shape[3] > 1  # BatchNorm's own error for one value per channel
