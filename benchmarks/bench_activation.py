@@ -2,6 +2,7 @@
 
     python benchmarks/bench_activation.py                      # CPU, and CUDA when present
     python benchmarks/bench_activation.py --device cuda --shape 128 64 32 32
+    python benchmarks/bench_activation.py --n 3 --parts              # also each part of the site alone
 
 Evidence it gives: per variant, the median fwd+bwd time (ms, ± half the interquartile range), its ratio to the
 ReLU site measured in the same run, the activation memory autograd keeps for backward (MB, counted exactly with
@@ -12,6 +13,8 @@ autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorc
 (trainables/activations/lslu_triton.py); on the CPU with a ReLU base the whole site as one function that keeps x and
 its output (lslu_site.py: the series in closed form, lslu_relu.py, the depthwise backward as two forward
 convolutions, depthwise.py, and the conv's output rebuilt from the site's output for BatchNorm's backward).
+``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
+depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts could save.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_name, interleaved_times, peak_cuda_mb, saved_bytes, table  # noqa: E402
 from trainables.activations import create_act  # noqa: E402
+from trainables.activations.depthwise import depthwise_conv  # noqa: E402
 from trainables.activations.lslu_series import series_forward  # noqa: E402
 
 
@@ -42,20 +46,42 @@ class NaiveLSLU(nn.Module):
         return m.bn(F.conv2d(y, m.weight, None, padding=m.n, groups=m.channels))
 
 
-def variants(channels: int, base: str, ns: list[int]):
+class SitePart(nn.Module):
+    """One part of the LSLU module's site alone, run as the module runs it: ``series``, ``conv`` or ``bn``."""
+
+    def __init__(self, lslu: nn.Module, part: str):
+        super().__init__()
+        self.lslu, self.part = lslu, part
+
+    def forward(self, x):
+        m = self.lslu
+        if self.part == "series":
+            return m.series(x)
+        if self.part == "conv":
+            return depthwise_conv(x, m.weight, None, m.n)
+        return m.bn(x)
+
+
+def variants(channels: int, base: str, ns: list[int], parts: bool = False):
     yield "relu", nn.ReLU()
     for n in ns:
         lslu = create_act("lslu", channels=channels, n=n, base=base)
         yield f"lslu n={n} naive", NaiveLSLU(lslu)
         yield f"lslu n={n} shipped", lslu
+        if parts:
+            yield f"  n={n} series alone", SitePart(lslu, "series")
+            yield f"  n={n} {2 * n + 1}x{2 * n + 1} conv alone", SitePart(lslu, "conv")
+    if parts:
+        yield "  batchnorm alone", SitePart(lslu, "bn")
 
 
-def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, rounds: int):
+def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, rounds: int,
+            parts: bool = False):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
     g = torch.randn_like(x)
     steps, extra = {}, {}
-    for name, module in variants(shape[1], base, ns):
+    for name, module in variants(shape[1], base, ns, parts):
         module = module.to(device=device, dtype=dtype, memory_format=fmt).train()
 
         def step(module=module):
@@ -84,6 +110,7 @@ def main(argv=None):
     p.add_argument("--base", default="relu", choices=["relu", "silu", "gelu"])
     p.add_argument("--n", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (4 runs of each variant per round)")
+    p.add_argument("--parts", action="store_true", help="also time the series, the depthwise conv and BatchNorm alone")
     args = p.parse_args(argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for dev in devices:
@@ -93,7 +120,7 @@ def main(argv=None):
         device = torch.device(dev)
         settings = [(False, torch.float32), (True, torch.float32)] + ([(True, torch.bfloat16)] if dev == "cuda" else [])
         for channels_last, dtype in settings:
-            rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.rounds)
+            rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.rounds, args.parts)
             print(f"\n{device_name(device)} | shape {tuple(args.shape)} | base {args.base} | "
                   f"{'channels_last' if channels_last else 'NCHW'} | {str(dtype).replace('torch.', '')}")
             print(table(rows, ["variant", "ms", "±", "time_x_relu", "saved_mb", "saved_x_relu", "peak_mb"]))

@@ -1,15 +1,20 @@
-"""The CUDA path: the compiled LSLU series, every activation, bf16 autocast and channels_last in a real training run,
-and an out-of-memory batch. Skipped without a CUDA device (CI has none); run on a GPU machine with
+"""The CUDA path: the Triton LSLU series, every activation, bf16 autocast and channels_last in a real training run,
+an out-of-memory batch, and the deploy form replayed from a CUDA graph. Skipped without a CUDA device (CI has none); run
+on a GPU machine with
 
     python -m pytest --noconftest tests/test_cuda.py
 """
 import pytest
 import torch
 
+from benchmarks.common import cuda_graph_replay
 from trainables.activations import create_act, list_acts
 from trainables.activations.lslu_series import lslu_series, series_forward
 from trainables.config import TrialConfig
+from trainables.insertion import apply_policy
 from trainables.loop import Training
+from trainables.models import build_model
+from trainables.models.stats import fuse_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
 CUDA = torch.device("cuda")
@@ -79,3 +84,20 @@ def test_out_of_memory_raises_the_error_the_trainable_reports_as_oom():
     training = Training(cfg)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         training.run_epoch()
+
+
+@pytest.mark.parametrize("policy", ["downsampling", "all"])
+def test_the_deploy_form_replays_from_a_cuda_graph(policy):
+    """The fused network (LSLU's Triton series, its folded depthwise conv) neither syncs with the host nor branches on
+    data there: it captures in a CUDA graph, and a replay on new input equals the eager forward (bench_model's graph_ms)."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, cifar_stem=True)
+    apply_policy(model, policy, "lslu", n=3)
+    deploy = fuse_model(model.eval()).to(CUDA, memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+    replay = cuda_graph_replay(deploy, x)
+    for _ in range(2):
+        x = torch.randn_like(x)
+        with torch.inference_mode():
+            want = deploy(x)
+        torch.testing.assert_close(replay(x), want, rtol=1e-4, atol=1e-4)

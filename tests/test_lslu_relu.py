@@ -137,10 +137,12 @@ def _as_modules(act, x, monkeypatch):
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_site_function_is_the_modules(granularity, n, momentum, monkeypatch):
-    """Output, every gradient, BatchNorm's running statistics and batch count: equal over two training steps."""
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_site_function_is_the_modules(granularity, n, momentum, fmt, monkeypatch):
+    """Output, every gradient, BatchNorm's running statistics and batch count: equal over two training steps, in
+    either layout (n=1: a 3×3 kernel, PyTorch's own depthwise backward; n=3: the two-convolution one)."""
     site, modules = _site_pair(granularity, n, momentum)
-    x = torch.randn(3, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, 6, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
     for step in range(2):
         g = torch.randn(x.shape, dtype=torch.float64)
         out, ref = site(x), _as_modules(modules, x, monkeypatch)

@@ -64,7 +64,7 @@ class LSLU(nn.Module):
         return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused and lslu_site.serves(self.base, x, self.weight, self.bn):
+        if not self.fused and lslu_site.serves(self.base, x, self.bn):
             form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo)
             if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
                 return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)

@@ -7,8 +7,8 @@ tensors of the site's size where a ReLU site keeps one, which the next layer kee
     f(y_n)      = clamp(A x + B, lo, hi)           from x, one pass (lslu_relu.py)
 
 so the site adds x alone to what a ReLU network keeps (the in-place activated BatchNorm idea, Rota Bulò et al. 2018).
-It serves where each part has its measured CPU path: a ReLU series in closed form, the depthwise backward as two forward
-convolutions, BatchNorm's own kernels; and only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's
+It serves where each part has its measured CPU path: a ReLU series in closed form, the depthwise backward by the
+faster route for its kernel size (depthwise.py), BatchNorm's own kernels; and only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's
 output comes back. Elsewhere the parts run as modules. An in-place change of the site's output before backward (the
 next layer's ``x += …``) is refused by autograd, as for any saved output.
 """
@@ -25,10 +25,9 @@ from trainables.activations.lslu_relu import ClosedForm
 GAMMA_FLOOR = 1e-2  # below it, (out − β) / γ loses too many digits of the conv's output: keep the modules
 
 
-def serves(base: str, x: torch.Tensor, weight: torch.Tensor, bn: nn.Module) -> bool:
+def serves(base: str, x: torch.Tensor, bn: nn.Module) -> bool:
     """Whether ``site`` can run this training step (but for θ_i = 0, which ``ClosedForm.of`` tells)."""
     return (torch.is_grad_enabled() and lslu_relu.serves(base, x) and not torch.is_autocast_enabled("cpu")
-            and (x.is_contiguous() or weight.shape[-1] >= 5)  # as depthwise_conv: 3×3 in channels_last keeps torch's
             and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
             and x.shape[0] * x.shape[2] * x.shape[3] > 1  # BatchNorm's own error for one value per channel
             and bool(bn.weight.detach().abs().min() >= GAMMA_FLOOR))
