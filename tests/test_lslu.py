@@ -7,6 +7,7 @@ import torch
 from scipy.signal import correlate2d
 from scipy.special import erf
 
+from lslu_factory import randomized_lslu
 from trainables.activations import LSLU, create_act, learnable_act_state, list_acts
 
 NP_BASES = {
@@ -42,21 +43,6 @@ def reference(x, theta, omega, weight, bn, base, train):
     return norm * bn["weight"][None, :, None, None] + bn["bias"][None, :, None, None]
 
 
-def _randomized(base, granularity, n, channels=3, seed=0):
-    """An LSLU whose θ, ω and BN are far from their initial values, so every term of the formula matters."""
-    torch.manual_seed(seed)
-    act = LSLU(channels, n=n, base=base, granularity=granularity).double()
-    with torch.no_grad():
-        act.theta.uniform_(0.5, 1.5)
-        act.omega.uniform_(-0.5, 0.5)
-        act.weight.normal_(0, 0.3)
-        act.bn.weight.uniform_(0.5, 2.0)
-        act.bn.bias.uniform_(-1, 1)
-        act.bn.running_mean.uniform_(-0.5, 0.5)
-        act.bn.running_var.uniform_(0.5, 2.0)
-    return act
-
-
 def _bn_numpy(act):
     return {k: getattr(act.bn, k).detach().numpy() for k in ("weight", "bias", "running_mean", "running_var")}
 
@@ -66,7 +52,7 @@ def _bn_numpy(act):
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("train", [True, False])
 def test_forward_matches_formula(base, granularity, n, train):
-    act = _randomized(base, granularity, n)
+    act = randomized_lslu(base, granularity, n)
     act.train(train)
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64) * 2
     expected = reference(x.numpy(), act.theta.detach().numpy(), act.omega.detach().numpy(),
@@ -79,7 +65,7 @@ def test_forward_matches_formula(base, granularity, n, train):
 @pytest.mark.parametrize("granularity", ["layer", "channel"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_fuse_keeps_eval_output(base, granularity, n):
-    act = _randomized(base, granularity, n).float().eval()
+    act = randomized_lslu(base, granularity, n).float().eval()
     x = torch.randn(4, 3, 9, 9)
     before = act(x)
     act.fuse()
@@ -108,14 +94,14 @@ def test_not_learnable_is_vanillanet_series_activation():
 
 
 def test_gradients_reach_theta_and_omega():
-    act = _randomized("silu", "channel", 3).float()
+    act = randomized_lslu("silu", "channel", 3).float()
     act(torch.randn(2, 3, 5, 5)).square().sum().backward()
     assert act.theta.grad is not None and act.theta.grad.abs().sum() > 0
     assert act.omega.grad is not None and act.omega.grad.abs().sum() > 0
 
 
 def test_state_dict_round_trip():
-    a = _randomized("gelu", "layer", 2).float()
+    a = randomized_lslu("gelu", "layer", 2).float()
     b = LSLU(3, n=2, base="gelu")
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 5, 5)

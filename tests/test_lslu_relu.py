@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from lslu_factory import randomized_lslu
 from trainables.activations import LSLU, lslu_site
 from trainables.activations.lslu_relu import relu_series
 from trainables.activations.lslu_series import series_forward
@@ -114,16 +115,9 @@ def test_eval_output_follows_theta_and_omega_updates():
 
 
 def _site_pair(granularity, n, momentum, seed=0):
-    """Two equal LSLU sites in training mode, far from their initial values: one runs as ``lslu_site`` (the CPU
-    default), the other as modules (``lslu_site.serves`` patched off for it)."""
-    torch.manual_seed(seed)
-    act = LSLU(4, n=n, granularity=granularity).double()
-    with torch.no_grad():
-        act.theta.uniform_(-1.5, 1.5)
-        act.omega.uniform_(-0.5, 0.5)
-        act.weight.normal_(0, 0.3)
-        act.bn.weight.uniform_(0.5, 2.0)
-        act.bn.bias.uniform_(-1, 1)
+    """Two equal LSLU sites in training mode, θ of both signs: one runs as ``lslu_site`` (the CPU default), the other
+    as modules (``lslu_site.serves`` patched off for it)."""
+    act = randomized_lslu("relu", granularity, n, channels=4, seed=seed, theta=(-1.5, 1.5))
     act.bn.momentum = momentum
     return act, copy.deepcopy(act)
 
