@@ -13,12 +13,15 @@ autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorc
 (trainables/activations/lslu_triton.py); on the CPU with a ReLU base the whole site as one function that keeps x and
 its output (lslu_site.py: the series in closed form, lslu_relu.py, the depthwise backward as two forward
 convolutions, depthwise.py, and the conv's output rebuilt from the site's output for BatchNorm's backward).
+On CUDA, ``triton site`` is the module with ``LSLU_KERNEL=site``: the series recomputed inside a Triton depthwise
+conv, f(y_n) never written (lslu_site_triton.py; opt-in until this comparison is made on a GPU).
 ``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
 depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts could save.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,12 +65,33 @@ class SitePart(nn.Module):
         return m.bn(x)
 
 
-def variants(channels: int, base: str, ns: list[int], parts: bool = False):
+class WithKernel(nn.Module):
+    """The LSLU module run with ``LSLU_KERNEL`` set to ``kernel`` (``site``: the Triton site, lslu_site_triton.py)."""
+
+    def __init__(self, lslu: nn.Module, kernel: str):
+        super().__init__()
+        self.lslu, self.kernel = lslu, kernel
+
+    def forward(self, x):
+        before = os.environ.get("LSLU_KERNEL")
+        os.environ["LSLU_KERNEL"] = self.kernel
+        try:
+            return self.lslu(x)
+        finally:
+            if before is None:
+                del os.environ["LSLU_KERNEL"]
+            else:
+                os.environ["LSLU_KERNEL"] = before
+
+
+def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda: bool = False):
     yield "relu", nn.ReLU()
     for n in ns:
         lslu = create_act("lslu", channels=channels, n=n, base=base)
         yield f"lslu n={n} naive", NaiveLSLU(lslu)
         yield f"lslu n={n} shipped", lslu
+        if cuda:
+            yield f"lslu n={n} triton site", WithKernel(lslu, "site")
         if parts:
             yield f"  n={n} series alone", SitePart(lslu, "series")
             yield f"  n={n} {2 * n + 1}x{2 * n + 1} conv alone", SitePart(lslu, "conv")
@@ -81,7 +105,7 @@ def measure(device: torch.device, shape: list[int], base: str, ns: list[int], ch
     x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
     g = torch.randn_like(x)
     steps, extra = {}, {}
-    for name, module in variants(shape[1], base, ns, parts):
+    for name, module in variants(shape[1], base, ns, parts, device.type == "cuda"):
         module = module.to(device=device, dtype=dtype, memory_format=fmt).train()
 
         def step(module=module):

@@ -4,8 +4,11 @@ on a GPU machine with
 
     python -m pytest --noconftest tests/test_cuda.py
 """
+import copy
+
 import pytest
 import torch
+from lslu_factory import randomized_lslu
 
 from benchmarks.common import cuda_graph_replay
 from trainables.activations import create_act, list_acts
@@ -101,3 +104,31 @@ def test_the_deploy_form_replays_from_a_cuda_graph(policy):
         with torch.inference_mode():
             want = deploy(x)
         torch.testing.assert_close(replay(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_triton_site_equals_the_series_and_conv_it_replaces(monkeypatch, granularity, dtype, tol, layout):
+    """``LSLU_KERNEL=site`` (lslu_site_triton.py): the same output and gradients as the Triton series followed by
+    cuDNN's depthwise conv, in training and in the deploy form, and only x kept of the site's size besides BN's input."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference conv in true float32
+    ref = randomized_lslu("relu", granularity, n=3, channels=24, seed=1, theta=(-1.5, 1.5)).float().to(CUDA, dtype)
+    site = copy.deepcopy(ref)
+    x = torch.randn(6, 24, 13, 11, device=CUDA).to(dtype).contiguous(memory_format=layout).requires_grad_()
+    g = torch.randn_like(x)
+    outs, grads = [], []
+    for kernel, module in (("triton", ref), ("site", site)):
+        monkeypatch.setenv("LSLU_KERNEL", kernel)
+        out = module(x)
+        outs.append(out.float())
+        grads.append(torch.autograd.grad((out.float() * g.float()).sum(), (x, *module.parameters())))
+    torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol)
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * 10)
+    for kernel, module in (("triton", ref), ("site", site)):
+        monkeypatch.setenv("LSLU_KERNEL", kernel)
+        module.eval().fuse()
+        with torch.inference_mode():
+            outs.append(module(x).float())
+    torch.testing.assert_close(outs[3], outs[2], rtol=tol, atol=tol)

@@ -9,9 +9,10 @@ Training form, for x of shape (N, C, H, W):
 ``fuse()`` folds ``bn`` into the depthwise conv (weight and bias) and keeps the series, unlike the
 authors' deploy path, which drops it.
 
-How it runs: on CUDA the series is two Triton kernels (lslu_series.py); on the CPU a ReLU-based series is its closed
-form (lslu_relu.py) and a training step runs the whole site as one function that keeps only x (lslu_site.py);
-otherwise the plain series under autograd.
+How it runs: on CUDA the series is two Triton kernels (lslu_series.py), and with ``LSLU_KERNEL=site`` the series and
+the depthwise conv are one Triton site that never writes f(y_n) (lslu_site_triton.py, opt-in until measured on a GPU);
+on the CPU a ReLU-based series is its closed form (lslu_relu.py) and a training step runs the whole site as one
+function that keeps only x (lslu_site.py); otherwise the plain series under autograd.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import lslu_relu, lslu_site
+from trainables.activations import lslu_relu, lslu_series, lslu_site
 from trainables.activations.depthwise import depthwise_conv
-from trainables.activations.lslu_series import lslu_series
 from trainables.activations.registry import register_act
 from trainables.fusion import fold_own_bn_
 
@@ -61,14 +61,18 @@ class LSLU(nn.Module):
 
     def series(self, x: torch.Tensor) -> torch.Tensor:
         """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i; its backward keeps only x (lslu_series.py)."""
-        return lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
+        return lslu_series.lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused and lslu_site.serves(self.base, x, self.bn):
             form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo)
             if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
                 return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)
-        y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
+        site = lslu_series.site_kernels(x)
+        if site is not None:  # CUDA, LSLU_KERNEL=site: f(y_n) recomputed where the conv reads it, never written
+            y = site.series_conv(x, self.theta, self.omega, self.weight, self.bias, self.base, self.granularity == "channel")
+        else:
+            y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
         return y if self.fused else self.bn(y)
 
     @torch.no_grad()

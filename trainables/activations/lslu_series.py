@@ -84,9 +84,29 @@ def _kernels(x: torch.Tensor, base: str, channel: bool):
     return functools.partial(series_forward, base=base, channel=channel), functools.partial(series_backward, base=base, channel=channel)
 
 
+KERNELS = ("triton", "site", "eager")  # LSLU_KERNEL: the series' Triton pair (default), also the site's (opt-in), neither
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get("LSLU_KERNEL", "triton")
+    if choice not in KERNELS:
+        raise ValueError(f"environment variable LSLU_KERNEL={choice!r} is not one of {', '.join(KERNELS)}")
+    return choice
+
+
 def _triton_on(x: torch.Tensor) -> bool:
     """Whether the Triton kernels serve x: a CUDA tensor, Triton importable, and not turned off by ``LSLU_KERNEL=eager``."""
-    return x.is_cuda and os.environ.get("LSLU_KERNEL", "triton") == "triton" and _triton() is not None
+    return x.is_cuda and kernel_choice() != "eager" and _triton() is not None
+
+
+def site_kernels(x: torch.Tensor):
+    """The Triton site (lslu_site_triton.py: the series recomputed where the depthwise conv reads it) when it serves
+    x: ``LSLU_KERNEL=site`` (opt-in until a GPU run weighs it), a CUDA tensor in NCHW or channels_last layout, Triton
+    importable; else None."""
+    if not (x.is_cuda and x.dim() == 4 and kernel_choice() == "site" and _triton() is not None and _triton().layout(x) is not None):
+        return None
+    from trainables.activations import lslu_site_triton
+    return lslu_site_triton
 
 
 @functools.lru_cache(maxsize=1)
