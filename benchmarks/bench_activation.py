@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +74,8 @@ class WithKernel(nn.Module):
         self.lslu, self.kernel = lslu, kernel
 
     def forward(self, x):
-        before = os.environ.get("LSLU_KERNEL")
-        os.environ["LSLU_KERNEL"] = self.kernel
-        try:
+        with mock.patch.dict(os.environ, LSLU_KERNEL=self.kernel):
             return self.lslu(x)
-        finally:
-            if before is None:
-                del os.environ["LSLU_KERNEL"]
-            else:
-                os.environ["LSLU_KERNEL"] = before
 
 
 def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda: bool = False):

@@ -2,12 +2,10 @@
 interpreter on the CPU: forward, deploy form and every gradient against autograd on the unfused site, and the LSLU
 module through it against the module's CPU route; and Triton's compilation of the kernels for a GPU. The module on a
 real GPU with ``LSLU_KERNEL=site`` is in tests/test_cuda.py."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from triton_interpreter import run_interpreted
 
 from trainables.activations.lslu_series import kernel_choice
 
@@ -83,12 +81,7 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_triton_site_matches_autograd_on_the_unfused_site_in_the_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed (it comes with CUDA builds of torch)")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900,
-                          cwd=os.path.dirname(here))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checked 4" in proc.stdout
+    assert "checked 4" in run_interpreted(SCRIPT)
 
 
 def test_an_unknown_kernel_choice_names_the_variable_and_the_choices(monkeypatch):
@@ -101,14 +94,15 @@ def test_an_unknown_kernel_choice_names_the_variable_and_the_choices(monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_triton_site_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
-    """What the interpreter does not check: that Triton compiles the kernels to a cubin for sm_90 (done here on the
-    CPU, with the ptxas Triton ships), in each configuration the launchers use."""
+def test_triton_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
+    """What the interpreter does not check: that Triton compiles the site's kernels and the series' pair to a cubin
+    for sm_90 (done here on the CPU, with the ptxas Triton ships), in each configuration the launchers use."""
     triton = pytest.importorskip("triton", reason="Triton is not installed (it comes with CUDA builds of torch)")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from trainables.activations import lslu_site_triton as S
+    from trainables.activations import lslu_triton as T
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile, do not load an earlier result
     data, params = f"*{dtype}", "*fp32"
     layouts = [dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=128, BLOCK_C=8)]  # channels_last, NCHW (S._blocks)
@@ -116,10 +110,15 @@ def test_triton_site_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypat
     grad_ptrs = dict(x_ptr=data, g_ptr=data, part_ptr=params, theta_ptr=params, omega_ptr=params)
     kernels = []
     for blocks in layouts:
-        kernels += [(S._dw_conv, conv_ptrs, dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, CHANNEL=channel, **blocks))
-                    for bias in (False, True) for channel in (False, True)]
-        kernels.append((S._dw_conv, conv_ptrs, dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, CHANNEL=False, **blocks)))
-        kernels.append((S._dw_weight_grad, grad_ptrs, dict(K=5, N_TERMS=2, BASE=2, CHANNEL=True, **blocks)))
+        kernels += [(S._dw_conv, conv_ptrs, dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, MODE=mode, **blocks))
+                    for bias in (False, True) for mode in (0, 2)]
+        kernels.append((S._dw_conv, conv_ptrs, dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, MODE=0, **blocks)))
+        kernels.append((S._dw_weight_grad, grad_ptrs, dict(K=5, N_TERMS=2, BASE=2, MODE=2, **blocks)))
+    # the series' own pair, which shares the series' steps (lslu_triton._terms) with the site kernels
+    series_ptrs = dict(x_ptr=data, out_ptr=data, g_ptr=data, dx_ptr=data, theta_ptr=params, omega_ptr=params,
+                       dtheta_ptr=params, domega_ptr=params)
+    kernels += [(fn, series_ptrs, dict(N_TERMS=3, BASE=1, MODE=mode, BLOCK_R=16, BLOCK_K=256))
+                for fn in (T._series_fwd, T._series_bwd) for mode in (0, 1, 2)]
     for fn, ptrs, constexprs in kernels:
         signature = {name: ptrs.get(name, "i32") for name in fn.arg_names}
         signature.update({name: "constexpr" for name in constexprs})

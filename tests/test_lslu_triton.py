@@ -1,10 +1,8 @@
 """The Triton kernels of LSLU's series, run by Triton's interpreter on the CPU (the GPU run is tests/test_cuda.py)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from triton_interpreter import run_interpreted
 
 pytest.importorskip("triton", reason="Triton is not installed (it comes with CUDA builds of torch)")
 
@@ -34,8 +32,4 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_triton_kernels_match_the_reference_series_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checked 12" in proc.stdout
+    assert "checked 12" in run_interpreted(SCRIPT)

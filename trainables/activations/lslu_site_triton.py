@@ -20,22 +20,14 @@ import triton
 import triton.language as tl
 
 from trainables.activations import lslu_triton
-from trainables.activations.lslu_triton import _BASE_CODE, _f
+from trainables.activations.lslu_triton import _BASE_CODE, _f, _terms
 
 
 @triton.jit
-def _series_at(v, theta_ptr, omega_ptr, chans, c_ok, C, N_TERMS: tl.constexpr, BASE: tl.constexpr, CHANNEL: tl.constexpr):
-    """f(y_n) of a [P, C] tile, θ and ω per layer (scalars) or per channel (one per column)."""
-    y = v
-    for i in tl.static_range(N_TERMS):
-        if CHANNEL:
-            t = tl.load(theta_ptr + i * C + chans, mask=c_ok, other=0.0)[None, :]
-            o = tl.load(omega_ptr + i * C + chans, mask=c_ok, other=0.0)[None, :]
-        else:
-            t = tl.load(theta_ptr + i)
-            o = tl.load(omega_ptr + i)
-        y = t * _f(y, BASE) + o
-    return _f(y, BASE)
+def _series_at(v, theta_ptr, omega_ptr, chans, C, N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr):
+    """f(y_n) of a [pixels, channels] tile: θ and ω per layer (MODE 0) or per channel, one per column (MODE 2)."""
+    chans_c = tl.minimum(chans, C - 1)  # in-range channel for masked lanes
+    return _f(_terms(v, theta_ptr, omega_ptr, chans_c, chans_c, C, N_TERMS, BASE, MODE), BASE)
 
 
 @triton.jit
@@ -52,7 +44,7 @@ def _tile(pid_p, pid_c, NHW, HW, W, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.conste
 def _dw_conv(x_ptr, w_ptr, b_ptr, out_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, C,
              sxn, sxc, sxh, sxw, son, soc, soh, sow,
              K: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, N_TERMS: tl.constexpr, BASE: tl.constexpr,
-             CHANNEL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+             MODE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     img, row, col, p_ok, chans, c_ok = _tile(tl.program_id(0), tl.program_id(1), NHW, HW, W, C, BLOCK_P, BLOCK_C)
     img64, chans64 = img.to(tl.int64), chans.to(tl.int64)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -71,7 +63,7 @@ def _dw_conv(x_ptr, w_ptr, b_ptr, out_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, 
             offs = (img64 * sxn + hh * sxh + ww * sxw)[:, None] + (chans64 * sxc)[None, :]
             v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
             if N_TERMS > 0:  # the conv's input is f(y_n) inside the map and 0 in its padding
-                v = tl.where(ok, _series_at(v, theta_ptr, omega_ptr, chans, c_ok, C, N_TERMS, BASE, CHANNEL), 0.0)
+                v = tl.where(ok, _series_at(v, theta_ptr, omega_ptr, chans, C, N_TERMS, BASE, MODE), 0.0)
             tap = tl.load(w_ptr + chans * (K * K) + (i * K + j), mask=c_ok, other=0.0).to(tl.float32)
             acc += v * tap[None, :]
     if HAS_BIAS:
@@ -83,7 +75,7 @@ def _dw_conv(x_ptr, w_ptr, b_ptr, out_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, 
 @triton.jit
 def _dw_weight_grad(x_ptr, g_ptr, part_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, C,
                     sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, TILES_PER_PROGRAM,
-                    K: tl.constexpr, N_TERMS: tl.constexpr, BASE: tl.constexpr, CHANNEL: tl.constexpr,
+                    K: tl.constexpr, N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """part[chunk, c, t] = Σ over the chunk's pixels of g[n, c, p] · s[n, c, p + t], for the program's tap t."""
     chunk, pid_c, t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -97,7 +89,7 @@ def _dw_weight_grad(x_ptr, g_ptr, part_ptr, theta_ptr, omega_ptr, NHW, HW, H, W,
         hh, ww = row + di, col + dj
         ok = (p_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W))[:, None] & c_ok[None, :]
         v = tl.load(x_ptr + (img64 * sxn + hh * sxh + ww * sxw)[:, None] + (chans64 * sxc)[None, :], mask=ok, other=0.0)
-        s = tl.where(ok, _series_at(v.to(tl.float32), theta_ptr, omega_ptr, chans, c_ok, C, N_TERMS, BASE, CHANNEL), 0.0)
+        s = tl.where(ok, _series_at(v.to(tl.float32), theta_ptr, omega_ptr, chans, C, N_TERMS, BASE, MODE), 0.0)
         acc += g.to(tl.float32) * s
     chans = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     tl.store(part_ptr + (chunk * C + chans) * (K * K) + t, tl.sum(acc, axis=0), mask=chans < C)
@@ -110,8 +102,9 @@ def _blocks(x: torch.Tensor) -> tuple[int, int]:
     return 128, min(8, triton.next_power_of_2(x.shape[1]))
 
 
-def _params(theta, omega):
-    return theta.float().contiguous(), omega.float().contiguous()
+def _mode(channel: bool) -> int:
+    """lslu_triton's coefficient mode for a [pixels, channels] tile: 0 one θ_i per layer, 2 one per column."""
+    return 2 if channel else 0
 
 
 def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, theta: torch.Tensor | None = None,
@@ -124,11 +117,11 @@ def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     block_p, block_c = _blocks(x)
     weight = weight.contiguous()
     n_terms = 0 if theta is None else theta.shape[0]
-    theta, omega = _params(theta, omega) if n_terms else (weight, weight)  # unread without a series
+    theta, omega = lslu_triton.params(theta, omega) if n_terms else (weight, weight)  # unread without a series
     grid = (triton.cdiv(n * h * w, block_p), triton.cdiv(c, block_c))
     _dw_conv[grid](x, weight, weight if bias is None else bias, out, theta, omega, n * h * w, h * w, h, w, c,
                    *x.stride(), *out.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None, N_TERMS=n_terms,
-                   BASE=_BASE_CODE[base], CHANNEL=channel, BLOCK_P=block_p, BLOCK_C=block_c)
+                   BASE=_BASE_CODE[base], MODE=_mode(channel), BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
 
@@ -140,10 +133,10 @@ def dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, theta: torch.Ten
     block_p, block_c = _blocks(x)
     chunks = triton.cdiv(triton.cdiv(n * h * w, block_p), tiles_per_program)
     part = torch.empty(chunks, c, k * k, device=x.device, dtype=torch.float32)
-    theta, omega = _params(theta, omega)
+    theta, omega = lslu_triton.params(theta, omega)
     _dw_weight_grad[(chunks, triton.cdiv(c, block_c), k * k)](
         x, grad, part, theta, omega, n * h * w, h * w, h, w, c, *x.stride(), *grad.stride(), tiles_per_program,
-        K=k, N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], CHANNEL=channel, BLOCK_P=block_p, BLOCK_C=block_c)
+        K=k, N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=_mode(channel), BLOCK_P=block_p, BLOCK_C=block_c)
     return part.sum(0).view(c, 1, k, k)
 
 

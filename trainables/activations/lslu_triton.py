@@ -47,6 +47,14 @@ def _coef(p_ptr, i, rows, cols, C, MODE: tl.constexpr):
 
 
 @triton.jit
+def _terms(y, theta_ptr, omega_ptr, rows, cols, C, N: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr):
+    """y_N from y_0 = y: N steps y_i = θ_i f(y_{i-1}) + ω_i (f(y_N) is the series' output)."""
+    for i in tl.static_range(N):
+        y = _coef(theta_ptr, i, rows, cols, C, MODE) * _f(y, BASE) + _coef(omega_ptr, i, rows, cols, C, MODE)
+    return y
+
+
+@triton.jit
 def _series_fwd(x_ptr, out_ptr, theta_ptr, omega_ptr, R, K, C,
                 N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -55,9 +63,8 @@ def _series_fwd(x_ptr, out_ptr, theta_ptr, omega_ptr, R, K, C,
     rows_c = tl.minimum(rows, R - 1)  # in-bounds channel index for masked lanes
     cols_c = tl.minimum(cols, K - 1)
     offs = rows[:, None].to(tl.int64) * K + cols[None, :]
-    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    for i in tl.static_range(N_TERMS):
-        y = _coef(theta_ptr, i, rows_c, cols_c, C, MODE) * _f(y, BASE) + _coef(omega_ptr, i, rows_c, cols_c, C, MODE)
+    y = _terms(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), theta_ptr, omega_ptr, rows_c, cols_c, C,
+               N_TERMS, BASE, MODE)
     tl.store(out_ptr + offs, _f(y, BASE).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -73,14 +80,10 @@ def _series_bwd(x_ptr, g_ptr, dx_ptr, theta_ptr, omega_ptr, dtheta_ptr, domega_p
     offs = rows[:, None].to(tl.int64) * K + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = x
-    for i in tl.static_range(N_TERMS):
-        y = _coef(theta_ptr, i, rows_c, cols_c, C, MODE) * _f(y, BASE) + _coef(omega_ptr, i, rows_c, cols_c, C, MODE)
+    y = _terms(x, theta_ptr, omega_ptr, rows_c, cols_c, C, N_TERMS, BASE, MODE)
     g = tl.where(mask, g * _df(y, BASE), 0.0)
     for k in tl.static_range(N_TERMS - 1, -1, -1):  # descending; k stays a compile-time constant
-        yk = x  # y_k, the input of term k, recomputed from x
-        for j in tl.static_range(k):
-            yk = _coef(theta_ptr, j, rows_c, cols_c, C, MODE) * _f(yk, BASE) + _coef(omega_ptr, j, rows_c, cols_c, C, MODE)
+        yk = _terms(x, theta_ptr, omega_ptr, rows_c, cols_c, C, k, BASE, MODE)  # y_k, the input of term k, from x
         fk = _f(yk, BASE)
         dth = g * fk
         if MODE == 0:
@@ -115,10 +118,15 @@ def _launch(x: torch.Tensor, channel: bool):
     return R, K, mode, block_r, block_k, grid
 
 
+def params(theta: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ and ω as the kernels read them: float32, contiguous."""
+    return theta.float().contiguous(), omega.float().contiguous()
+
+
 def series_forward(x, theta, omega, base: str, channel: bool) -> torch.Tensor:
     out = torch.empty_like(x)
     R, K, mode, block_r, block_k, grid = _launch(x, channel)
-    _series_fwd[grid](x, out, theta.float().contiguous(), omega.float().contiguous(), R, K, x.shape[1],
+    _series_fwd[grid](x, out, *params(theta, omega), R, K, x.shape[1],
                       N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=mode, BLOCK_R=block_r, BLOCK_K=block_k)
     return out
 
@@ -129,6 +137,6 @@ def series_backward(x, theta, omega, grad, base: str, channel: bool):
     d_theta = torch.zeros(theta.shape, device=x.device, dtype=torch.float32)
     d_omega = torch.zeros(omega.shape, device=x.device, dtype=torch.float32)
     R, K, mode, block_r, block_k, grid = _launch(x, channel)
-    _series_bwd[grid](x, grad, dx, theta.float().contiguous(), omega.float().contiguous(), d_theta, d_omega, R, K, x.shape[1],
+    _series_bwd[grid](x, grad, dx, *params(theta, omega), d_theta, d_omega, R, K, x.shape[1],
                       N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=mode, BLOCK_R=block_r, BLOCK_K=block_k)
     return dx, d_theta.to(theta.dtype), d_omega.to(omega.dtype)
