@@ -11,8 +11,11 @@ ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DES
 autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorch's depthwise backward);
 ``shipped`` is the LSLU module: on CUDA the series as two Triton kernels that keep only x
 (trainables/activations/lslu_triton.py); on the CPU with a ReLU base the whole site as one function that keeps x and
-its output (lslu_site.py: the series in closed form, lslu_relu.py, the depthwise backward as two forward
-convolutions, depthwise.py, and the conv's output rebuilt from the site's output for BatchNorm's backward).
+its output (lslu_site.py: the series in closed form, lslu_relu.py; the depthwise conv and both its gradients by the
+compiled kernel with f(y_n) computed inside it, lslu_cpu.py; the conv's output rebuilt from the site's output for
+BatchNorm's backward).
+On the CPU, ``ops only`` is the module with ``LSLU_KERNEL=eager``: without the compiled kernel for the series and
+the depthwise conv (lslu_cpu.py), whose share of ``shipped`` it shows.
 On CUDA, ``triton site`` is the module with ``LSLU_KERNEL=site``: the series recomputed inside a Triton depthwise
 conv, f(y_n) never written (lslu_site_triton.py; opt-in until this comparison is made on a GPU).
 ``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
@@ -21,6 +24,7 @@ depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -67,15 +71,20 @@ class SitePart(nn.Module):
 
 
 class WithKernel(nn.Module):
-    """The LSLU module run with ``LSLU_KERNEL`` set to ``kernel`` (``site``: the Triton site, lslu_site_triton.py)."""
+    """The LSLU module run with ``LSLU_KERNEL`` set to ``kernel`` (``site``: the Triton site, lslu_site_triton.py;
+    ``eager``: PyTorch's ops alone), in its forward and, through ``kernel_env``, in the step's backward."""
 
     def __init__(self, lslu: nn.Module, kernel: str):
         super().__init__()
         self.lslu, self.kernel = lslu, kernel
 
     def forward(self, x):
-        with mock.patch.dict(os.environ, LSLU_KERNEL=self.kernel):
+        with kernel_env(self):
             return self.lslu(x)
+
+
+def kernel_env(module: nn.Module):
+    return mock.patch.dict(os.environ, LSLU_KERNEL=module.kernel) if isinstance(module, WithKernel) else contextlib.nullcontext()
 
 
 def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda: bool = False):
@@ -86,6 +95,8 @@ def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda:
         yield f"lslu n={n} shipped", lslu
         if cuda:
             yield f"lslu n={n} triton site", WithKernel(lslu, "site")
+        else:
+            yield f"lslu n={n} ops only", WithKernel(lslu, "eager")
         if parts:
             yield f"  n={n} series alone", SitePart(lslu, "series")
             yield f"  n={n} {2 * n + 1}x{2 * n + 1} conv alone", SitePart(lslu, "conv")
@@ -103,7 +114,8 @@ def measure(device: torch.device, shape: list[int], base: str, ns: list[int], ch
         module = module.to(device=device, dtype=dtype, memory_format=fmt).train()
 
         def step(module=module):
-            module(x).backward(g)
+            with kernel_env(module):
+                module(x).backward(g)
 
         with saved_bytes() as saved:
             out = module(x)

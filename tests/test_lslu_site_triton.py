@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from triton_interpreter import run_interpreted
 
-from trainables.activations.lslu_series import kernel_choice
+from trainables.activations.kernels import kernel_choice
 
 SCRIPT = textwrap.dedent("""
     import torch

@@ -11,7 +11,12 @@ comes instead from one batched matrix product over the images, Σ_n g[n, c, p] x
 and input position q, whose (p, q) pairs are then summed into the kernel tap q − p they share (``_tap_matrix``):
 32×512×4×4 at 7×7, 0.55 ms against 4.2 ms; at 8×8 about even with 32 images and ahead with more.
 For 3×3 kernels PyTorch's own backward is the faster one, in both layouts (32×64×32×32 to 32×512×4×4: 0.6–0.9× the
-time of the two convolutions), so it keeps them. CUDA (cuDNN) and inference keep ``F.conv2d``.
+time of the two convolutions), so it keeps them. CUDA (cuDNN) keeps ``F.conv2d``.
+
+All of these are the fallback where the compiled CPU kernel (lslu_cpu.py) does not serve: a float32 tensor of at
+least 8 channels in NCHW or channels_last takes it for the forward conv, dx (the same kernel, flipped taps) and dw,
+at 32 images 0.35–0.9× the time of the routes above (7×7: 10.3 against 27.2 ms at 64×32×32 in NCHW; 3×3 in
+channels_last about even with PyTorch's backward; benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -20,10 +25,21 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from trainables.activations import lslu_cpu
+
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """channels_last for a 4-D tensor laid out that way (and not also plain contiguous), else contiguous_format."""
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+
+
+def conv_no_grad(x: torch.Tensor, weight: torch.Tensor, padding: int, form=None) -> torch.Tensor:
+    """``F.conv2d(s, weight, padding=padding, groups=C)`` with s = ``form.forward(x)`` (lslu_relu.ClosedForm), or x
+    when ``form`` is None, for calls that want no gradient (inside autograd Functions): the compiled CPU kernel where
+    it serves (lslu_cpu.py, which reads x and never writes s), PyTorch's ops elsewhere."""
+    if 2 * padding + 1 == weight.shape[-1] and lslu_cpu.serves(x):
+        return lslu_cpu.series_conv(x, weight, None, form, {})
+    return F.conv2d(x if form is None else form.forward(x), weight, None, padding=padding, groups=x.shape[1])
 
 
 class _DepthwiseCPU(torch.autograd.Function):
@@ -31,7 +47,7 @@ class _DepthwiseCPU(torch.autograd.Function):
     def forward(ctx, x, weight, padding: int):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
-        return F.conv2d(x, weight, None, padding=padding, groups=x.shape[1])
+        return conv_no_grad(x, weight, padding)
 
     @staticmethod
     def backward(ctx, grad):
@@ -43,11 +59,18 @@ TWO_CONV_KERNEL = 5  # the smallest kernel size whose CPU backward runs as two f
 DENSE_MAP = 64  # up to this many positions per map (8×8), dw comes from a matrix product (benchmarks/)
 
 
-def depthwise_grads(x, weight, grad, padding: int, need_input: bool = True, need_weight: bool = True):
-    """dx and dweight of ``F.conv2d(x, weight, padding=padding, groups=C)`` on the CPU, by the faster route for the
-    kernel and map size: from 5×5 up two forward convolutions (dw by a matrix product on maps of up to ``DENSE_MAP``
-    positions), PyTorch's own backward below."""
+def depthwise_grads(x, weight, grad, padding: int, need_input: bool = True, need_weight: bool = True, form=None):
+    """dx and dweight of ``F.conv2d(s, weight, padding=padding, groups=C)`` on the CPU with s = x, or with ``form``
+    (lslu_relu.ClosedForm) s = ``form.forward(x)``; dx is the gradient of s. By the faster route: the compiled
+    kernel where it serves (lslu_cpu.py: dx a forward conv with the flipped kernel, dw with s recomputed inside it,
+    never written), else by kernel and map size: from 5×5 up two forward convolutions (dw by a matrix product on maps
+    of up to ``DENSE_MAP`` positions), PyTorch's own backward below."""
     p, (n, c, h, w) = padding, x.shape
+    if 2 * p + 1 == weight.shape[-1] and lslu_cpu.serves(x):
+        dx = conv_no_grad(grad.contiguous(memory_format=memory_format_of(x)), weight.flip(-1, -2), p) if need_input else None
+        return dx, lslu_cpu.weight_grad(x, grad, form, weight.shape[-1]) if need_weight else None
+    if form is not None:
+        x = form.forward(x)
     if weight.shape[-1] < TWO_CONV_KERNEL:
         dx, dw, _ = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], c,
                                                          [need_input, need_weight, False])
@@ -56,7 +79,7 @@ def depthwise_grads(x, weight, grad, padding: int, need_input: bool = True, need
     x, grad = x.contiguous(), grad.contiguous()  # the grouped convolutions below are fastest in NCHW on the CPU
     dx = dw = None
     if need_input:
-        dx = F.conv2d(grad, weight.flip(-1, -2), padding=p, groups=c).contiguous(memory_format=fmt)
+        dx = conv_no_grad(grad, weight.flip(-1, -2), p).contiguous(memory_format=fmt)
     if need_weight and h * w <= DENSE_MAP:
         pairs = torch.bmm(grad.reshape(n, c, h * w).permute(1, 2, 0), x.reshape(n, c, h * w).transpose(0, 1))  # (C, p, q)
         k = weight.shape[-1]

@@ -11,8 +11,9 @@ authors' deploy path, which drops it.
 
 How it runs: on CUDA the series is two Triton kernels (lslu_series.py), and with ``LSLU_KERNEL=site`` the series and
 the depthwise conv are one Triton site that never writes f(y_n) (lslu_site_triton.py, opt-in until measured on a GPU);
-on the CPU a ReLU-based series is its closed form (lslu_relu.py) and a training step runs the whole site as one
-function that keeps only x (lslu_site.py); otherwise the plain series under autograd.
+on the CPU a ReLU-based series is its closed form (lslu_relu.py), a training step runs the whole site as one
+function that keeps only x (lslu_site.py), and inference runs the series and the conv as one compiled kernel
+(lslu_cpu.py); otherwise the plain series under autograd.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import lslu_relu, lslu_series, lslu_site
+from trainables.activations import lslu_cpu, lslu_relu, lslu_series, lslu_site
 from trainables.activations.depthwise import depthwise_conv
 from trainables.activations.registry import register_act
 from trainables.fusion import fold_own_bn_
@@ -50,6 +51,7 @@ class LSLU(nn.Module):
         self.bias: nn.Parameter | None = None  # set by fuse()
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
         self._series_memo: dict = {}  # the closed-form series' coefficients while θ, ω are unchanged (lslu_relu.py)
+        self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged (lslu_cpu.py)
 
     def no_weight_decay(self) -> set[str]:
         """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
@@ -64,7 +66,12 @@ class LSLU(nn.Module):
         return lslu_series.lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused and lslu_site.serves(self.base, x, self.bn):
+        fused = self.fused
+        if lslu_cpu.serves(x, self.theta, self.omega, self.weight):  # CPU inference: series and conv in one pass
+            form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo) if self.base == "relu" else None
+            y = lslu_cpu.series_conv(x if form is not None else self.series(x), self.weight, self.bias, form, self._cpu_memo)
+            return y if fused else self.bn(y)
+        if not fused and lslu_site.serves(self.base, x, self.bn):
             form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo)
             if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
                 return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)
@@ -73,7 +80,7 @@ class LSLU(nn.Module):
             y = site.series_conv(x, self.theta, self.omega, self.weight, self.bias, self.base, self.granularity == "channel")
         else:
             y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
-        return y if self.fused else self.bn(y)
+        return y if fused else self.bn(y)
 
     @torch.no_grad()
     def fuse(self) -> "LSLU":

@@ -132,9 +132,16 @@ class ReluSeries(torch.autograd.Function):
         return *ctx.form.backward(x, grad, ctx.needs_input_grad[0]), None
 
 
+def on_host(x: torch.Tensor) -> bool:
+    """Whether work on the host may serve x: a plain tensor, outside ``torch.jit`` traces, ``torch.compile`` and
+    ``torch.export``. The closed form reads θ, ω and the CPU kernel reads addresses, which the fake tensors of an
+    export do not have and a trace or graph would freeze in: there the plain series' ops serve."""
+    return type(x) is torch.Tensor and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def serves(base: str, x: torch.Tensor) -> bool:
-    """Whether ``relu_series`` is the CPU path for this series: a ReLU base and a 4-D CPU tensor."""
-    return base == "relu" and x.device.type == "cpu" and x.dim() == 4
+    """Whether ``relu_series`` is the CPU path for this series: a ReLU base and a 4-D CPU tensor, ``on_host``."""
+    return base == "relu" and x.device.type == "cpu" and x.dim() == 4 and on_host(x)
 
 
 def relu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, memo: dict | None = None) -> torch.Tensor | None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from trainables.activations import lslu_relu
 from trainables.activations.depthwise import memory_format_of
+from trainables.activations.kernels import kernel_choice
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -82,16 +82,6 @@ def _kernels(x: torch.Tensor, base: str, channel: bool):
             return (functools.partial(kernels.series_forward, base=base, channel=channel),
                     functools.partial(kernels.series_backward, base=base, channel=channel))
     return functools.partial(series_forward, base=base, channel=channel), functools.partial(series_backward, base=base, channel=channel)
-
-
-KERNELS = ("triton", "site", "eager")  # LSLU_KERNEL: the series' Triton pair (default), also the site's (opt-in), neither
-
-
-def kernel_choice() -> str:
-    choice = os.environ.get("LSLU_KERNEL", "triton")
-    if choice not in KERNELS:
-        raise ValueError(f"environment variable LSLU_KERNEL={choice!r} is not one of {', '.join(KERNELS)}")
-    return choice
 
 
 def _triton_on(x: torch.Tensor) -> bool:

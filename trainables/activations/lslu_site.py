@@ -7,18 +7,18 @@ tensors of the site's size where a ReLU site keeps one, which the next layer kee
     f(y_n)      = clamp(A x + B, lo, hi)           from x, one pass (lslu_relu.py)
 
 so the site adds x alone to what a ReLU network keeps (the in-place activated BatchNorm idea, Rota Bulò et al. 2018).
-It serves where each part has its measured CPU path: a ReLU series in closed form, the depthwise backward by the
-faster route for its kernel size (depthwise.py), BatchNorm's own kernels; and only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's
+It serves where each part has its measured CPU path: a ReLU series in closed form, the depthwise conv and its
+gradients by the compiled kernel, which reads x and computes f(y_n) inside (lslu_cpu.py), or else by the faster
+route for the kernel size (depthwise.py), BatchNorm's own kernels; and only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's
 output comes back. Elsewhere the parts run as modules. An in-place change of the site's output before backward (the
 next layer's ``x += …``) is refused by autograd, as for any saved output.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations.depthwise import depthwise_grads
+from trainables.activations.depthwise import conv_no_grad, depthwise_grads
 from trainables.activations import lslu_relu
 from trainables.activations.lslu_relu import ClosedForm
 
@@ -47,7 +47,7 @@ class _Site(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor, eps, form):
         padding = weight.shape[-1] // 2  # n: the kernel is (2n + 1)²
-        conv = F.conv2d(form.forward(x), weight, None, padding=padding, groups=x.shape[1])
+        conv = conv_no_grad(x, weight, padding, form)  # f(y_n) computed inside the compiled kernel where it serves
         out, mean, invstd = torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
         ctx.save_for_backward(x, out, weight, gamma, beta, mean, invstd)
         ctx.form, ctx.padding, ctx.eps = form, padding, eps
@@ -63,8 +63,7 @@ class _Site(torch.autograd.Function):
         d_conv, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
             grad, conv, gamma, None, None, mean, invstd, True, ctx.eps, [True, need[4], need[5]])
         del conv
-        series = ctx.form.forward(x)
-        d_series, d_weight = depthwise_grads(series, weight, d_conv, ctx.padding, True, need[3])
-        del series, d_conv
+        d_series, d_weight = depthwise_grads(x, weight, d_conv, ctx.padding, True, need[3], form=ctx.form)
+        del d_conv
         dx, d_theta, d_omega = ctx.form.backward(x, d_series, need[0])
         return dx, d_theta, d_omega, d_weight, d_gamma, d_beta, None, None, None, None, None

@@ -1,0 +1,20 @@
+"""``LSLU_KERNEL``: which of LSLU's own kernels serve, read on every call so that a test or a worker can switch it.
+
+    triton  (default) CUDA: the series' Triton pair (lslu_triton.py); CPU: the compiled inference and training kernel
+            for the series and the depthwise conv (lslu_cpu.py)
+    site    as triton, and on CUDA the series and the depthwise conv as one Triton site (lslu_site_triton.py; opt-in
+            until a GPU run weighs it)
+    eager   none of them: PyTorch's ops alone
+"""
+from __future__ import annotations
+
+import os
+
+KERNELS = ("triton", "site", "eager")
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get("LSLU_KERNEL", "triton")
+    if choice not in KERNELS:
+        raise ValueError(f"environment variable LSLU_KERNEL={choice!r} is not one of {', '.join(KERNELS)}")
+    return choice
