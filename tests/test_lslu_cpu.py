@@ -18,6 +18,7 @@ from tests.lslu_factory import randomized_lslu
 from trainables.activations import lslu_cpu
 from trainables.activations.lslu_relu import ClosedForm
 from trainables.activations.lslu_series import series_forward
+from trainables.models.vanillanet import VanillaAct
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -122,6 +123,24 @@ def test_the_module_runs_inference_through_the_kernel(base, granularity, layout,
             ref = eager(act, x, monkeypatch)
             assert calls["n"] == before + 1
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["relu", "silu"])
+def test_vanillanets_activation_runs_inference_through_the_kernel(base, calls, monkeypatch):
+    """VanillaNet's series activation (relu(x), or silu, then the depthwise conv and BatchNorm) takes the same kernel
+    in eval and deploy form, against its path with the kernel off."""
+    act = VanillaAct(16, act_num=3, base=base).eval()
+    with torch.no_grad():
+        act.weight.normal_(0, 0.3)
+        act.bn.running_var.uniform_(0.5, 2.0)
+        act.bn.bias.uniform_(-1, 1)
+        x = torch.randn(2, 16, 9, 9)
+        for form in ("eval", "deploy"):
+            if form == "deploy":
+                act.fuse()
+            out = act(x)
+            torch.testing.assert_close(out, eager(act, x, monkeypatch), rtol=1e-5, atol=1e-5)
+    assert calls["n"] == 2
 
 
 def test_the_operands_follow_the_weights(calls, monkeypatch):
