@@ -143,6 +143,22 @@ def test_vanillanets_activation_runs_inference_through_the_kernel(base, calls, m
     assert calls["n"] == 2
 
 
+def test_a_module_built_under_inference_mode_runs(calls, monkeypatch):
+    """Its parameters are inference tensors, which keep no version counter for the memos' keys."""
+    reference = randomized_lslu(channels=16).float().eval()
+    x = torch.randn(1, 16, 7, 7)
+    with torch.inference_mode():
+        act = copy.deepcopy(reference)
+        act.load_state_dict(reference.state_dict())
+        built = type(reference)(16).eval()
+        built.load_state_dict(reference.state_dict())
+        for module in (act, built):
+            torch.testing.assert_close(module(x), eager(reference, x, monkeypatch), rtol=1e-5, atol=1e-5)
+            module.fuse()
+            torch.testing.assert_close(module(x), eager(reference, x, monkeypatch), rtol=1e-5, atol=1e-5)
+    assert calls["n"] == 4
+
+
 def test_the_operands_follow_the_weights(calls, monkeypatch):
     """Remade when the weight changes in place, its storage is replaced, the bias changes, or θ, ω change."""
     act = randomized_lslu(channels=16).float().eval().fuse()

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from trainables.activations.kernels import kernel_choice
-from trainables.activations.lslu_relu import ClosedForm, on_host
+from trainables.activations.lslu_relu import ClosedForm, on_host, version
 
 SOURCE = Path(__file__).with_name("lslu_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
@@ -150,10 +150,9 @@ def _dropped() -> None:
 
 def _key(weight: torch.Tensor, bias: torch.Tensor | None, form: ClosedForm | None) -> tuple:
     """What the operands were made from: the tensors (and their storage, which ``param.data = …`` replaces), their
-    in-place versions (which tensors made under ``torch.inference_mode``, e.g. a bias folded there, do not keep),
-    the series' form."""
+    in-place versions (lslu_relu.version), the series' form."""
     tensors = (weight,) if bias is None else (weight, bias)
-    return *((id(t), t.data_ptr(), None if t.is_inference() else t._version) for t in tensors), id(form)
+    return *((id(t), t.data_ptr(), version(t)) for t in tensors), id(form)
 
 
 def series_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: ClosedForm | None,

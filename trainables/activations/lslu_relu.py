@@ -139,6 +139,12 @@ def on_host(x: torch.Tensor) -> bool:
     return type(x) is torch.Tensor and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
+def version(t: torch.Tensor) -> int | None:
+    """t's in-place version for a memo's key; None for a tensor made under ``torch.inference_mode`` (a module built or
+    fused there), which keeps no version counter: its in-place changes, only possible in inference mode, go unseen."""
+    return None if t.is_inference() else t._version
+
+
 def serves(base: str, x: torch.Tensor) -> bool:
     """Whether ``relu_series`` is the CPU path for this series: a ReLU base and a 4-D CPU tensor, ``on_host``."""
     return base == "relu" and x.device.type == "cpu" and x.dim() == 4 and on_host(x)
@@ -160,7 +166,7 @@ def closed_form(theta: torch.Tensor, omega: torch.Tensor, memo: dict | None = No
     """``ClosedForm.of(θ, ω)``, kept in ``memo`` until θ or ω changes (in place or replaced)."""
     if memo is None:
         return ClosedForm.of(theta, omega)
-    key = (theta.data_ptr(), theta._version, omega.data_ptr(), omega._version, theta.dtype)
+    key = (theta.data_ptr(), version(theta), omega.data_ptr(), version(omega), theta.dtype)
     if memo.get("key") != key:
         memo.update(key=key, form=ClosedForm.of(theta, omega))
     return memo["form"]
