@@ -67,7 +67,8 @@ def depthwise_grads(x, weight, grad, padding: int, need_input: bool = True, need
     of up to ``DENSE_MAP`` positions), PyTorch's own backward below."""
     p, (n, c, h, w) = padding, x.shape
     if 2 * p + 1 == weight.shape[-1] and lslu_cpu.serves(x):
-        dx = conv_no_grad(grad.contiguous(memory_format=memory_format_of(x)), weight.flip(-1, -2), p) if need_input else None
+        grad = grad.contiguous(memory_format=memory_format_of(x))  # the kernel takes x and grad in one layout
+        dx = conv_no_grad(grad, weight.flip(-1, -2), p) if need_input else None
         return dx, lslu_cpu.weight_grad(x, grad, form, weight.shape[-1]) if need_weight else None
     if form is not None:
         x = form.forward(x)

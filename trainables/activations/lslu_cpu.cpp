@@ -32,6 +32,17 @@ struct Site {
     bool channels_last;
 };
 
+// The site an entry point is called for: table holds the addresses of weight, a, b, lo, hi and bias, then C and K;
+// flags bit 0 is NHWC.
+Site site_of(const float *x, float *out, const int64_t *table, int64_t H, int64_t W, int64_t flags) {
+    auto at = [table](int i) { return reinterpret_cast<const float *>(table[i]); };
+    const int64_t K = table[7], p = K / 2;
+    return Site{x, at(0), at(1), at(2), at(3), at(4), at(5), out, table[6], H, W, K, p, W + 2 * p + WB - 1, (flags & 1) != 0};
+}
+
+// Bytes for `count` floats, rounded up to the 64 that aligned_alloc needs.
+size_t aligned_bytes(int64_t count) { return ((count * sizeof(float) + 63) / 64) * 64; }
+
 // Channels c0 .. c0 + cs of image n of `src` (laid out as the site's x) into `dst`, laid out (row, column, channel),
 // row h at dst + ((h + off) * stride + off) * V: f(y_n) into the padded buffer (off = p; its border stays zero), or
 // the gradient as it is (series = false, off = 0). In a partial block the lanes past C keep what they held: they
@@ -169,14 +180,11 @@ extern "C" {
 // a, b, lo, hi, bias: (Cb · V,) per channel (hi = +inf where unbounded). flags: bit 0 NHWC, the bits above it the
 // number of threads. Returns 0, or 1 when a thread's buffer could not be allocated.
 int lslu_site_forward(const float *x, float *out, const int64_t *table, int64_t N, int64_t H, int64_t W, int64_t flags) {
-    auto at = [table](int i) { return reinterpret_cast<const float *>(table[i]); };
-    const int64_t C = table[6], K = table[7], p = K / 2, Wp = W + 2 * p + WB - 1, Cb = (C + V - 1) / V;
-    const bool channels_last = flags & 1;
-    const int threads = static_cast<int>(flags >> 1);
-    const Site s{x, at(0), at(1), at(2), at(3), at(4), at(5), out, C, H, W, K, p, Wp, channels_last};
-    const size_t bytes = (((H + 2 * p) * Wp * V * sizeof(float) + 63) / 64) * 64;
+    const Site s = site_of(x, out, table, H, W, flags);
+    const int64_t C = s.C, Cb = (C + V - 1) / V;
+    const size_t bytes = aligned_bytes((H + 2 * s.p) * s.Wp * V);
     int failed = 0;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(static_cast<int>(flags >> 1))
     {
         float *pad = static_cast<float *>(std::aligned_alloc(64, bytes));
         if (!pad) {
@@ -189,7 +197,7 @@ int lslu_site_forward(const float *x, float *out, const int64_t *table, int64_t 
         for (int64_t job = 0; job < N * Cb; ++job) {
             if (!pad) continue;
             const int64_t n = job / Cb, c0 = (job % Cb) * V, cs = imin(V, C - c0);
-            gather(s, x, pad, n, c0, cs, Wp, p, true);
+            gather(s, x, pad, n, c0, cs, s.Wp, s.p, true);
             convolve(s, pad, n, c0, cs);
         }
         std::free(pad);
@@ -202,11 +210,10 @@ int lslu_site_forward(const float *x, float *out, const int64_t *table, int64_t 
 // each sums its own over the images. Returns 0, or 1 when a thread's buffers could not be allocated.
 int lslu_site_weight_grad(const float *x, const float *g, float *dw, const int64_t *table, int64_t N, int64_t H, int64_t W,
                           int64_t flags) {
-    auto at = [table](int i) { return reinterpret_cast<const float *>(table[i]); };
-    const int64_t C = table[6], K = table[7], p = K / 2, Wp = W + 2 * p + WB - 1, Wg = W + WB - 1, Cb = (C + V - 1) / V;
-    const Site s{x, at(0), at(1), at(2), at(3), at(4), at(5), nullptr, C, H, W, K, p, Wp, (flags & 1) != 0};
-    const size_t pad_bytes = (((H + 2 * p) * Wp * V * sizeof(float) + 63) / 64) * 64;
-    const size_t grad_bytes = ((H * Wg * V * sizeof(float) + 63) / 64) * 64, acc_bytes = ((K * K * sizeof(vec) + 63) / 64) * 64;
+    const Site s = site_of(x, nullptr, table, H, W, flags);
+    const int64_t C = s.C, K = s.K, p = s.p, Wp = s.Wp, Wg = W + WB - 1, Cb = (C + V - 1) / V;
+    const size_t pad_bytes = aligned_bytes((H + 2 * p) * Wp * V), grad_bytes = aligned_bytes(H * Wg * V);
+    const size_t acc_bytes = aligned_bytes(K * K * V);
     int failed = 0;
 #pragma omp parallel num_threads(static_cast<int>(flags >> 1))
     {

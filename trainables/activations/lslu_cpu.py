@@ -65,32 +65,32 @@ def library():
     try:
         if not compiler:
             raise RuntimeError("no C++ compiler: neither $CXX nor c++ on PATH")
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _processor()]).encode()).hexdigest()[:16]
+        compiler_id = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler_id, *FLAGS, _processor()]).encode()).hexdigest()[:16]
         path = cache_dir() / f"lslu_cpu-{key}.so"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # then renamed: workers building at once never load half a file
-            built = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
-            if built.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {built.stderr.strip()[-2000:]}")
+            compiled = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
+            if compiled.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {compiled.stderr.strip()[-2000:]}")
             os.replace(tmp, path)
         built = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"LSLU's CPU kernel ({SOURCE.name}) could not be built, so CPU inference keeps F.conv2d: {err}", RuntimeWarning)
+        warnings.warn(f"LSLU's CPU kernel ({SOURCE.name}) could not be built, so PyTorch's ops serve: {err}", RuntimeWarning)
         return None
-    for fn in (built.lslu_site_forward, built.lslu_site_weight_grad):
-        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4  # x, out or g, table (dw); N, H, W, layout and threads
-        fn.restype = ctypes.c_int
-    built.lslu_site_weight_grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+    built.lslu_site_forward.argtypes = [pointer] * 3 + [i64] * 4  # x, out, table; N, H, W, flags
+    built.lslu_site_weight_grad.argtypes = [pointer] * 4 + [i64] * 4  # x, g, dw, table; N, H, W, flags
+    built.lslu_site_forward.restype = built.lslu_site_weight_grad.restype = ctypes.c_int
     return built
 
 
 def serves(x: torch.Tensor, *params: torch.Tensor) -> bool:
-    """Whether ``series_conv`` serves this call: a 4-D float32 CPU tensor in NCHW or channels_last with at least V
-    channels (with fewer, most of each block's lanes would be idle: 3 channels in channels_last ran 2.4× slower than
-    ``F.conv2d``), no gradient wanted, not traced or compiled, ``LSLU_KERNEL`` not ``eager``, and the kernel built. (Cheap checks first: at
-    batch 1 this runs once a site per forward.)"""
+    """Whether ``series_conv`` serves this call: x ``on_host`` (lslu_relu.py), a 4-D float32 CPU tensor in NCHW or
+    channels_last with at least V channels (with fewer, most of each block's lanes would be idle: 3 channels in
+    channels_last ran 2.4× slower than ``F.conv2d``), no gradient wanted, ``LSLU_KERNEL`` not ``eager``, and the
+    kernel built. Cheap checks first: at batch 1 this runs once a site per forward."""
     if not on_host(x):
         return False
     if not x.is_cpu or x.dtype is not torch.float32 or x.dim() != 4 or x.shape[1] < V:
