@@ -58,9 +58,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
                                                                            "parallel_coordinates.png"}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.status in ("FINISHED", "KILLED")  # completed, or stopped by ASHA
+        assert child.info.status == "FINISHED"  # completed, or stopped by ASHA (tags.status tells which)
         assert child.data.tags["status"] in ("completed", "stopped_early")
-        assert (child.info.status == "KILLED") == (child.data.tags["status"] == "stopped_early")
         summary = {"model_summary.txt"} if child.data.tags["status"] == "completed" else set()
         assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS | summary
         weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)), weights_only=True)

@@ -281,7 +281,7 @@ def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracki
     got = client.get_run(run.run_id)
     assert all(got.data.metrics[key] == value for key, value in many.items())
     assert got.data.tags["status"] == "stopped_early" and got.data.tags["status_reason"] == "asha"
-    assert got.info.status == "KILLED" and got.data.params["n"] == str(TrialConfig().n)
+    assert got.info.status == "FINISHED" and got.data.params["n"] == str(TrialConfig().n)
     # restored from a checkpoint: the record is not logged twice
     TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id, record={"params_m": 0.1, "lslu_sites": 4})
     assert points("params_m") == [(0, 0.1)] and points("lslu_sites") == [(0, 4.0)]

@@ -31,7 +31,9 @@ from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry
 
 log = logging.getLogger(__name__)
-RUN_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
+# A trial ASHA stopped ended as its search meant it to, with valid metrics: FINISHED, as Ray's own MLflow callback
+# ends it (KILLED would read as an interruption and drop it from `attributes.status = 'FINISHED'`); tags.status tells.
+RUN_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _METRICS = 1000  # ... and at most 1000 metrics, 1000 entries in all
 
