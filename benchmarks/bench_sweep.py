@@ -2,7 +2,8 @@
 
     python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with actor reuse, 8 without
     python benchmarks/bench_sweep.py --repeat 3 --fresh-trials 0    # the two sizes three times, alternately: median and range
-    python benchmarks/bench_sweep.py --gpu 0.25 --concurrent 4    # on a GPU machine: four trials packed per GPU
+    python benchmarks/bench_sweep.py --packing 1 2 4    # on a GPU machine: 1, 2 and 4 trials per GPU; GPU busy time
+    python benchmarks/bench_sweep.py --packing 1 4 --trial epochs=3 batch_size=256    # ... with the small model changed
 
 Evidence it gives, per sweep: its wall time (``run_sweep``, Ray already started; everything from the parent run to the
 sweep's plots), the trials' own training time (the sum of their epoch times), and the orchestration overhead per
@@ -19,6 +20,12 @@ its own SQLite store in a temporary folder. A single pair varies by about ±0.1 
 small sweep's wall time is mostly fixed cost, and its noise is divided by the difference in trials only), so
 ``--repeat`` runs the pair several times, alternately, splits the medians of each size, and shows the range single
 pairs give.
+
+On a GPU machine, ``--packing K …`` runs the same sweep of small models (ResNet-18 with the CIFAR stem on synthetic
+32×32 images unless ``--trial`` says otherwise) with K trials per GPU (``gpu: 1/K``, K × GPUs concurrent), each in its
+own driver process, and reports the GPUs' busy time as NVML samples it every 0.1 s (common.GpuBusy): over the whole
+sweep, and from the first busy sample to the last (without Ray's start-up and the closing plots). Target (issue 9):
+≥ 85 % busy across a sweep by packing trials.
 """
 from __future__ import annotations
 
@@ -34,13 +41,18 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import table  # noqa: E402
+from benchmarks.common import GpuBusy, nvml, table  # noqa: E402
+
+DIGITS_TRIAL = {"model": "digits_cnn", "n": 1, "epochs": 1, "warmup_epochs": 0, "train_samples": 512, "val_samples": 256}
+# --packing's small model: a few seconds of GPU work a trial, so that packing, not start-up, decides the busy time
+SMALL_MODEL = {"model": "resnet18", "cifar_stem": True, "dataset": "synthetic", "image_size": 32, "train_samples": 8192,
+               "val_samples": 1024, "batch_size": 128, "epochs": 2}
 
 
-def sweep_text(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float) -> str:
+def sweep_text(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial: dict | None = None) -> str:
     return yaml.safe_dump({
         "name": f"bench-sweep-{'reuse' if reuse else 'fresh'}",
-        "trial": {"model": "digits_cnn", "n": 1, "epochs": 1, "warmup_epochs": 0, "train_samples": 512, "val_samples": 256},
+        "trial": {**DIGITS_TRIAL, **(trial or {})},
         "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}, "mask": {"type": "sites"}},
         "search": {"algorithm": "random", "num_samples": trials, "max_concurrent": concurrent, "scheduler": "none",
                    "reuse_actors": reuse},
@@ -48,17 +60,18 @@ def sweep_text(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float
     })
 
 
-def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float) -> dict:
+def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial: dict | None = None) -> dict:
     from orchestrator.driver import run_sweep
     from orchestrator.figures import figure_queue
     from search_spaces.schema import parse_sweep
 
-    text = sweep_text(trials, concurrent, reuse, cpu, gpu)
+    text = sweep_text(trials, concurrent, reuse, cpu, gpu, trial)
     with tempfile.TemporaryDirectory() as tmp:
         sweep = parse_sweep(yaml.safe_load(text), text, "bench_sweep.yaml")
         uri = f"sqlite:///{tmp}/mlruns.db"
         start = time.perf_counter()
-        outcome = run_sweep(sweep, tracking_uri=uri, storage=f"{tmp}/ray", echo=lambda *_: None)
+        with GpuBusy() as gpus:
+            outcome = run_sweep(sweep, tracking_uri=uri, storage=f"{tmp}/ray", echo=lambda *_: None)
         wall = time.perf_counter() - start
         train = sum(r.metrics.get("epoch_time_s", 0.0) for r in outcome.results)
         in_trial = sum(r.metrics.get("time_total_s", 0.0) for r in outcome.results)  # inside the trainable function
@@ -70,7 +83,8 @@ def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float) -> di
             "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, checkpoints: the trainable's own
             "outside_s": (wall * slots - in_trial) / trials,  # actor start, Tune's scheduling, the driver's figures, idle slots
             "figures_cpu_s": figures_cpu / trials,  # the driver's figure thread, per trial (it shares the machine's cores)
-            "trials_per_hour": 3600 * trials / wall, "completed": sum(r["status"] == "completed" for r in outcome.rows)}
+            "trials_per_hour": 3600 * trials / wall, "completed": sum(r["status"] == "completed" for r in outcome.rows),
+            "gpu_busy_%": gpus.busy_pct, "gpu_active_%": gpus.active_pct}
 
 
 def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
@@ -80,11 +94,12 @@ def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
     return fixed, marginal
 
 
-def run_apart(trials: int, args, reuse: bool) -> dict:
+def run_apart(trials: int, args, reuse: bool, concurrent: int | None = None, gpu: float | None = None) -> dict:
     """One sweep in a driver process of its own, as ``lslu-sweep run`` starts one: what a driver builds once (its
     imports, its figure process) counts to the sweep. Ray's start is timed apart and not counted."""
-    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(args.concurrent), "--cpu", str(args.cpu),
-               "--gpu", str(args.gpu)] + ([] if reuse else ["--fresh"])
+    concurrent, gpu = concurrent or args.concurrent, args.gpu if gpu is None else gpu
+    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(concurrent), "--cpu", str(args.cpu),
+               "--gpu", str(gpu), "--trial-json", json.dumps(args.trial)] + ([] if reuse else ["--fresh"])
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -98,18 +113,28 @@ def main(argv=None):
     p.add_argument("--cpu", type=float, default=1.0)
     p.add_argument("--gpu", type=float, default=0.0)
     p.add_argument("--repeat", type=int, default=1, help="run the two sizes this many times, alternately")
+    p.add_argument("--packing", type=int, nargs="+", metavar="K",
+                   help="GPU machine: a sweep of small models with K trials per GPU, for each K; reports GPU busy time")
+    p.add_argument("--packing-trials", type=int, default=16, help="trials of each --packing sweep")
+    p.add_argument("--trial", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="trial config keys over the sweep's own (digits; with --packing the small model), values in YAML")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one sweep of this many trials here, print its row as JSON
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trial-json", help=argparse.SUPPRESS)  # --one: the trial's keys, as the parent resolved them
     args = p.parse_args(argv)
+    args.trial = json.loads(args.trial_json) if args.trial_json else trial_overrides(args.trial, SMALL_MODEL if args.packing else {})
     if args.one:
         from cluster.local import connect
 
         start = time.perf_counter()
         where = connect()
         print(f"{where} started in {time.perf_counter() - start:.1f} s (not counted)", file=sys.stderr)
-        row = run(args.one, args.concurrent, not args.fresh, args.cpu, args.gpu)
+        row = run(args.one, args.concurrent, not args.fresh, args.cpu, args.gpu, args.trial)
         print(json.dumps(row))
         return
+    check_sweep(args)
+    if args.packing:
+        return packing(args)
     pairs = [[run_apart(n, args, reuse=True) for n in args.trials] for _ in range(args.repeat)]
     rows = [row for pair in pairs for row in pair]
     if args.fresh_trials:
@@ -121,6 +146,50 @@ def main(argv=None):
     figures = statistics.median(pair[1]["figures_cpu_s"] for pair in pairs)
     print(f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
           f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; the driver's figures take {figures:.2f} s CPU a trial")
+
+
+def trial_overrides(pairs: list[str], base: dict) -> dict:
+    """``base`` with each KEY=VALUE (the value read as YAML: 3, true, 1e-3) over it."""
+    out = dict(base)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--trial takes KEY=VALUE pairs (e.g. epochs=3), got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def check_sweep(args) -> None:
+    """The sweep the runs will start, validated here first: a bad --trial key fails before any sweep starts."""
+    from search_spaces.schema import SpecError, parse_sweep
+
+    text = sweep_text(args.packing_trials, args.concurrent, True, args.cpu, args.gpu, args.trial)
+    try:
+        parse_sweep(yaml.safe_load(text), text, "bench_sweep.yaml")
+    except SpecError as exc:
+        raise SystemExit(f"--trial: {exc}") from None
+
+
+def packing(args) -> None:
+    """The same sweep with K trials per GPU for each K: GPU busy time and trials per hour against one trial per GPU."""
+    lib = nvml()
+    gpus = lib.nvmlDeviceGetCount() if lib is not None else 0
+    if not gpus:
+        raise SystemExit("--packing needs an NVIDIA GPU (NVML found none)")
+    rows = []
+    for k in args.packing:
+        row = run_apart(args.packing_trials, args, reuse=True, concurrent=k * gpus, gpu=1.0 / k)
+        rows.append({"trials per GPU": k, **row})
+    base = rows[0]["trials_per_hour"]
+    for row in rows:
+        row["speed-up"] = row["trials_per_hour"] / base
+    print(f"{gpus} GPU(s); each trial: {', '.join(f'{k}={v}' for k, v in args.trial.items())}")
+    print(table(rows, ["trials per GPU", "trials", "completed", "wall_s", "train_s", "overhead_s_per_trial", "trials_per_hour",
+                       "speed-up", "gpu_busy_%", "gpu_active_%"]))
+    best = max(rows, key=lambda r: r["gpu_active_%"] or 0)
+    print(f"GPU busy {best['gpu_active_%']:.0f} % from the first kernel to the last ({best['gpu_busy_%']:.0f} % of the whole "
+          f"sweep) with {best['trials per GPU']} trials per GPU (target ≥ 85 %), {best['speed-up']:.2f}× the trials an hour of "
+          f"{rows[0]['trials per GPU']} per GPU (first row; {args.packing_trials} trials per sweep)")
 
 
 def median_row(rows: list[dict]) -> dict:

@@ -1,8 +1,9 @@
-"""Shared measuring tools for the benchmarks: timing with warm-up and medians, and the bytes autograd saves."""
+"""Shared measuring tools for the benchmarks: timing with warm-up and medians, the bytes autograd saves, GPU busy time."""
 from __future__ import annotations
 
 import platform
 import statistics
+import threading
 import time
 from contextlib import contextmanager
 
@@ -95,6 +96,74 @@ def cuda_graph_replay(fn, x: torch.Tensor):
         return out
 
     return replay
+
+
+def nvml():
+    """NVML's Python binding: nvidia-ml-py where installed, else the copy Ray ships (Ray reads GPUs through it); None
+    without either, or without an NVIDIA driver."""
+    try:
+        import pynvml
+    except ImportError:
+        try:
+            from ray._private.thirdparty import pynvml
+        except ImportError:
+            return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no GPU: NVMLError's subclasses, or OSError where the library is missing
+        return None
+    return pynvml
+
+
+class GpuBusy:
+    """The GPUs' busy time while the block runs: every ``period`` s a thread reads NVML's utilization of each GPU (the
+    share of its last sample period, 1/6 to 1 s, in which a kernel ran) and keeps the mean over the GPUs.
+    ``busy_pct`` averages all samples (the whole block); ``active_pct`` only those from the first to the last sample
+    in which a GPU was busy, which leaves out start-up before the first kernel and the end after the last.
+    Both are None where NVML cannot be read (no NVIDIA GPU)."""
+
+    def __init__(self, period: float = 0.1):
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuBusy":
+        lib = nvml()
+        if lib is not None:
+            handles = [lib.nvmlDeviceGetHandleByIndex(i) for i in range(lib.nvmlDeviceGetCount())]
+            if handles:
+                self._thread = threading.Thread(target=self._sample, args=(lib, handles), daemon=True)
+                self._thread.start()
+        return self
+
+    def _sample(self, lib, handles) -> None:
+        try:
+            while not self._stop.wait(self.period):
+                self.samples.append(statistics.fmean(lib.nvmlDeviceGetUtilizationRates(h).gpu for h in handles))
+        finally:
+            lib.nvmlShutdown()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def busy_pct(self) -> float | None:
+        return busy_share(self.samples)[0]
+
+    @property
+    def active_pct(self) -> float | None:
+        return busy_share(self.samples)[1]
+
+
+def busy_share(samples: list[float]) -> tuple[float | None, float | None]:
+    """(mean of all utilization samples, mean of those from the first to the last non-zero one); None without samples."""
+    if not samples:
+        return None, None
+    busy = [i for i, s in enumerate(samples) if s > 0]
+    active = samples[busy[0] : busy[-1] + 1] if busy else samples
+    return statistics.fmean(samples), statistics.fmean(active)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -273,7 +273,7 @@ def _check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
             raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))}")
         if key in spec.trial and not getattr(dist, "when", None):
             raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched "
-                                         "(or searched under a `when` condition, trial.{key} being its value elsewhere)")
+                                         f"(or searched under a `when` condition, trial.{key} being its value elsewhere)")
         if isinstance(dist, SitesDist):
             if key != "mask":
                 raise SpecError(file, where, "type 'sites' is only valid for the key 'mask'")

@@ -1,9 +1,13 @@
 """The benchmarks run and measure what they say, at tiny sizes on the CPU (their figures are in benchmarks/README.md;
 speed is never asserted here)."""
+import time
+
 import pytest
 import torch
+import yaml
 
-from benchmarks import bench_activation, bench_model, bench_sweep
+from benchmarks import bench_activation, bench_model, bench_sweep, common
+from search_spaces.schema import parse_sweep
 
 
 def test_activation_benchmark_counts_what_autograd_keeps():
@@ -53,3 +57,40 @@ def test_sweep_benchmark_runs_a_real_sweep(ray_local):
     assert row["wall_s"] > row["train_s"] > 0  # the sweep's time holds both trials' training
     assert row["overhead_s_per_trial"] == pytest.approx((row["wall_s"] - row["train_s"]) / 2)
     assert row["figures_cpu_s"] > 0  # the driver drew both trials' figures, and counted the CPU it took
+
+
+def test_gpu_busy_share_spans_the_first_to_the_last_busy_sample():
+    samples = [0.0, 0.0, 50.0, 100.0, 0.0, 80.0, 0.0]  # start-up, two trials with a gap, the closing plots
+    assert common.busy_share(samples) == pytest.approx((230 / 7, 230 / 4))
+    assert common.busy_share([0.0, 0.0]) == (0.0, 0.0) and common.busy_share([]) == (None, None)
+
+
+def test_gpu_busy_reads_nvml_where_there_is_one():
+    with common.GpuBusy(period=0.01) as gpus:
+        time.sleep(0.05)
+    if common.nvml() is None:  # this machine: no NVIDIA driver, so no samples and no figure
+        assert gpus.samples == [] and gpus.busy_pct is None and gpus.active_pct is None
+    else:
+        assert gpus.samples and 0 <= gpus.busy_pct <= 100
+
+
+def test_packing_sweep_is_a_valid_sweep_with_the_trial_keys_given():
+    trial = bench_sweep.trial_overrides(["epochs=3", "cifar_stem=false", "weight_decay=0.01"], bench_sweep.SMALL_MODEL)
+    assert trial == {**bench_sweep.SMALL_MODEL, "epochs": 3, "cifar_stem": False, "weight_decay": 0.01}
+    text = bench_sweep.sweep_text(16, 4, True, 1.0, 0.25, trial)
+    sweep = parse_sweep(yaml.safe_load(text), text, "bench_sweep.yaml")
+    assert sweep.spec.resources.gpu == 0.25 and sweep.spec.search.max_concurrent == 4
+    assert sweep.spec.trial["model"] == "resnet18" and sweep.spec.trial["epochs"] == 3 and sweep.spec.trial["n"] == 1
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench_sweep.trial_overrides(["epochs"], {})
+    with pytest.raises(SystemExit, match="space.lr: also fixed in trial.lr"):  # lr is the searched key: before any sweep starts
+        bench_sweep.main(["--packing", "1", "--trial", "lr=0.01"])
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_trains_its_small_model(ray_local):
+    shrunk = {**bench_sweep.SMALL_MODEL, "train_samples": 64, "val_samples": 32, "batch_size": 32, "epochs": 1}
+    row = bench_sweep.run(trials=1, concurrent=1, reuse=True, cpu=1.0, gpu=0.0, trial=shrunk)
+    assert row["completed"] == 1 and row["wall_s"] > row["train_s"] > 0
+    if common.nvml() is None:
+        assert row["gpu_busy_%"] is None
