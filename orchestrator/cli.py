@@ -124,16 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.driver import resume_sweep
 
             outcome = resume_sweep(args.name, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except SitesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ClusterError as exc:
+    except (SpecError, SitesError, FileNotFoundError, ClusterError) as exc:  # bad input, found before any trial ran
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if outcome.interrupted:
