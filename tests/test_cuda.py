@@ -111,7 +111,8 @@ def test_the_deploy_form_replays_from_a_cuda_graph(policy):
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_the_triton_site_equals_the_series_and_conv_it_replaces(monkeypatch, granularity, dtype, tol, layout):
     """``LSLU_KERNEL=site`` (lslu_site_triton.py): the same output and gradients as the Triton series followed by
-    cuDNN's depthwise conv, in training and in the deploy form, and only x kept of the site's size besides BN's input."""
+    cuDNN's depthwise conv, in training (BatchNorm inside the site's function, which keeps x alone of the site's size)
+    and in the deploy form."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference conv in true float32
     ref = randomized_lslu("relu", granularity, n=3, channels=24, seed=1, theta=(-1.5, 1.5)).float().to(CUDA, dtype)
     site = copy.deepcopy(ref)
@@ -121,6 +122,10 @@ def test_the_triton_site_equals_the_series_and_conv_it_replaces(monkeypatch, gra
     for kernel, module in (("triton", ref), ("site", site)):
         monkeypatch.setenv("LSLU_KERNEL", kernel)
         out = module(x)
+        if kernel == "site":
+            big = [t for t in out.grad_fn.saved_tensors if t.shape == x.shape]
+            assert type(out.grad_fn).__name__ == "SeriesConvBatchNormBackward", out.grad_fn
+            assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), "only x is kept"
         outs.append(out.float())
         grads.append(torch.autograd.grad((out.float() * g.float()).sum(), (x, *module.parameters())))
     torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol)

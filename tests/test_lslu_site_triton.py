@@ -53,11 +53,12 @@ SCRIPT = textwrap.dedent("""
         assert torch.allclose(a, e, rtol=1e-4, atol=1e-4), "expanded gradient"
 
     # the LSLU module's route to it (on CUDA with LSLU_KERNEL=site; here the CPU tensors the interpreter takes):
-    # training step with BatchNorm, and the deploy form, against the module's CPU route
+    # training step with BatchNorm in the site's function (SeriesConvBatchNorm), and the deploy form, against the
+    # module's CPU route
     import copy
     from lslu_factory import randomized_lslu
-    from trainables.activations import lslu_series
-    route = {"site": False}
+    from trainables.activations import lslu_series, lslu_site
+    route, cpu_site = {"site": False}, lslu_site.serves
     lslu_series.site_kernels = lambda x: S if route["site"] else None
     for granularity, fmt in (("layer", torch.contiguous_format), ("channel", torch.channels_last)):
         modules = {False: randomized_lslu("relu", granularity, n=3, channels=6, seed=1, theta=(-1.5, 1.5)).float()}
@@ -67,8 +68,14 @@ SCRIPT = textwrap.dedent("""
         results = {}
         for site, m in modules.items():
             route["site"] = site
+            lslu_site.serves = (lambda *args: False) if site else cpu_site  # the CPU's own site serves CPU tensors only
             out = m(x)
-            results[site] = [out, *torch.autograd.grad((out * g).sum(), (x, *m.parameters())), m.bn.running_var.clone()]
+            if site:  # BatchNorm inside the site's function: of the site's size, x alone is kept
+                big = [t for t in out.grad_fn.saved_tensors if t.shape == x.shape]
+                assert type(out.grad_fn).__name__ == "SeriesConvBatchNormBackward", out.grad_fn
+                assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), "only x is kept, not the conv's output"
+            results[site] = [out, *torch.autograd.grad((out * g).sum(), (x, *m.parameters())), m.bn.running_mean.clone(),
+                             m.bn.running_var.clone(), m.bn.num_batches_tracked.clone()]
             m.eval().fuse()
             with torch.no_grad():
                 results[site].append(m(x))

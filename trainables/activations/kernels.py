@@ -2,8 +2,8 @@
 
     triton  (default) CUDA: the series' Triton pair (lslu_triton.py); CPU: the compiled inference and training kernel
             for the series and the depthwise conv (lslu_cpu.py)
-    site    as triton, and on CUDA the series and the depthwise conv as one Triton site (lslu_site_triton.py; opt-in
-            until a GPU run weighs it)
+    site    as triton, and on CUDA the series and the depthwise conv as one Triton site, with BatchNorm inside its
+            function in training (lslu_site_triton.py; opt-in until a GPU run weighs it)
     eager   none of them: PyTorch's ops alone
 """
 from __future__ import annotations

@@ -76,6 +76,9 @@ class LSLU(nn.Module):
             if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
                 return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)
         site = lslu_series.site_kernels(x)
+        if site is not None and not fused and lslu_site.batch_norm_serves(x, self.bn):  # ... and BatchNorm: x alone kept
+            return site.series_conv_batch_norm(x, self.theta, self.omega, self.weight, self.bn, self.base,
+                                               self.granularity == "channel")
         if site is not None:  # CUDA, LSLU_KERNEL=site: f(y_n) recomputed where the conv reads it, never written
             y = site.series_conv(x, self.theta, self.omega, self.weight, self.bias, self.base, self.granularity == "channel")
         else:

@@ -27,20 +27,30 @@ GAMMA_FLOOR = 1e-2  # below it, (out − β) / γ loses too many digits of the c
 
 def serves(base: str, x: torch.Tensor, bn: nn.Module) -> bool:
     """Whether ``site`` can run this training step (but for θ_i = 0, which ``ClosedForm.of`` tells)."""
-    return (torch.is_grad_enabled() and lslu_relu.serves(base, x) and not torch.is_autocast_enabled("cpu")
-            and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
-            and x.shape[0] * x.shape[2] * x.shape[3] > 1  # BatchNorm's own error for one value per channel
+    return (lslu_relu.serves(base, x) and not torch.is_autocast_enabled("cpu") and batch_norm_serves(x, bn)
             and bool(bn.weight.detach().abs().min() >= GAMMA_FLOOR))
+
+
+def batch_norm_serves(x: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether a site function can take over ``bn`` for this step: a training step of an affine BatchNorm2d that
+    tracks running statistics (here and in lslu_site_triton.py)."""
+    return (torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
+            and x.shape[0] * x.shape[2] * x.shape[3] > 1)  # BatchNorm's own error for one value per channel
+
+
+def momentum_factor(bn: nn.BatchNorm2d) -> float:
+    """The running statistics' update factor for this step, counting it, as ``bn(…)`` does in training."""
+    if bn.num_batches_tracked is None:
+        return 0.0
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
 def site(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor, bn: nn.BatchNorm2d,
          form: ClosedForm) -> torch.Tensor:
     """bn(depthwise_conv(f(y_n))) in training mode, BatchNorm's running statistics updated as ``bn(…)`` does."""
-    factor = 0.0
-    if bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    return _Site.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.eps, form)
+    return _Site.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum_factor(bn),
+                       bn.eps, form)
 
 
 class _Site(torch.autograd.Function):

@@ -9,7 +9,9 @@ conv's weight gradient. Here the series is recomputed from x where the conv read
               dw[c, t]          = Σ_{n, p} g[n, c, p] · s[n, c, p + t]        (one program per tap and tile, summed)
 
 so the site keeps x for backward (BatchNorm keeps the conv's output) instead of x and f(y_n), and a deploy-form site
-(BatchNorm folded into w, b) is one kernel instead of two. Works on any strides (NCHW and channels_last), in float32
+(BatchNorm folded into w, b) is one kernel instead of two. In a training step BatchNorm runs inside the same function
+(``SeriesConvBatchNorm``), which keeps x alone and runs the conv's forward kernel again in backward: what a ReLU site
+keeps plus x, at the cost of one more conv pass. Works on any strides (NCHW and channels_last), in float32
 registers. Opt-in with ``LSLU_KERNEL=site`` until a GPU run weighs it against cuDNN's depthwise convolution
 (benchmarks/bench_activation.py); ``TRITON_INTERPRET=1`` runs it on the CPU for tests.
 """
@@ -19,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from trainables.activations import lslu_triton
+from trainables.activations import lslu_site, lslu_triton
 from trainables.activations.lslu_triton import _BASE_CODE, _f, _terms
 
 
@@ -140,6 +142,18 @@ def dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, theta: torch.Ten
     return part.sum(0).view(c, 1, k, k)
 
 
+def series_conv_grads(x, theta, omega, weight, grad, base: str, channel: bool, needs) -> tuple:
+    """(dx, dθ, dω, dweight) of ``dw_conv(x, weight, None, θ, ω, …)`` for the output gradient ``grad``; None where
+    ``needs`` (four flags) says no."""
+    d_theta = d_omega = dx = d_weight = None
+    if any(needs[:3]):
+        dz = dw_conv(grad, weight, flip=True)  # the series backward puts it in x's layout
+        dx, d_theta, d_omega = lslu_triton.series_backward(x, theta, omega, dz, base, channel)
+    if needs[3]:
+        d_weight = dw_weight_grad(x, grad, weight.shape[-1], theta, omega, base, channel).to(weight.dtype)
+    return dx, d_theta, d_omega, d_weight
+
+
 class SeriesConv(torch.autograd.Function):
     """``F.conv2d(f(y_n)(x), weight, padding=K // 2, groups=C)``; saves x (not f(y_n)) for backward."""
 
@@ -152,13 +166,41 @@ class SeriesConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, theta, omega, weight = ctx.saved_tensors
-        d_theta = d_omega = dx = d_weight = None
-        if any(ctx.needs_input_grad[:3]):
-            dz = dw_conv(grad, weight, flip=True)  # the series backward puts it in x's layout
-            dx, d_theta, d_omega = lslu_triton.series_backward(x, theta, omega, dz, ctx.base, ctx.channel)
-        if ctx.needs_input_grad[3]:
-            d_weight = dw_weight_grad(x, grad, weight.shape[-1], theta, omega, ctx.base, ctx.channel).to(weight.dtype)
-        return dx, d_theta, d_omega, d_weight, None, None
+        return (*series_conv_grads(x, theta, omega, weight, grad, ctx.base, ctx.channel, ctx.needs_input_grad), None, None)
+
+
+class SeriesConvBatchNorm(torch.autograd.Function):
+    """BatchNorm (training) of ``SeriesConv``, keeping x alone of the site's size for backward: backward recomputes
+    the conv's output from x with the forward's kernel, bit for bit, for BatchNorm's gradient. (The CPU's one-function
+    site, lslu_site.py, rebuilds it from the site's output by dividing by γ instead: on a GPU its check of γ would be a
+    host sync per site and step, and in bf16 the division loses the conv's digits in proportion to |β / γ|.)"""
+
+    @staticmethod
+    def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor: float, eps: float, base: str,
+                channel: bool):
+        conv = dw_conv(x, weight, None, theta, omega, base, channel)
+        out, mean, invstd = torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
+        ctx.save_for_backward(x, theta, omega, weight, gamma, mean, invstd)
+        ctx.eps, ctx.base, ctx.channel = eps, base, channel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, theta, omega, weight, gamma, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        conv = dw_conv(x, weight, None, theta, omega, ctx.base, ctx.channel)
+        d_conv, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
+            grad, conv, gamma, None, None, mean, invstd, True, ctx.eps, [True, need[4], need[5]])
+        del conv
+        grads = series_conv_grads(x, theta, omega, weight, d_conv, ctx.base, ctx.channel, need[:4])
+        return (*grads, d_gamma, d_beta, None, None, None, None, None, None)
+
+
+def series_conv_batch_norm(x, theta, omega, weight, bn, base: str, channel: bool) -> torch.Tensor:
+    """``bn(series_conv(x, …))`` for a training step that ``lslu_site.batch_norm_serves``, its running statistics
+    updated as ``bn(…)`` does; x alone is kept for backward."""
+    return SeriesConvBatchNorm.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                     lslu_site.momentum_factor(bn), bn.eps, base, channel)
 
 
 def series_conv(x, theta, omega, weight, bias, base: str, channel: bool) -> torch.Tensor:
