@@ -17,7 +17,8 @@ BatchNorm's backward).
 On the CPU, ``ops only`` is the module with ``LSLU_KERNEL=eager``: without the compiled kernel for the series and
 the depthwise conv (lslu_cpu.py), whose share of ``shipped`` it shows.
 On CUDA, ``triton site`` is the module with ``LSLU_KERNEL=site``: the series recomputed inside a Triton depthwise
-conv, f(y_n) never written (lslu_site_triton.py; opt-in until this comparison is made on a GPU).
+conv, f(y_n) never written, and BatchNorm in the same function, which keeps x alone and runs the conv again in backward
+(lslu_site_triton.py; opt-in until this comparison is made on a GPU).
 ``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
 depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts could save.
 """

@@ -57,9 +57,19 @@ SCRIPT = textwrap.dedent("""
     # module's CPU route
     import copy
     from lslu_factory import randomized_lslu
-    from trainables.activations import lslu_series, lslu_site
-    route, cpu_site = {"site": False}, lslu_site.serves
+    from trainables.activations import lslu_cpu, lslu_series, lslu_site
+    route, cpu_site, cpu_kernel = {"site": False}, lslu_site.serves, lslu_cpu.serves
     lslu_series.site_kernels = lambda x: S if route["site"] else None
+    calls = []
+
+    def counted(name, fn):
+        def call(*args):
+            calls.append(name)
+            return fn(*args)
+        return call
+
+    S.series_conv_batch_norm = counted("train", S.series_conv_batch_norm)
+    S.series_conv = counted("deploy", S.series_conv)
     for granularity, fmt in (("layer", torch.contiguous_format), ("channel", torch.channels_last)):
         modules = {False: randomized_lslu("relu", granularity, n=3, channels=6, seed=1, theta=(-1.5, 1.5)).float()}
         modules[True] = copy.deepcopy(modules[False])
@@ -68,7 +78,9 @@ SCRIPT = textwrap.dedent("""
         results = {}
         for site, m in modules.items():
             route["site"] = site
-            lslu_site.serves = (lambda *args: False) if site else cpu_site  # the CPU's own site serves CPU tensors only
+            # the CPU's own site and inference kernel take CPU tensors first; on CUDA they never serve
+            lslu_site.serves = (lambda *args: False) if site else cpu_site
+            lslu_cpu.serves = (lambda *args: False) if site else cpu_kernel
             out = m(x)
             if site:  # BatchNorm inside the site's function: of the site's size, x alone is kept
                 big = [t for t in out.grad_fn.saved_tensors if t.shape == x.shape]
@@ -81,6 +93,7 @@ SCRIPT = textwrap.dedent("""
                 results[site].append(m(x))
         for a, e in zip(results[True], results[False]):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    assert calls == ["train", "deploy"] * 2, calls  # each granularity took the Triton route in training and deployed
     print("checked", len(cases))
 """)
 
