@@ -173,7 +173,10 @@ def check_sweep(args) -> None:
 def packing(args) -> None:
     """The same sweep with K trials per GPU for each K: GPU busy time and trials per hour against one trial per GPU."""
     lib = nvml()
-    gpus = lib.nvmlDeviceGetCount() if lib is not None else 0
+    gpus = 0
+    if lib is not None:
+        gpus = lib.nvmlDeviceGetCount()
+        lib.nvmlShutdown()
     if not gpus:
         raise SystemExit("--packing needs an NVIDIA GPU (NVML found none)")
     rows = []

@@ -131,9 +131,11 @@ class GpuBusy:
         lib = nvml()
         if lib is not None:
             handles = [lib.nvmlDeviceGetHandleByIndex(i) for i in range(lib.nvmlDeviceGetCount())]
-            if handles:
-                self._thread = threading.Thread(target=self._sample, args=(lib, handles), daemon=True)
-                self._thread.start()
+            if not handles:
+                lib.nvmlShutdown()
+                return self
+            self._thread = threading.Thread(target=self._sample, args=(lib, handles), daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self, lib, handles) -> None:

@@ -170,20 +170,22 @@ def unpack(wheel: Path, site: Path) -> None:
                 target.chmod(0o755)
 
 
+def tree_bytes(p: Path) -> int:
+    """The bytes of the files in folder ``p`` (or of file ``p``)."""
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+
+
 def strip(site: Path) -> int:
     """Remove what a sweep never loads; returns the bytes removed."""
-    def size(p: Path) -> int:
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-
     removed = 0
     for rel in STRIP_DIRS:
         p = site / rel
         if p.exists():
-            removed += size(p)
+            removed += tree_bytes(p)
             shutil.rmtree(p)
     for p in sorted(site.rglob("*"), key=lambda q: -len(q.parts)):
         if p.is_dir() and p.name in STRIP_NAMES:
-            removed += size(p)
+            removed += tree_bytes(p)
             shutil.rmtree(p)
         elif p.is_file() and p.suffix == ".pyc":
             removed += p.stat().st_size
@@ -202,7 +204,7 @@ def bundle(wheels: list[Path], archive: Path, label: str, preset: int = 6) -> tu
         site = Path(tmp)
         for w in wheels:
             unpack(w, site)
-        unpacked = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+        unpacked = tree_bytes(site)
         removed = strip(site)
         (site / "DEVICE_BUNDLE.txt").write_text(f"{label}\n" + "".join(f"{w.name}\n" for w in wheels))
         partial = archive.with_name(archive.name + ".part")

@@ -46,6 +46,19 @@ def momentum_factor(bn: nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
+def batch_norm_step(conv, gamma, beta, running_mean, running_var, factor: float, eps: float) -> tuple:
+    """BatchNorm of a training step inside a site function: (out, mean, invstd), the running statistics updated in
+    place (here and in lslu_site_triton.py)."""
+    return torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
+
+
+def batch_norm_step_grads(grad, conv, gamma, mean, invstd, eps: float, needs) -> tuple:
+    """(d_conv, dγ, dβ) of ``batch_norm_step`` from its statistics; ``needs`` is the site function's
+    needs_input_grad, whose arguments 4 and 5 are γ and β in both site functions."""
+    return torch.ops.aten.native_batch_norm_backward(grad, conv, gamma, None, None, mean, invstd, True, eps,
+                                                     [True, needs[4], needs[5]])
+
+
 def site(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor, bn: nn.BatchNorm2d,
          form: ClosedForm) -> torch.Tensor:
     """bn(depthwise_conv(f(y_n))) in training mode, BatchNorm's running statistics updated as ``bn(…)`` does."""
@@ -58,7 +71,7 @@ class _Site(torch.autograd.Function):
     def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor, eps, form):
         padding = weight.shape[-1] // 2  # n: the kernel is (2n + 1)²
         conv = conv_no_grad(x, weight, padding, form)  # f(y_n) computed inside the compiled kernel where it serves
-        out, mean, invstd = torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
+        out, mean, invstd = batch_norm_step(conv, gamma, beta, running_mean, running_var, factor, eps)
         ctx.save_for_backward(x, out, weight, gamma, beta, mean, invstd)
         ctx.form, ctx.padding, ctx.eps = form, padding, eps
         return out
@@ -70,8 +83,7 @@ class _Site(torch.autograd.Function):
         scale = 1 / (gamma * invstd)  # conv = μ + (out − β) · scale
         shape = (1, -1, 1, 1)
         conv = torch.addcmul((mean - beta * scale).view(shape), out, scale.view(shape))
-        d_conv, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
-            grad, conv, gamma, None, None, mean, invstd, True, ctx.eps, [True, need[4], need[5]])
+        d_conv, d_gamma, d_beta = batch_norm_step_grads(grad, conv, gamma, mean, invstd, ctx.eps, need)
         del conv
         d_series, d_weight = depthwise_grads(x, weight, d_conv, ctx.padding, True, need[3], form=ctx.form)
         del d_conv

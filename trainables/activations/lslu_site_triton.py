@@ -179,7 +179,7 @@ class SeriesConvBatchNorm(torch.autograd.Function):
     def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor: float, eps: float, base: str,
                 channel: bool):
         conv = dw_conv(x, weight, None, theta, omega, base, channel)
-        out, mean, invstd = torch.ops.aten.native_batch_norm(conv, gamma, beta, running_mean, running_var, True, factor, eps)
+        out, mean, invstd = lslu_site.batch_norm_step(conv, gamma, beta, running_mean, running_var, factor, eps)
         ctx.save_for_backward(x, theta, omega, weight, gamma, mean, invstd)
         ctx.eps, ctx.base, ctx.channel = eps, base, channel
         return out
@@ -189,8 +189,7 @@ class SeriesConvBatchNorm(torch.autograd.Function):
         x, theta, omega, weight, gamma, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         conv = dw_conv(x, weight, None, theta, omega, ctx.base, ctx.channel)
-        d_conv, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
-            grad, conv, gamma, None, None, mean, invstd, True, ctx.eps, [True, need[4], need[5]])
+        d_conv, d_gamma, d_beta = lslu_site.batch_norm_step_grads(grad, conv, gamma, mean, invstd, ctx.eps, need)
         del conv
         grads = series_conv_grads(x, theta, omega, weight, d_conv, ctx.base, ctx.channel, need[:4])
         return (*grads, d_gamma, d_beta, None, None, None, None, None, None)
