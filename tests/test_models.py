@@ -69,6 +69,26 @@ def test_model_stats_on_a_real_model():
     assert stats["latency_ms"] > 0
 
 
+@pytest.mark.parametrize("kernel", ["triton", "eager"])
+def test_multiply_accumulates_count_lslu_depthwise_convolutions(kernel, monkeypatch):
+    """Whichever kernel serves the deploy form (on the CPU by default a compiled one the counter cannot see), each
+    LSLU site adds its depthwise conv: C·H·W·(2n+1)² MACs at the site's input size, counted here from hooks."""
+    monkeypatch.setenv("LSLU_KERNEL", kernel)
+    size, n = (3, 32, 32), 3
+    plain = build_model("resnet18", num_classes=10, cifar_stem=True).eval()
+    model = build_model("resnet18", num_classes=10, cifar_stem=True)
+    apply_policy(model, "all", act="lslu", n=n)
+    shapes = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape)) for m in model.modules() if isinstance(m, LSLU)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *size))
+    for hook in hooks:
+        hook.remove()
+    assert len(shapes) == 17
+    depthwise = sum(c * h * w * (2 * n + 1) ** 2 for _, c, h, w in shapes) / 1e9
+    assert count_macs(fuse_model(model), size) == pytest.approx(count_macs(fuse_model(plain), size) + depthwise, rel=1e-9)
+
+
 def test_architecture_stats_measure_each_architecture_once(monkeypatch):
     from trainables.models import stats as stats_module
 

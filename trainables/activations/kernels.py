@@ -8,13 +8,30 @@
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 KERNELS = ("triton", "site", "eager")
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("lslu_kernel", default=None)
 
 
 def kernel_choice() -> str:
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced
     choice = os.environ.get("LSLU_KERNEL", "triton")
     if choice not in KERNELS:
         raise ValueError(f"environment variable LSLU_KERNEL={choice!r} is not one of {', '.join(KERNELS)}")
     return choice
+
+
+@contextlib.contextmanager
+def eager_kernels():
+    """PyTorch's ops alone inside the block, whatever ``LSLU_KERNEL`` says (this thread or task only): for
+    ``FlopCounterMode``, which sees aten's convolutions but not a compiled or Triton kernel's."""
+    token = _FORCED.set("eager")
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainables.activations.kernels import eager_kernels
 from trainables.insertion import is_site_module
 
 
@@ -38,11 +39,12 @@ def fuse_model(model: nn.Module, architecture_only: bool = False) -> nn.Module:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> float:
-    """Multiply–accumulates of one forward pass at batch 1, in G (torch counts two FLOPs per MAC)."""
+    """Multiply–accumulates of one forward pass at batch 1, in G (torch counts two FLOPs per MAC). LSLU's own kernels
+    are off while counting: the counter sees aten's ops only, and would miss their depthwise convolutions."""
     device = next(model.parameters()).device
     x = torch.zeros(1, *input_size, device=device)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, eager_kernels():
         model(x)
     return counter.get_total_flops() / 2 / 1e9
 
