@@ -23,6 +23,10 @@ QUIET_ENV = {
 }
 
 
+EMBEDDED = "an embedded local Ray"
+_embedded = False  # this process started the Ray it uses (connect() without an address): no node will join it
+
+
 def prepare_env() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -34,17 +38,25 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     Without an address (and without ``RAY_ADDRESS``) an embedded local Ray starts: ``address="local"``,
     because a bare ``ray.init()`` can try to join a stale cluster recorded in /tmp/ray.
     """
+    global _embedded
     prepare_env()
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
-        return "the Ray instance already running in this process"
+        return EMBEDDED if _embedded else "the Ray instance already running in this process"
     if address:
         ray.init(address=address, log_to_driver=True)
+        _embedded = False
         return f"the Ray cluster at {address}"
     # No dashboard, so nothing reads the metrics Ray's processes would export: their collection only takes CPU
     # from the trials (~1 s of the dashboard agent's per 32 short trials, benchmarks/README.md).
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
              _system_config={"enable_metrics_collection": False})
-    return "an embedded local Ray"
+    _embedded = True
+    return EMBEDDED
+
+
+def is_embedded() -> bool:
+    """Whether the Ray this process uses is the embedded local one, whose nodes are all there is (a cluster may grow)."""
+    return _embedded

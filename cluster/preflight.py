@@ -44,6 +44,13 @@ def check_cluster(tracking_uri: str, storage: str) -> int:
     return len(nodes)
 
 
+def node_capacities() -> list[tuple[float, float]]:
+    """``(CPUs, GPUs)`` of each alive Ray node: a trial's resources must fit on one of them."""
+    import ray
+
+    return [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n["Alive"]]
+
+
 def _check_nodes(nodes: list[dict], tracking_uri: str, storage: str) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -86,7 +86,7 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
         mask = mask_of(sites, select_sites(sites, policy))
     except ValueError as exc:
         raise SitesError(str(exc)) from None
-    return "\n".join([format_site_table(sites, mask, policy),
+    return "\n".join([format_site_table(sites, mask, "selected"),
                       f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}"])
 
 

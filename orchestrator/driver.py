@@ -16,8 +16,8 @@ import yaml
 from ray import tune
 
 from cluster import storage as st
-from cluster.local import connect
-from cluster.preflight import check_cluster
+from cluster.local import connect, is_embedded
+from cluster.preflight import check_cluster, node_capacities
 from cluster.tracking import mlflow_client, resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
@@ -27,7 +27,7 @@ from orchestrator.search import make_scheduler, make_searcher
 from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
-from search_spaces.schema import Sweep, parse_sweep
+from search_spaces.schema import SpecError, Sweep, parse_sweep
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
@@ -58,6 +58,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     where = _where(ray_description, nodes)
     if smoke_test:
         _fit_smoke_resources(sweep, echo)
+    check_resources(sweep, where, echo)
     if nodes > 1 and sweep.spec.search.max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
              "to continue such trials on another node from their last checkpoint")
@@ -94,6 +95,7 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     if manifest["smoke_test"]:
         _fit_smoke_resources(sweep, echo)
+    check_resources(sweep, where, echo)
     mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
     echo(f"resuming sweep {exp_name} on {where}")
@@ -126,6 +128,21 @@ def _fit_smoke_resources(sweep: Sweep, echo) -> None:
     if (cpu, gpu) != (r.cpu, r.gpu):
         echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here (the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
         r.cpu, r.gpu = cpu, gpu
+
+
+def check_resources(sweep: Sweep, where: str, echo) -> None:
+    """A trial whose resources fit on no node would pend forever, Tune saying only that no node type can fulfil
+    the request. On the embedded local Ray, which no node will join, that is refused as the sweep file's error;
+    on a cluster, which an autoscaler may grow, it is a warning."""
+    r, nodes = sweep.spec.resources, node_capacities()
+    if any(cpu >= r.cpu and gpu >= r.gpu for cpu, gpu in nodes):
+        return
+    have = "; ".join(f"{cpu:g} CPU, {gpu:g} GPU" for cpu, gpu in nodes) or "no alive node"
+    what = f"each trial asks {r.cpu:g} CPU and {r.gpu:g} GPU, but no node of {where} has that ({have})"
+    if is_embedded():
+        raise SpecError(sweep.file, "resources", f"{what}, so every trial would wait forever; ask for at most what this "
+                                                 "machine has, or join a cluster that has it (--address)")
+    echo(f"warning: {what}; the trials wait until a node that has it joins (Ray's autoscaler, if the cluster has one)")
 
 
 def trial_dirname(trial) -> str:

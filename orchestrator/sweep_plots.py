@@ -24,6 +24,7 @@ from orchestrator.summary import finished, pareto_rows  # noqa: E402
 from search_spaces.schema import Sweep  # noqa: E402
 from orchestrator.figures import log_figure  # noqa: E402
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # `report` prints its table alone, not "A new study created…"
 IMPORTANCE_MIN_TRIALS = 3
 OFF = -0.1  # where a conditional key's "not sampled" sits, below its axis
 

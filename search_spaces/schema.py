@@ -137,6 +137,7 @@ class Sweep:
         self.spec, self.source, self.file, self.smoke = spec, source, file, smoke
         self.base = _check_trial(spec, file)  # fully resolved TrialConfig of the fixed values
         self.sites = _check_space(spec, self.base, file)  # the model's sites when the mask is searched, else []
+        _check_policies(spec, self.base, file)
         self.site_count = len(self.sites)
         self.objectives = _check_search(spec, self.base, file, self.site_count, smoke)
         self.points = _check_points(spec, self.base, self.sites, file)
@@ -242,7 +243,9 @@ def _spec_error(file: str, exc: ValidationError) -> SpecError:
     err = first_error(exc)
     loc = [str(p) for p in err["loc"] if p not in ("int", "float", "categorical", "sites")]  # drop union tags
     if err["type"] in UNKNOWN_KEY_ERRORS:
-        return SpecError(file, ".".join(loc), "unknown key")
+        section = {(): SweepSpec, ("search",): SearchSection, ("resources",): Resources}.get(tuple(loc[:-1]))
+        valid = f"; valid keys: {', '.join(section.model_fields)}" if section else ""
+        return SpecError(file, ".".join(loc), "unknown key" + valid)
     if err["type"] == "union_tag_invalid":
         return SpecError(file, ".".join(loc), "expected a distribution with type int, float, categorical or sites, or a list of choices")
     return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
@@ -296,10 +299,41 @@ def _check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
         for edge, value in edges.items():
             try:
                 TrialConfig.from_flat({**spec.trial, key: value})
-            except ConfigError as exc:
-                raise SpecError(file, f"{where}.{edge}", exc.message) from None
+            except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
+                culprit = "" if exc.key == key else (f"with {key} = {value!r}, trial.{exc.key}"
+                                                     f"{'' if exc.key in spec.trial else ' (its default)'}: ")
+                raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
         _check_condition(spec, key, dist, file)
     return sites
+
+
+def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
+    """The fixed policy, and each searched value of a policy key, fit the (fixed) model's sites: a mask of its length,
+    stages it has, paths that match a site, k within its site count. Otherwise every trial would fail on it, or a
+    ``paths`` policy that matches nothing would train the baseline as if it were the insertion."""
+    if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
+        return
+    sites: list = []
+    candidates = [(None, f"trial.{POLICY_ARGUMENT.get(base.policy, 'policy')}", base)]  # (searched key, where, config)
+    for key in SITE_POLICY_KEYS:
+        dist = spec.space.get(key)
+        if isinstance(dist, IntDist):
+            candidates += [(key, f"space.{key}.{edge}", {**spec.trial, key: getattr(dist, edge)}) for edge in ("low", "high")]
+        elif dist is not None:
+            candidates += [(key, f"space.{key}.choices[{i}]", {**spec.trial, key: c}) for i, c in enumerate(dist.choices)]
+    for searched, where, cfg in candidates:
+        cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.from_flat(cfg)  # each checked by _check_space
+        argument = POLICY_ARGUMENT.get(cfg.policy)
+        if argument is None or not cfg.inserts or (argument in spec.space and argument != searched):
+            continue  # a policy without argument fits any model; a searched argument is checked as its own key
+        from trainables.insertion import select_sites
+
+        sites = sites or _model_sites(base)
+        try:
+            select_sites(sites, cfg.policy_spec)
+        except ValueError as exc:
+            key = where if where.startswith("space.") or where[6:] in spec.trial else "trial.policy"
+            raise SpecError(file, key, f"{exc} ({base.model})") from None
 
 
 def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:

@@ -63,6 +63,17 @@ def test_malformed_policies_are_refused(policy):
         apply_policy(_cnn(), policy)
 
 
+@pytest.mark.parametrize("policy, message", [
+    ("paths:stagez.*", "matches none of the model's 4 sites"), ("first_k:5", "asks for 5 sites; the model has 4"),
+    ("last_k:9", "asks for 9 sites; the model has 4"),
+])
+def test_policies_that_select_no_intended_site_are_refused(policy, message):
+    """A glob with a typo would otherwise train the plain network as if it were the insertion; a k beyond the sites
+    would silently mean `all`."""
+    with pytest.raises(ValueError, match=message):
+        apply_policy(_cnn(), policy)
+
+
 def test_a_module_shared_by_two_paths_is_refused():
     act = nn.ReLU()
     model = nn.Sequential(nn.Conv2d(3, 4, 3), act, nn.Conv2d(4, 4, 3), act)

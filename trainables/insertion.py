@@ -176,16 +176,21 @@ def select_sites(sites: list[Site], policy: str) -> list[Site]:
         if wanted - set(present):
             raise ValueError(f"policy {policy!r} names stage(s) {sorted(wanted - set(present))}; this model's stages are {present}")
         return [s for s in sites if s.stage in wanted]
-    if kind == "first_k":
-        return sites[: int(arg)]
-    if kind == "last_k":
-        return sites[len(sites) - int(arg):] if int(arg) else []
+    if kind in ("first_k", "last_k"):
+        k = int(arg)
+        if k > len(sites):
+            raise ValueError(f"policy {policy!r} asks for {k} sites; the model has {len(sites)}")
+        return sites[:k] if kind == "first_k" else sites[len(sites) - k:]
     if kind == "mask":
         if len(arg) != len(sites):
             raise ValueError(f"mask {arg!r} has {len(arg)} bits but the model has {len(sites)} activation sites")
         return [s for s, bit in zip(sites, arg) if bit == "1"]
     globs = [g.strip() for g in arg.split(",") if g.strip()]
-    return [s for s in sites if any(fnmatch.fnmatchcase(s.path, g) for g in globs)]
+    selected = [s for s in sites if any(fnmatch.fnmatchcase(s.path, g) for g in globs)]
+    if not selected:  # a typo would otherwise train the network without any insertion
+        shown = ", ".join(s.path for s in sites[:6]) + (", …" if len(sites) > 6 else "")
+        raise ValueError(f"policy {policy!r} matches none of the model's {len(sites)} sites (paths: {shown})")
+    return selected
 
 
 def format_site_table(sites: list[Site], mask: str, mark: str = "selected") -> str:
