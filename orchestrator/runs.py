@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -16,6 +17,7 @@ from orchestrator.ui import save_sweep_view
 from search_spaces.schema import Sweep
 from trainables.retry import retry
 from orchestrator.figures import figure_queue
+from trainables.metrics import record_of
 from trainables.tracking import SweepContext, end
 from trainables.trainable import weights_from_checkpoint
 
@@ -65,9 +67,11 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
     return SweepContext(tracking_uri, exp_id, run.info.run_id, sweep.name, shared_tags)
 
 
-def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", checkpoint_dir: str | None = None) -> bool:
+def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", checkpoint_dir: str | None = None,
+              record: dict[str, float] | None = None) -> bool:
     """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed); a stopped trial's
-    run gets the weights of its last checkpoint. Its figures come from the figure queue, as every trial's."""
+    run gets the weights of its last checkpoint and ``record``, the end-of-trial record of its last result (what
+    the run does not hold yet). Its figures come from the figure queue, as every trial's."""
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return False
@@ -75,7 +79,9 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
         with tempfile.TemporaryDirectory() as d:
             torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
             client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
-    end(client, run_id, status, reason)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in (record or {}).items() if k not in run.data.metrics]
+    end(client, run_id, status, reason, metrics)
     return True
 
 
@@ -111,14 +117,15 @@ class RunCloser(Callback):
         self._close(trial, "failed", f"trial errored; see {trial.error_file or 'the Ray Tune log'}")
 
     def _close(self, trial, status: str, reason: str) -> None:
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        result = trial.last_result or {}
+        run_id, record = result.get("mlflow_run_id"), record_of(result) if status == "stopped_early" else None
         if run_id:
             def close() -> None:
                 if trial.checkpoint is None:
-                    close_run(self.client, run_id, status, reason)
+                    close_run(self.client, run_id, status, reason, record=record)
                 else:
                     with trial.checkpoint.as_directory() as checkpoint_dir:
-                        close_run(self.client, run_id, status, reason, checkpoint_dir)
+                        close_run(self.client, run_id, status, reason, checkpoint_dir, record)
 
             try:
                 retry(close, budget_s=10, what=f"closing MLflow run {run_id}")

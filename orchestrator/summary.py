@@ -11,10 +11,7 @@ import yaml
 
 from search_spaces.schema import Sweep
 from trainables.config import TrialConfig
-from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS
-
-
-CONVERGENCE_PREFIXES = ("theta_conv", "theta_conv_std", "omega_conv", "omega_conv_std")  # per LSLU site, end of trial
+from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS, record_of
 
 
 def trial_rows(result_grid) -> list[dict[str, Any]]:
@@ -33,7 +30,7 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
                "mlflow_run_id": metrics.get("mlflow_run_id", ""), "mask": metrics.get("mask", "")}
         row.update({f"config.{k}": v for k, v in config.items()})
         row.update({m: metrics.get(m) for m in EPOCH_METRICS + EMA_METRICS + FINAL_METRICS})
-        row.update({k: v for k, v in metrics.items() if k.partition("/")[0] in CONVERGENCE_PREFIXES})
+        row.update(record_of(metrics))
         rows.append(row)
     return rows
 

@@ -14,12 +14,12 @@ from ray.tune import Callback
 
 from orchestrator.cli import main
 from orchestrator.driver import resume_sweep, run_sweep
-from search_spaces.schema import load_sweep, parse_sweep
+from search_spaces.schema import SpecError, load_sweep, parse_sweep
 
 pytestmark = pytest.mark.slow
-# every trial; a completed one also has model_summary.txt (a stopped one is closed by the driver)
+# every trial's, completed or stopped by the scheduler (whose run the driver closes)
 TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv", "theta_omega.png", "learning_curves.png",
-                   "model_final.pt"}
+                   "model_final.pt", "model_summary.txt"}
 INSERT_MODULES = {"lslu": "LSLU", "pwlu": "PWLU", "la_silu": "LayerAct"}  # quickstart's insert_act choices
 
 
@@ -60,14 +60,20 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"  # completed, or stopped by ASHA (tags.status tells which)
         assert child.data.tags["status"] in ("completed", "stopped_early")
-        summary = {"model_summary.txt"} if child.data.tags["status"] == "completed" else set()
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS | summary
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS
         weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)), weights_only=True)
         assert weights["fc.weight"].shape == (10, 64)  # digits_cnn's classifier
         for key in ("params_m", "flops_g", "latency_ms", "lslu_sites"):  # known before training: every trial has them
             assert key in child.data.metrics and len(client.get_metric_history(child.info.run_id, key)) == 1
         epochs = len(client.get_metric_history(child.info.run_id, "val_acc"))
         _assert_each_epoch_once(client, child, epochs)
+        # the end-of-trial record, once, whether the trial completed or ASHA stopped it
+        times = [m.value for m in client.get_metric_history(child.info.run_id, "epoch_time_s")]
+        assert child.data.metrics["train_s_per_epoch"] == pytest.approx(sum(times) / len(times))
+        bests = sorted(client.get_metric_history(child.info.run_id, "best_val_acc"), key=lambda m: m.step)
+        assert child.data.metrics["best_epoch"] == next(m.step for m in bests if m.value == bests[-1].value)
+        for key in ("train_s_per_epoch", "best_epoch"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == 1
         mask = child.data.params["mask"]
         assert child.data.tags["mask"] == mask and len(mask) == 4
         n = int(child.data.params["n"])
@@ -80,6 +86,9 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         assert len(pwlu_keys) == (2 * mask.count("1") if insert_act == "pwlu" else 0)
         for key in theta_keys | pwlu_keys:
             assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == list(range(1, epochs + 1))
+        for key in theta_keys:  # θ_i's convergence value: the mean over its (at most 10) epochs, papers/000 §4.2
+            values = [m.value for m in client.get_metric_history(child.info.run_id, key)]
+            assert child.data.metrics["theta_conv" + key[5:]] == pytest.approx(sum(values) / len(values))
         sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read()
         inserted = {line.split(",")[6] for line in sites.splitlines()[1:] if line.endswith(",1")}  # the module column
         assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
@@ -118,6 +127,20 @@ def _sweep(tmp_path, name, samples):
     text = textwrap.dedent(SPEC.format(name=name, samples=samples))
     (tmp_path / f"{name}.yaml").write_text(text)
     return parse_sweep(yaml.safe_load(text), text, str(tmp_path / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("resources, asks", [("{cpu: 1, gpu: 1}", "1 CPU and 1 GPU"), ("{cpu: 1, gpu: 0.5}", "1 CPU and 0.5 GPU"),
+                                              ("{cpu: 3}", "3 CPU and 0 GPU")])
+def test_a_trial_no_node_can_hold_is_refused_before_mlflow(ray_local, tmp_path, tracking_uri, resources, asks):
+    """The embedded Ray (2 CPUs, no GPU, as ray_local starts it) never grows: Tune would keep such trials pending."""
+    text = textwrap.dedent(SPEC.format(name="toobig", samples=2)) + f"resources: {resources}\n"
+    sweep = parse_sweep(yaml.safe_load(text), text, str(tmp_path / "toobig.yaml"))
+    with pytest.raises(SpecError) as refused:
+        run_sweep(sweep, tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
+    assert str(refused.value).startswith(f"{tmp_path / 'toobig.yaml'}: resources: each trial asks {asks}, but no node of "
+                                         "an embedded local Ray has that (2 CPU, 0 GPU)")
+    assert MlflowClient(tracking_uri).get_experiment_by_name("toobig") is None  # refused before MLflow
+    assert not (tmp_path / "ray").exists()
 
 
 class KillTrialProcess(Callback):

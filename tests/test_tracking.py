@@ -285,3 +285,27 @@ def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracki
     # restored from a checkpoint: the record is not logged twice
     TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id, record={"params_m": 0.1, "lslu_sites": 4})
     assert points("params_m") == [(0, 0.1)] and points("lslu_sites") == [(0, 4.0)]
+
+
+def test_the_driver_closes_a_stopped_trials_run_with_its_record_and_summary(tracking_uri, tmp_path):
+    """ASHA stops a trial between its epochs: the trial never finishes its run, so the driver's RunCloser ends it
+    with the end-of-trial record of the trial's last result; model_summary.txt was logged when the run opened."""
+    from types import SimpleNamespace
+
+    from orchestrator.runs import RunCloser
+
+    ctx = _context(tracking_uri)
+    run = TrialRun.open(ctx, TrialConfig(), "trial_8", "1111", "index,path\n", record={"params_m": 0.1}, summary="the network")
+    run.log_epoch(1, {"train_loss": 1.0, "best_val_acc": 40.0})
+    last_result = {"mlflow_run_id": run.run_id, "epoch": 1, "train_loss": 1.0, "best_val_acc": 40.0, "params_m": 0.1,
+                   "train_s_per_epoch": 2.5, "best_epoch": 1, "theta_conv/stages.0.act/1": 1.1, "theta_conv_std/stages.0.act/1": 0.0}
+    RunCloser(tracking_uri).on_trial_complete(0, [], SimpleNamespace(last_result=last_result, checkpoint=None))
+    client = MlflowClient(tracking_uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["status"] == "stopped_early"
+    for key in ("train_s_per_epoch", "best_epoch", "theta_conv/stages.0.act/1", "theta_conv_std/stages.0.act/1"):
+        assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, key)] == [(0, last_result[key])]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "params_m")] == [(0, 0.1)]  # not twice
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0)]  # no epoch metric
+    summary = client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))
+    assert open(summary).read() == "the network"

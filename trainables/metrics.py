@@ -9,6 +9,15 @@ EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "best_val_acc", "min_val_l
 EMA_METRICS = ("ema_val_loss", "ema_val_acc")  # also every epoch, when the trial keeps an EMA of its weights
 # Recorded once, at the end of a trial.
 FINAL_METRICS = ("params_m", "flops_g", "latency_ms", "lslu_sites", "train_s_per_epoch", "best_epoch")
+CONVERGENCE_PREFIXES = ("theta_conv", "theta_conv_std", "omega_conv", "omega_conv_std")  # per LSLU site, end of trial
+
+
+def record_of(result: dict) -> dict:
+    """The end-of-trial record in a trial's result: ``FINAL_METRICS`` and the θ/ω convergence values. Every epoch
+    reports it as it stands, so a trial the scheduler stops has it in its last result."""
+    return {k: v for k, v in result.items() if k in FINAL_METRICS or k.partition("/")[0] in CONVERGENCE_PREFIXES}
+
+
 # What a sweep may optimize or schedule on, and its natural direction.
 OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_val_loss": "min", "train_loss": "min",
               "params_m": "min", "flops_g": "min", "latency_ms": "min", "lslu_sites": "min"}

@@ -79,16 +79,17 @@ class TrialRun:
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
              run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None,
-             record: dict[str, float] | None = None) -> "TrialRun":
+             record: dict[str, float] | None = None, summary: str | None = None) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
         without a checkpoint (found by parent run and trial id), else a new one. ``unsent`` is
         ``unsent_state()`` from the checkpoint: batches the run did not get before the trial stopped.
         ``tags`` are set on the run each time it is opened (where the trial runs now). ``record``: end-of-trial
-        style metrics known at the start (``log_record``), logged with the params of a new run."""
+        style metrics known at the start (``log_record``), logged with the params of a new run. ``summary``: a new
+        run's ``model_summary.txt``."""
         if run_id is None:
             client = mlflow_client(ctx.tracking_uri)
             run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run")
-        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record)
+        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record, summary)
         run._requeue(unsent or [])
         if run_id and record:
             run.log_record(record)
@@ -96,7 +97,8 @@ class TrialRun:
 
     @classmethod
     def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
-               extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None) -> "TrialRun":
+               extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None,
+               summary: str | None = None) -> "TrialRun":
         client = mlflow_client(ctx.tracking_uri)
         tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
                 "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
@@ -124,6 +126,8 @@ class TrialRun:
         with tempfile.TemporaryDirectory() as files:
             (Path(files) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             (Path(files) / "sites.csv").write_text(sites_csv, encoding="utf-8")
+            if summary is not None:
+                (Path(files) / "model_summary.txt").write_text(summary, encoding="utf-8")
             run.log_files(files, wait)
         return run
 

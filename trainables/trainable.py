@@ -50,10 +50,10 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         training.load_state_dict(state["training"])
         run_id, unsent = state["mlflow_run_id"], state.get("mlflow_unsent")
     node_id = ray.get_runtime_context().get_node_id()
-    run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
-                        tags={"ray_node_id": node_id},
-                        record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
     title = run_name(cfg, training.mask, trial_id)
+    run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
+                        tags={"ray_node_id": node_id}, summary=model_summary(training, title),
+                        record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
     fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
              **training.stats}
     try:
@@ -70,17 +70,16 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
             metrics.update(act_metrics(training.act_history[-1]["state"]))
             run.log_epoch(training.epoch, metrics)
             print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
-            status, final = "running", {}
+            status, record = "running", end_of_trial(training)  # reported as it stands: the driver closes a stopped trial's run with it
             if training.done:  # finish the run before the report: Tune may stop the actor right after it
                 status = "stopped_early" if training.stop_reason else "completed"
-                final = end_of_trial(training)
                 with tempfile.TemporaryDirectory() as files:
-                    write_final_files(training, title, files)
-                    run.finish(status, final, training.stop_reason, files=files)
+                    write_final_weights(training, files)
+                    run.finish(status, record, training.stop_reason, files=files)
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
                             "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
-                tune.report({**fixed, **metrics, **final, "epoch": training.epoch, "status": status,
+                tune.report({**fixed, **metrics, **record, "epoch": training.epoch, "status": status,
                              "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
     except Exception:
         try:
@@ -116,12 +115,16 @@ def end_of_trial(training: Training) -> dict[str, float]:
     return {**training.summary(), **convergence_metrics(training.act_history)}
 
 
-def write_final_files(training: Training, title: str, folder: str) -> None:
-    """``model_summary.txt`` and the weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
+def model_summary(training: Training, title: str) -> str:
+    """``model_summary.txt``: the config, the mask, the site table and the network. Architecture only, so the run
+    gets it when it opens, whether the trial completes or the scheduler stops it."""
     sites = list_sites(training.model)
-    summary = [title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
-               f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"), "", repr(training.model)]
-    (Path(folder) / "model_summary.txt").write_text("\n".join(summary))
+    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False), f"mask: {training.mask}", "",
+                      format_site_table(sites, training.mask, "inserted"), "", repr(training.model)])
+
+
+def write_final_weights(training: Training, folder: str) -> None:
+    """The weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
     torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()}, Path(folder) / "model_final.pt")
     if training.ema is not None:
         torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()}, Path(folder) / "model_ema_final.pt")
