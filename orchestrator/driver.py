@@ -193,8 +193,8 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
     if best:
         lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
-        lines.append("best config: " + ", ".join(f"{k[7:]}={best[k]}" for k in best if k.startswith("config.")
-                                                 and (k[7:] in sweep.spec.space or k == "config.mask")))
+        searched = [f"{k[7:]}={best[k]}" for k in best if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"]
+        lines.append("best config: " + ", ".join([*searched, f"mask={best['mask']} (the sites its policy chose)"]))
     else:
         lines.append("no trial finished with a result")
     if "pareto.csv" in tables:

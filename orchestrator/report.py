@@ -148,7 +148,8 @@ def read_results(path: str) -> list[dict]:
 
 
 def find_sweep_run(client: MlflowClient, name: str, tracking_uri: str) -> Run:
-    """The parent run named ``name`` (a Tune experiment name), else the newest finished sweep of experiment ``name``."""
+    """The parent run named ``name`` (a Tune experiment name), else the newest finished sweep of experiment ``name``:
+    its newest full sweep if it has one (smoke tests share the experiment), else its newest smoke test."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     quoted = name.replace("'", "\\'")
     parents = [r for r in (client.search_runs(experiments, f"attributes.run_name = '{quoted}'") if experiments else [])
@@ -158,7 +159,8 @@ def find_sweep_run(client: MlflowClient, name: str, tracking_uri: str) -> Run:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         runs = client.search_runs([exp.experiment_id], "tags.sweep_status = 'finished'", order_by=["attributes.start_time DESC"])
-        runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        runs = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+                      key=lambda r: r.data.tags.get("smoke_test") == "true")  # stable: newest first within each
         if runs:
             return runs[0]
         raise ReportError(f"sweep {name} has no finished run in {tracking_uri} (resume an interrupted one first)")

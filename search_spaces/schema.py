@@ -251,9 +251,22 @@ def _spec_error(file: str, exc: ValidationError) -> SpecError:
     return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
 
 
+def with_stand_ins(spec: SweepSpec, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fixed trial values (and ``values``), a searched policy argument (mask, stages, k, paths) standing in with
+    its first value: a fixed ``policy: stages`` is valid when the space searches ``stages``."""
+    stand_ins = {}
+    for key in SITE_POLICY_KEYS[1:]:
+        dist = spec.space.get(key)
+        if isinstance(dist, IntDist):
+            stand_ins[key] = dist.low
+        elif dist is not None and dist.type == "categorical":
+            stand_ins[key] = dist.choices[0]
+    return {**stand_ins, **spec.trial, **(values or {})}
+
+
 def _check_trial(spec: SweepSpec, file: str) -> TrialConfig:
     try:
-        return TrialConfig.from_flat(spec.trial)
+        return TrialConfig.from_flat(with_stand_ins(spec))
     except ConfigError as exc:
         raise SpecError(file, f"trial.{exc.key}", exc.message) from None
 
@@ -298,7 +311,7 @@ def _check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
             edges = {f"choices[{i}]": c for i, c in enumerate(dist.choices)}
         for edge, value in edges.items():
             try:
-                TrialConfig.from_flat({**spec.trial, key: value})
+                TrialConfig.from_flat(with_stand_ins(spec, {key: value}))
             except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
                 culprit = "" if exc.key == key else (f"with {key} = {value!r}, trial.{exc.key}"
                                                      f"{'' if exc.key in spec.trial else ' (its default)'}: ")
@@ -315,12 +328,14 @@ def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
         return
     sites: list = []
     candidates = [(None, f"trial.{POLICY_ARGUMENT.get(base.policy, 'policy')}", base)]  # (searched key, where, config)
+    policies = spec.space["policy"].choices if getattr(spec.space.get("policy"), "type", None) == "categorical" else []
     for key in SITE_POLICY_KEYS:
         dist = spec.space.get(key)
-        if isinstance(dist, IntDist):
-            candidates += [(key, f"space.{key}.{edge}", {**spec.trial, key: getattr(dist, edge)}) for edge in ("low", "high")]
-        elif dist is not None:
-            candidates += [(key, f"space.{key}.choices[{i}]", {**spec.trial, key: c}) for i, c in enumerate(dist.choices)]
+        # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
+        uses = next(({"policy": p} for p in policies if POLICY_ARGUMENT.get(p) == key), {})
+        values = ({edge: getattr(dist, edge) for edge in ("low", "high")} if isinstance(dist, IntDist)
+                  else {f"choices[{i}]": c for i, c in enumerate(dist.choices)} if dist is not None else {})
+        candidates += [(key, f"space.{key}.{edge}", with_stand_ins(spec, {**uses, key: v})) for edge, v in values.items()]
     for searched, where, cfg in candidates:
         cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.from_flat(cfg)  # each checked by _check_space
         argument = POLICY_ARGUMENT.get(cfg.policy)

@@ -153,6 +153,12 @@ def test_pareto_table_and_report_are_logged_and_lslu_sweep_report_prints_them(tr
         expected = report_markdown(table2, report_frame(table2, _table2_rows()), "table2_mini-20260101-000000")
         assert out.startswith(expected)
         assert f"logged report.md and report.csv on the parent run {t2.parent_run_id}" in out
+    # a newer smoke test of the same sweep file does not hide the full sweep from `report <sweep>`
+    smoke = open_parent_run(tracking_uri, table2, "table2_mini-smoke-20260102-000000", smoke_test=True)
+    client.log_text(smoke.parent_run_id, summary.results_csv(_table2_rows()[:2]), "results.csv")
+    client.set_tag(smoke.parent_run_id, "sweep_status", "finished")
+    assert main(["report", "table2_mini", "--tracking-uri", tracking_uri]) == 0
+    assert capsys.readouterr().out.startswith(expected)
     logged = client.download_artifacts(t2.parent_run_id, "report.md", "t2")
     assert open(logged).read() == expected
     report_csv = pd.read_csv(io.StringIO(open(client.download_artifacts(t2.parent_run_id, "report.csv", "t2")).read()))

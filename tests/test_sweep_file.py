@@ -45,6 +45,17 @@ def test_a_good_file_validates(tmp_path, capsys):
     assert "the mask spans 4 sites" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("text, searching", [
+    ("name: x\ntrial: {policy: stages}\nspace: {stages: ['1', '2,3']}\n", "stages"),
+    ("name: x\nspace: {policy: [all, stages], stages: {type: categorical, choices: ['1', '3'], when: {policy: stages}}}\n", "policy, stages"),
+    ("name: x\nspace: {policy: [none, last_k], k: {type: int, low: 1, high: 4, when: {policy: last_k}}}\n", "policy, k"),
+])
+def test_a_searched_policy_argument_validates(tmp_path, capsys, text, searching):
+    """A policy's argument may be searched while the policy is fixed, or searched under it."""
+    assert main(["validate", str(_write(tmp_path, text))]) == 0
+    assert f"searching {searching})" in capsys.readouterr().out
+
+
 BAD = [
     ("unknown top-level section", "name: x\ntrials: {}\n", "trials: unknown key"),
     ("unknown trial key", "name: x\ntrial: {epochz: 3}\n", "trial.epochz: unknown key"),
@@ -70,6 +81,10 @@ BAD = [
      "trial.paths: policy 'paths:stagez.*' matches none of the model's 4 sites (paths: stem.act, stages.0.act"),
     ("searched k beyond the site count", "name: x\ntrial: {policy: last_k}\nspace: {k: {type: int, low: 1, high: 6}}\n",
      "space.k.high: policy 'last_k:6' asks for 6 sites; the model has 4"),
+    ("searched stage the model lacks", "name: x\ntrial: {policy: stages}\nspace: {stages: ['1', '9']}\n",
+     "space.stages.choices[1]: policy 'stages:9' names stage(s) [9]"),
+    ("conditional k beyond the sites", "name: x\nspace: {policy: [all, last_k], k: {type: int, low: 1, high: 7, when: {policy: last_k}}}\n",
+     "space.k.high: policy 'last_k:7' asks for 7 sites; the model has 4"),
     ("searched policy whose paths match nothing", "name: x\ntrial: {paths: nope}\nspace: {policy: [all, paths]}\n",
      "space.policy.choices[1]: policy 'paths:nope' matches none of the model's 4 sites"),
     ("unknown search key", "name: x\nsearch: {num_sample: 2}\n", "search.num_sample: unknown key; valid keys: algorithm, metric, mode, num_samples"),

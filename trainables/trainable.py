@@ -70,7 +70,8 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
             metrics.update(act_metrics(training.act_history[-1]["state"]))
             run.log_epoch(training.epoch, metrics)
             print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
-            status, record = "running", end_of_trial(training)  # reported as it stands: the driver closes a stopped trial's run with it
+            # the record is reported as it stands: the driver closes the run of a trial ASHA stops with it
+            status, record = "running", end_of_trial(training)
             if training.done:  # finish the run before the report: Tune may stop the actor right after it
                 status = "stopped_early" if training.stop_reason else "completed"
                 with tempfile.TemporaryDirectory() as files:
