@@ -6,7 +6,6 @@ are its deploy count, and latency is an inference figure.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import torch
@@ -51,7 +50,10 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> float:
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_size: tuple[int, int, int], runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time of a batch-1 forward pass, in ms."""
+    """The shortest wall time of a batch-1 forward pass over ``runs``, in ms. A trial measures it while other trials
+    train on the same machine: their load lengthens most passes, not the shortest (ResNet-18 with LSLU, one thread, on
+    two cores beside two busy processes: the median rose 40-50 %, the minimum 2-6 %), so a latency objective
+    compares architectures, not what else was running."""
     device = next(model.parameters()).device
     x = torch.randn(1, *input_size, device=device)
     times = []
@@ -64,7 +66,7 @@ def latency_ms(model: nn.Module, input_size: tuple[int, int, int], runs: int = 2
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * min(times)
 
 
 def model_stats(model: nn.Module, input_size: tuple[int, int, int], runs: int = 20) -> dict[str, float]:
