@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -18,7 +17,7 @@ from search_spaces.schema import Sweep
 from trainables.retry import retry
 from orchestrator.figures import figure_queue
 from trainables.metrics import record_of
-from trainables.tracking import SweepContext, end
+from trainables.tracking import SweepContext, end, record_metrics
 from trainables.trainable import weights_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -79,9 +78,7 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
         with tempfile.TemporaryDirectory() as d:
             torch.save(weights_from_checkpoint(checkpoint_dir), Path(d) / "model_final.pt")
             client.log_artifact(run_id, str(Path(d) / "model_final.pt"))
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in (record or {}).items() if k not in run.data.metrics]
-    end(client, run_id, status, reason, metrics)
+    end(client, run_id, status, reason, record_metrics(record or {}, run.data.metrics))
     return True
 
 

@@ -251,7 +251,7 @@ def _spec_error(file: str, exc: ValidationError) -> SpecError:
     return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
 
 
-def with_stand_ins(spec: SweepSpec, values: dict[str, Any] | None = None) -> dict[str, Any]:
+def _with_stand_ins(spec: SweepSpec, values: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fixed trial values (and ``values``), a searched policy argument (mask, stages, k, paths) standing in with
     its first value: a fixed ``policy: stages`` is valid when the space searches ``stages``."""
     stand_ins = {}
@@ -266,7 +266,7 @@ def with_stand_ins(spec: SweepSpec, values: dict[str, Any] | None = None) -> dic
 
 def _check_trial(spec: SweepSpec, file: str) -> TrialConfig:
     try:
-        return TrialConfig.from_flat(with_stand_ins(spec))
+        return TrialConfig.from_flat(_with_stand_ins(spec))
     except ConfigError as exc:
         raise SpecError(file, f"trial.{exc.key}", exc.message) from None
 
@@ -306,18 +306,22 @@ def _check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
                 raise SpecError(file, f"{where}.low", f"must not exceed high ({dist.high}), got {dist.low}")
             if dist.log and dist.low <= 0:
                 raise SpecError(file, f"{where}.low", f"a log-scaled range needs low > 0, got {dist.low}")
-            edges = {"low": dist.low, "high": dist.high}
-        else:
-            edges = {f"choices[{i}]": c for i, c in enumerate(dist.choices)}
-        for edge, value in edges.items():
+        for edge, value in _edges(dist).items():
             try:
-                TrialConfig.from_flat(with_stand_ins(spec, {key: value}))
+                TrialConfig.from_flat(_with_stand_ins(spec, {key: value}))
             except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
                 culprit = "" if exc.key == key else (f"with {key} = {value!r}, trial.{exc.key}"
                                                      f"{'' if exc.key in spec.trial else ' (its default)'}: ")
                 raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
         _check_condition(spec, key, dist, file)
     return sites
+
+
+def _edges(dist) -> dict[str, Any]:
+    """The values of a searched key worth checking, by where they stand in the file: a range's ends, a list's choices."""
+    if isinstance(dist, (IntDist, FloatDist)):
+        return {"low": dist.low, "high": dist.high}
+    return {f"choices[{i}]": c for i, c in enumerate(dist.choices)}
 
 
 def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
@@ -327,17 +331,15 @@ def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
     if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
         return
     sites: list = []
-    candidates = [(None, f"trial.{POLICY_ARGUMENT.get(base.policy, 'policy')}", base)]  # (searched key, where, config)
+    fixed = POLICY_ARGUMENT.get(base.policy)
+    candidates = [(None, f"trial.{fixed}" if fixed in spec.trial else "trial.policy", base)]  # (searched key, where, config)
     policies = spec.space["policy"].choices if getattr(spec.space.get("policy"), "type", None) == "categorical" else []
-    for key in SITE_POLICY_KEYS:
-        dist = spec.space.get(key)
+    for key in (k for k in SITE_POLICY_KEYS if k in spec.space):
         # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
         uses = next(({"policy": p} for p in policies if POLICY_ARGUMENT.get(p) == key), {})
-        values = ({edge: getattr(dist, edge) for edge in ("low", "high")} if isinstance(dist, IntDist)
-                  else {f"choices[{i}]": c for i, c in enumerate(dist.choices)} if dist is not None else {})
-        candidates += [(key, f"space.{key}.{edge}", with_stand_ins(spec, {**uses, key: v})) for edge, v in values.items()]
+        candidates += [(key, f"space.{key}.{edge}", TrialConfig.from_flat(_with_stand_ins(spec, {**uses, key: value})))
+                       for edge, value in _edges(spec.space[key]).items()]  # each value checked by _check_space
     for searched, where, cfg in candidates:
-        cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.from_flat(cfg)  # each checked by _check_space
         argument = POLICY_ARGUMENT.get(cfg.policy)
         if argument is None or not cfg.inserts or (argument in spec.space and argument != searched):
             continue  # a policy without argument fits any model; a searched argument is checked as its own key
@@ -347,8 +349,7 @@ def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
         try:
             select_sites(sites, cfg.policy_spec)
         except ValueError as exc:
-            key = where if where.startswith("space.") or where[6:] in spec.trial else "trial.policy"
-            raise SpecError(file, key, f"{exc} ({base.model})") from None
+            raise SpecError(file, where, f"{exc} ({base.model})") from None
 
 
 def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:

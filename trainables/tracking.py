@@ -200,8 +200,7 @@ class TrialRun:
         as held. Built once and then resent as is: a retried batch is the same rows (same timestamp), not new ones."""
         if self.held is None:
             self._look_up()
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in values.items() if k not in self.held]
+        batch = record_metrics(values, self.held)
         self.held.update(values)
         return batch
 
@@ -236,6 +235,12 @@ class TrialRun:
         retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
 
 
+def record_metrics(values: dict[str, float], held) -> list[Metric]:
+    """``values`` as the once-per-trial record, at step 0, less the keys in ``held`` (those a run holds already)."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items() if k not in held]
+
+
 def artifact_repository(client: MlflowClient, artifact_uri: str):
     """The artifact store at a run's ``artifact_uri`` (from ``create_run`` or ``get_run``): the client's
     ``log_artifact(s)``/``download_artifacts`` would ask the tracking store for the run again to find it."""
@@ -264,4 +269,4 @@ def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metric
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
-__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "find_trial_run", "run_name"]
+__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "find_trial_run", "record_metrics", "run_name"]
