@@ -47,17 +47,17 @@ def run_history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, flo
 
 
 def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
-    """The θ/ω (and PWLU boundary) part of ``run_history`` in ``Training.act_history`` form: ``[{"epoch": e, "state": {path: {...}}}]``."""
+    """The activations' part of ``run_history`` (θ/ω, PWLU's boundaries, …) in ``Training.act_history`` form:
+    ``[{"epoch": e, "state": {path: {"theta/1": value, …}}}]``."""
     by_epoch: dict[int, dict] = {}
     for key, points in history.items():
         parsed = parse_act_metric_key(key)
         if not parsed:
             continue
-        param, path, i = parsed
+        path, name = parsed
         for epoch, value in points:
-            by_epoch.setdefault(epoch, {}).setdefault(path, {}).setdefault(param, {})[i] = value
-    return [{"epoch": e, "state": {p: {k: [v[j] for j in sorted(v)] for k, v in params.items()} for p, params in state.items()}}
-            for e, state in sorted(by_epoch.items())]
+            by_epoch.setdefault(epoch, {}).setdefault(path, {})[name] = value
+    return [{"epoch": e, "state": state} for e, state in sorted(by_epoch.items())]
 
 
 def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:

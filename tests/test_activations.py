@@ -371,12 +371,12 @@ def test_learnable_state_reports_lslu_theta_omega_and_pwlu_boundaries():
         model[1].left.copy_(torch.tensor([-1.0, -2.0, -3.0, -6.0]))
         model[1].right.copy_(torch.tensor([1.0, 2.0, 3.0, 2.0]))
     state = learnable_act_state(model)
-    assert state == {"0": {"theta": [1.0, 1.0], "omega": [0.0, 0.0]}, "1": {"left": [-3.0], "right": [2.0]},
-                     "2": {"left": [-3.0], "right": [3.0]}}
+    assert state == {"0": {"theta/1": 1.0, "theta/2": 1.0, "omega/1": 0.0, "omega/2": 0.0},
+                     "1": {"pwlu_left": -3.0, "pwlu_right": 2.0}, "2": {"pwlu_left": -3.0, "pwlu_right": 3.0}}
     metrics = act_metrics(state)
     assert metrics["pwlu_left/1"] == -3.0 and metrics["pwlu_right/2"] == 3.0 and metrics["theta/0/2"] == 1.0
     assert len(metrics) == 4 + 4
-    assert parse_act_metric_key("pwlu_right/layer1.0.act") == ("right", "layer1.0.act", 1)
+    assert parse_act_metric_key("pwlu_right/layer1.0.act") == ("layer1.0.act", "pwlu_right")
     assert parse_act_metric_key("pwlu_left/") is None
 
 

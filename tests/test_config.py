@@ -59,7 +59,7 @@ def test_model_options_are_checked_against_the_model():
 
 def test_native_act_keeps_the_model_and_gives_lslu_a_relu_base():
     cfg = TrialConfig.from_flat({"model": "mobilenetv3_large_100", "act": "native"})
-    assert cfg.lslu_base == "relu"
+    assert cfg.base_act == "relu"
     with pytest.raises(ConfigError) as err:
         TrialConfig.from_flat({"act": "nativ"})
     assert err.value.key == "act" and "native" in err.value.message

@@ -145,7 +145,7 @@ def test_early_stopping_ends_the_trial_with_a_reason():
 def test_convergence_value_is_the_mean_and_std_of_the_last_ten_epochs():
     from trainables.metrics import convergence_metrics
 
-    history = [{"epoch": e, "state": {"s": {"theta": [float(e)], "omega": [-float(e)]}}} for e in range(1, 16)]
+    history = [{"epoch": e, "state": {"s": {"theta/1": float(e), "omega/1": -float(e)}}} for e in range(1, 16)]
     got = convergence_metrics(history)
     assert got["theta_conv/s/1"] == pytest.approx(10.5)  # mean of epochs 6..15
     assert got["theta_conv_std/s/1"] == pytest.approx(np.std(np.arange(6, 16)))

@@ -113,7 +113,7 @@ def test_learnable_state_reports_channel_means():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), LSLU(4, n=2, granularity="channel"))
     with torch.no_grad():
         model[1].theta.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 2.0]]))
-    assert learnable_act_state(model) == {"1": {"theta": [2.5, 0.5], "omega": [0.0, 0.0]}}
+    assert learnable_act_state(model) == {"1": {"theta/1": 2.5, "theta/2": 0.5, "omega/1": 0.0, "omega/2": 0.0}}
 
 
 def test_unknown_names_and_arguments_fail_loudly():

@@ -22,8 +22,10 @@ def test_convergence_is_mean_and_std_of_the_last_ten_epochs():
 
 
 def _theta_omega_rows(epochs):
-    history = [{"epoch": e, "state": {"stages.0.act": {"theta": [1 + e / 100, 1 - e / 50], "omega": [e / 200, -e / 300]},
-                                      "stages.2.act": {"theta": [0.9 - e / 400, 1.0], "omega": [0.0, e / 1000]}}}
+    history = [{"epoch": e, "state": {"stages.0.act": {"theta/1": 1 + e / 100, "theta/2": 1 - e / 50, "omega/1": e / 200,
+                                                       "omega/2": -e / 300},
+                                      "stages.2.act": {"theta/1": 0.9 - e / 400, "theta/2": 1.0, "omega/1": 0.0,
+                                                       "omega/2": e / 1000}}}
                for e in range(1, epochs + 1)]
     return plots.theta_omega_rows(history)
 

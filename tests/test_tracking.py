@@ -25,7 +25,8 @@ def _context(uri):
 
 
 def _history(epochs):
-    return [{"epoch": e, "state": {"stages.0.act": {"theta": [1 + e / 10, 1 - e / 10], "omega": [e / 100, -e / 100]}}}
+    return [{"epoch": e, "state": {"stages.0.act": {"theta/1": 1 + e / 10, "theta/2": 1 - e / 10, "omega/1": e / 100,
+                                                     "omega/2": -e / 100}}}
             for e in range(1, epochs + 1)]
 
 
@@ -157,9 +158,11 @@ def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tm
 
 
 def test_act_metric_keys_round_trip():
-    assert act_metrics({"layer1.0.act1": {"theta": [2.0], "omega": [0.5]}}) == {"theta/layer1.0.act1/1": 2.0, "omega/layer1.0.act1/1": 0.5}
-    assert parse_act_metric_key("omega/layer1.0.act1/12") == ("omega", "layer1.0.act1", 12)
-    assert parse_act_metric_key("val_acc") is None and parse_act_metric_key("theta/x") is None
+    assert act_metrics({"layer1.0.act1": {"theta/1": 2.0, "omega/1": 0.5}}) == {"theta/layer1.0.act1/1": 2.0,
+                                                                               "omega/layer1.0.act1/1": 0.5}
+    assert parse_act_metric_key("omega/layer1.0.act1/12") == ("layer1.0.act1", "omega/12")
+    assert parse_act_metric_key("val_acc") is None and parse_act_metric_key("theta/x/y") is None
+    assert parse_act_metric_key("theta_conv/x/1") is None  # logged once, at the end
 
 
 def test_a_trial_restarted_without_checkpoint_finds_its_run(tracking_uri):
@@ -176,9 +179,9 @@ def test_a_trial_restarted_without_checkpoint_finds_its_run(tracking_uri):
 def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri):
     ctx = _context(tracking_uri)
     run = TrialRun.create(ctx, TrialConfig(insert_act="pwlu"), "trial_5", "1010", "index,path\n")
-    history = [{"epoch": e, "state": {"stem.act": {"left": [-3.0 + e / 10], "right": [3.0 - e / 10]},
-                                      "stages.0.act": {"theta": [1.5], "omega": [0.25 * e]},
-                                      "stages.1.act": {"left": [-1.0], "right": [2.0 + e]}}}
+    history = [{"epoch": e, "state": {"stem.act": {"pwlu_left": -3.0 + e / 10, "pwlu_right": 3.0 - e / 10},
+                                      "stages.0.act": {"theta/1": 1.5, "omega/1": 0.25 * e},
+                                      "stages.1.act": {"pwlu_left": -1.0, "pwlu_right": 2.0 + e}}}
                for e in (1, 2)]
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))

@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
+import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from trainables.activations import is_registered_act, list_acts
-from trainables.activations.lslu import BASES
+from trainables.activations import (check_config, config_fields, config_kwargs, create_act, inserts, is_registered_act,
+                                    list_acts)
 from trainables.data import NEEDS_DIR
 from trainables.insertion import POLICY_KINDS
 from trainables.models import is_registered_model, list_models, model_arguments
@@ -59,8 +60,8 @@ class TrialConfig:
     train_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N training images (0 = all): smoke tests
     val_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N validation images (0 = all)
     # activations
-    act: str = "relu"  # every site's activation (native: the model's own); LSLU's base f (relu when native)
-    insert_act: str = "lslu"  # what the insertion policy puts at the selected sites
+    act: str = "relu"  # every site's activation (native: the model's own); the base of LSLU (base_act)
+    insert_act: str = "lslu"  # what the insertion policy puts at the selected sites (a name or package.module:Class)
     n: Annotated[int, Field(ge=0, le=16)] = 3  # LSLU series length; 0 = no LSLU, sites keep `act`
     granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω and PWLU's parameters per layer or per channel
     pwlu_intervals: Annotated[int, Field(ge=1, le=256)] = 16  # PWLU: intervals N on [B_L, B_R] (papers/003 recommend 8-16)
@@ -116,11 +117,11 @@ class TrialConfig:
         if not is_registered_model(self.model):
             raise ConfigError("model", f"unknown model {self.model!r}; valid choices: {', '.join(list_models())}")
         if self.act != "native" and not is_registered_act(self.act):
-            raise ConfigError("act", f"unknown activation {self.act!r}; valid choices: native, {', '.join(list_acts())}")
+            raise ConfigError("act", _unknown_act(self.act, "native, "))
         if not is_registered_act(self.insert_act):
-            raise ConfigError("insert_act", f"unknown activation {self.insert_act!r}; valid choices: {', '.join(list_acts())}")
-        if self.insert_act == "lslu" and self.n > 0 and self.act not in (*BASES, "native"):
-            raise ConfigError("act", f"LSLU's base must be one of {', '.join(BASES)} (or native: relu), got {self.act!r}")
+            raise ConfigError("insert_act", _unknown_act(self.insert_act))
+        for name in [self.act] * (self.act != "native") + [self.insert_act] * self.inserts:
+            _check_act_arguments(name, self)
         if self.width != 1.0 and "width" not in model_arguments(self.model):
             raise ConfigError("width", f"model {self.model!r} has no width multiplier; leave width at 1.0")
         if self.policy not in POLICY_KINDS:
@@ -135,10 +136,6 @@ class TrialConfig:
             raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError("batch_size", f"mixup/cutmix pair images within a batch: use an even batch size, got {self.batch_size}")
-        uses_pwlu = self.act == "pwlu" or (self.inserts and self.insert_act == "pwlu")
-        if uses_pwlu and self.pwlu_warmup_epochs >= self.epochs:
-            raise ConfigError("pwlu_warmup_epochs", f"must be below epochs ({self.epochs}), or PWLU never leaves its ReLU phase; "
-                                                    f"got {self.pwlu_warmup_epochs}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 
@@ -150,16 +147,46 @@ class TrialConfig:
         return f"{self.policy}:{arg}" if arg is not None else self.policy
 
     @property
-    def lslu_base(self) -> str:
+    def base_act(self) -> str:
+        """The activation a learnable one builds on (LSLU's f): ``act``, or relu where the model keeps its own."""
         return "relu" if self.act == "native" else self.act
 
     @property
     def inserts(self) -> bool:
-        """Whether any site gets the inserted activation (n = 0 means plain LSLU-free baseline)."""
-        return self.policy != "none" and not (self.insert_act == "lslu" and self.n == 0)
+        """Whether any site gets the inserted activation (LSLU with n = 0 is the LSLU-free baseline)."""
+        return self.policy != "none" and inserts(self.insert_act, config_kwargs(self.insert_act, self))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _unknown_act(name: str, also: str = "") -> str:
+    """Why ``name`` names no activation: the valid names, or what went wrong importing ``package.module:Class``."""
+    if ":" in name:
+        try:
+            create_act(name)
+        except ValueError as err:
+            return str(err)
+    return f"unknown activation {name!r}; valid choices: {also}{', '.join(list_acts())}"
+
+
+_FIELD_OF = {"base_act": "act"}  # a property an activation reads → the field a user sets
+
+
+def _check_act_arguments(name: str, cfg: TrialConfig) -> None:
+    """Activation ``name`` accepts the values it takes from this config (built once on the meta device: no memory, no
+    random numbers drawn; its ``ValueError`` names the key of the argument it mentions) and its own rule holds."""
+    kwargs = config_kwargs(name, cfg)
+    try:
+        with torch.device("meta"):
+            create_act(name, channels=8, **kwargs)
+    except ValueError as err:
+        mentioned = [k for k in sorted(kwargs, key=len, reverse=True) if re.search(rf"\b{k}\b", str(err))]
+        field = config_fields(name)[mentioned[0]] if mentioned else ("act" if name == cfg.act else "insert_act")
+        raise ConfigError(_FIELD_OF.get(field, field), str(err)) from None
+    broken = check_config(name, cfg)
+    if broken:
+        raise ConfigError(*broken)
 
 
 def _fold_site_keys(values: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def register_site_type(cls: type) -> type:
 
 
 def is_site_module(module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATION_TYPES) or isinstance(module, tuple(_EXTRA_SITE_TYPES))
+    return isinstance(module, (*ACTIVATION_TYPES, *act_module_types(), *_EXTRA_SITE_TYPES))  # imported ones too
 
 
 def stage_paths(model: nn.Module) -> list[str]:

@@ -5,7 +5,7 @@
         metrics = training.run_epoch()          # trains one epoch, evaluates, returns the epoch's metrics
     torch.save(training.state_dict(), path)     # everything needed to continue at the next epoch
 
-Each epoch: VanillaNet's deep-training λ is set, the model trains (bf16 autocast and channels_last on CUDA),
+Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains (bf16 autocast and channels_last on CUDA),
 the model and its EMA are evaluated; the best of both is the trial's best. A NaN/inf loss raises ``Diverged``;
 ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.activations import learnable_act_state, realign_pending
+from trainables.activations import config_kwargs, learnable_act_state, start_epoch, trial_config
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
 from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
-from trainables.models import build_model, model_arguments
+from trainables.metrics import lslu_sites
+from trainables.models import build_model, model_config_kwargs
 from trainables.models.stats import architecture_stats
 from trainables.recipe import EMA, TrainLoss, make_mixup, make_optimizer, make_scheduler
 
@@ -48,44 +49,27 @@ def _on_cuda(setting, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-# The trial config fields each inserted activation takes (activations not listed take none).
-_INSERT_KWARGS = {
-    "lslu": lambda cfg: {"n": cfg.n, "base": cfg.lslu_base, "granularity": cfg.granularity},
-    "pwlu": lambda cfg: {"intervals": cfg.pwlu_intervals, "granularity": cfg.granularity},
-    "la_silu": lambda cfg: {"alpha": cfg.la_alpha},
-    "la_hardsilu": lambda cfg: {"alpha": cfg.la_alpha},
-}
-
-
 def insert_kwargs(cfg: TrialConfig) -> dict:
-    """Arguments for the inserted activation, taken from the trial config."""
-    build = _INSERT_KWARGS.get(cfg.insert_act)
-    return build(cfg) if build else {}
+    """Arguments for the inserted activation: the trial-config fields its registration names."""
+    return config_kwargs(cfg.insert_act, cfg)
 
 
 def model_kwargs(cfg: TrialConfig) -> dict:
-    """Constructor arguments for the trial's model (VanillaNet's own series length is LSLU's n)."""
-    kwargs = {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout}
-    if "act_num" in model_arguments(cfg.model):
-        kwargs["act_num"] = cfg.n
-    return kwargs
+    """Constructor arguments for the trial's model: the common ones and the trial-config fields its registration names."""
+    return {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout,
+            **model_config_kwargs(cfg.model, cfg)}
 
 
 def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
     """The trial's model with the policy applied, and the resulting insertion mask (one bit per site)."""
-    model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg))
+    with trial_config(cfg):  # activations the model builds by name (`act`) take their trial-config fields too
+        model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg))
     sites = list_sites(model)
     if not cfg.inserts:
         return model, "0" * len(sites)
     selected = select_sites(sites, cfg.policy_spec)
     apply_policy(model, cfg.policy_spec, cfg.insert_act, **insert_kwargs(cfg))
     return model, mask_of(sites, selected)
-
-
-def deep_training_lambda(epoch: int, cfg: TrialConfig) -> float:
-    """VanillaNet's λ for the epoch about to run (0-based): 0 → 1 over ``deep_train_epochs`` (default a third)."""
-    span = cfg.deep_train_epochs or max(1, round(cfg.epochs / 3))
-    return min(1.0, epoch / span)
 
 
 class Training:
@@ -127,7 +111,7 @@ class Training:
 
     @property
     def lslu_sites(self) -> int:
-        return self.mask.count("1") if self.cfg.insert_act == "lslu" and self.cfg.inserts else 0
+        return lslu_sites(self.cfg, self.mask)
 
     def _models(self) -> list[nn.Module]:
         return [self.model] + ([self.ema.module] if self.ema else [])
@@ -138,19 +122,28 @@ class Training:
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, and return the epoch's metrics. Raises ``Diverged`` on a NaN/inf loss."""
         start = time.perf_counter()
-        for model in self._models():
-            if callable(getattr(model, "set_act_learn", None)):  # VanillaNet's deep-training schedule
-                model.set_act_learn(deep_training_lambda(self.epoch, self.cfg))
-        if self.epoch >= self.cfg.pwlu_warmup_epochs:
-            # PWLU phase II starts once its warm-up epochs are done; only units still in phase I are reset, so
-            # this is right after a checkpoint restore too (the phase is a buffer in the model's state dict)
-            for path in realign_pending(self.model):
-                if self.ema is not None:  # the average restarts from the realigned unit, not from its ReLU phase
-                    self.ema.module.get_submodule(path).load_state_dict(self.model.get_submodule(path).state_dict())
+        for path in start_epoch(self.model, self.epoch, self.cfg.epochs):
+            if self.ema is not None:  # the average restarts from the module's new state (PWLU's realignment, λ)
+                self.ema.module.get_submodule(path).load_state_dict(self.model.get_submodule(path).state_dict())
+        train_loss = self._train_epoch()
+        self.epoch += 1
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} in epoch {self.epoch}")
+        metrics = {"train_loss": train_loss, **self._evaluate_epoch()}
+        epoch_time = time.perf_counter() - start
+        self.epoch_times.append(epoch_time)
+        self.act_history.append({"epoch": self.epoch, "state": learnable_act_state(self.model)})
+        metrics.update(best_val_acc=self.best_val_acc, min_val_loss=self.min_val_loss, epoch_time_s=epoch_time,
+                       lr=self.optimizer.param_groups[0]["lr"])
+        return metrics
+
+    def _train_epoch(self) -> float:
+        """One pass over the training data; the mean training loss."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
-        batches = self.data.train_batches(self.cfg.batch_size, self.generator, self.cfg.image_size, self.cfg.augment, self.channels_last)
+        batches = self.data.train_batches(self.cfg.batch_size, self.generator, self.cfg.image_size, self.cfg.augment,
+                                          self.channels_last)
         for x, y in batches:
             if self.mixup is not None:
                 if len(y) % 2:  # mixup pairs images within the batch
@@ -168,11 +161,12 @@ class Training:
                 self.ema.update(self.model)
             loss_sum += loss.detach() * len(y)
             seen += len(y)
-        train_loss = loss_sum.item() / max(seen, 1)  # one device sync per epoch, not per step
-        self.epoch += 1
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss became {train_loss} in epoch {self.epoch}")
-        metrics = {"train_loss": train_loss}
+        return loss_sum.item() / max(seen, 1)  # one device sync per epoch, not per step
+
+    def _evaluate_epoch(self) -> dict[str, float]:
+        """Validation of the model (and its EMA) after an epoch; updates the best accuracy, the lowest loss and early
+        stopping."""
+        metrics = {}
         metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.model)
         if not math.isfinite(metrics["val_loss"]):
             raise Diverged(f"validation loss became {metrics['val_loss']} in epoch {self.epoch}")
@@ -186,12 +180,8 @@ class Training:
         self.min_val_loss = min(self.min_val_loss, *[v for v in losses if math.isfinite(v)])
         patience = self.cfg.early_stop_patience
         if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.cfg.epochs:
-            self.stop_reason = f"early stopping: no better val_acc for {patience} epochs (best {self.best_val_acc:.2f} at epoch {self.best_epoch})"
-        epoch_time = time.perf_counter() - start
-        self.epoch_times.append(epoch_time)
-        self.act_history.append({"epoch": self.epoch, "state": learnable_act_state(self.model)})
-        metrics.update(best_val_acc=self.best_val_acc, min_val_loss=self.min_val_loss, epoch_time_s=epoch_time,
-                       lr=self.optimizer.param_groups[0]["lr"])
+            self.stop_reason = (f"early stopping: no better val_acc for {patience} epochs "
+                                f"(best {self.best_val_acc:.2f} at epoch {self.best_epoch})")
         return metrics
 
     @torch.no_grad()

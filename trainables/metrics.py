@@ -1,6 +1,9 @@
-"""Names of what a trial reports (DESIGN.md §4), the θ/ω metric keys ``theta/<path>/<i>`` and PWLU's ``pwlu_left/<path>``.
+"""Names of what a trial reports (DESIGN.md §4), and the keys of what its activations report of themselves.
 
-One module so the trainable, the search-file validator and the plots agree on every name.
+One module so the trainable, the search-file validator and the plots agree on every name. An activation names its
+own values (``learnable_state()``, e.g. ``theta/1``); a trial logs them per site as ``theta/<path>/1`` (a name without
+``/`` as ``<name>/<path>``), and at its end their convergence value and std as ``theta_conv/<path>/1`` and
+``theta_conv_std/<path>/1`` (papers/000 §4.2).
 """
 from __future__ import annotations
 
@@ -9,13 +12,23 @@ EPOCH_METRICS = ("train_loss", "val_loss", "val_acc", "best_val_acc", "min_val_l
 EMA_METRICS = ("ema_val_loss", "ema_val_acc")  # also every epoch, when the trial keeps an EMA of its weights
 # Recorded once, at the end of a trial.
 FINAL_METRICS = ("params_m", "flops_g", "latency_ms", "lslu_sites", "train_s_per_epoch", "best_epoch")
-CONVERGENCE_PREFIXES = ("theta_conv", "theta_conv_std", "omega_conv", "omega_conv_std")  # per LSLU site, end of trial
+CONVERGENCE_SUFFIXES = ("_conv", "_conv_std")  # the value's name + these: its convergence value and std, end of trial
 
 
 def record_of(result: dict) -> dict:
     """The end-of-trial record in a trial's result: ``FINAL_METRICS`` and the θ/ω convergence values. Every epoch
     reports it as it stands, so a trial the scheduler stops has it in its last result."""
-    return {k: v for k, v in result.items() if k in FINAL_METRICS or k.partition("/")[0] in CONVERGENCE_PREFIXES}
+    return {k: v for k, v in result.items() if k in FINAL_METRICS or is_convergence_key(k)}
+
+
+def is_convergence_key(key: str) -> bool:
+    family, slash, _ = key.partition("/")
+    return bool(slash) and family.endswith(CONVERGENCE_SUFFIXES)
+
+
+def lslu_sites(cfg, mask: str) -> int:
+    """``lslu_sites``: how many sites the trial's policy gave LSLU (an objective of the insertion search)."""
+    return mask.count("1") if cfg.insert_act == "lslu" and cfg.inserts else 0
 
 
 # What a sweep may optimize or schedule on, and its natural direction.
@@ -23,40 +36,36 @@ OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_v
               "params_m": "min", "flops_g": "min", "latency_ms": "min", "lslu_sites": "min"}
 STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "failed")
 CONVERGENCE_EPOCHS = 10  # θ/ω convergence value: mean (and std) over the last 10 epochs (papers/000 §4.2)
-PARAMS = ("theta", "omega")  # LSLU: theta/<path>/<i>, omega/<path>/<i>
-# PWLU: its boundaries B_L, B_R as pwlu_left/<path>, pwlu_right/<path> (state key -> metric prefix)
-PWLU_PARAMS = {"left": "pwlu_left", "right": "pwlu_right"}
-_PWLU_PREFIXES = {prefix: param for param, prefix in PWLU_PARAMS.items()}
 
 
-def act_metric_key(param: str, path: str, i: int) -> str:
-    """``theta/stages.0.act/1`` for θ_1 of the site at ``stages.0.act`` (1-based, as in papers/000);
-    ``pwlu_left/stages.0.act`` for B_L of a PWLU site (one value, i = 1)."""
-    if param in PWLU_PARAMS:
-        return f"{PWLU_PARAMS[param]}/{path}"
-    return f"{param}/{path}/{i}"
+def act_metric_key(name: str, path: str, family_suffix: str = "") -> str:
+    """The key of an activation's value ``name`` at the site ``path``: ``theta/1`` → ``theta/<path>/1``,
+    ``pwlu_left`` → ``pwlu_left/<path>``; ``family_suffix`` goes after the family (``_conv``: ``theta_conv/<path>/1``)."""
+    family, slash, index = name.partition("/")
+    return f"{family}{family_suffix}/{path}" + (f"/{index}" if slash else "")
 
 
-def parse_act_metric_key(key: str) -> tuple[str, str, int] | None:
-    """Inverse of ``act_metric_key``: ``(param, path, i)``, e.g. ``("left", path, 1)`` for a PWLU key; None for any other key."""
-    prefix, _, rest = key.partition("/")
-    if prefix in _PWLU_PREFIXES:
-        return (_PWLU_PREFIXES[prefix], rest, 1) if rest else None
-    path, _, i = rest.rpartition("/")
-    if prefix not in PARAMS or not path or not i.isdigit():
+def parse_act_metric_key(key: str) -> tuple[str, str] | None:
+    """Inverse of ``act_metric_key`` for a per-epoch key: ``(path, name)``, e.g. ``("layer1.0.act", "theta/1")``;
+    None for a key without a site (``val_acc``), a convergence key or a malformed one."""
+    parts = key.split("/")
+    if len(parts) not in (2, 3) or not all(parts) or is_convergence_key(key) or parts[0] == "system":
         return None
-    return prefix, path, int(i)
+    if len(parts) == 3 and not parts[2].isdigit():
+        return None
+    return parts[1], "/".join([parts[0], *parts[2:]])
 
 
 def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
-    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>`` (same for ω): ``convergence`` of each θ_i, ω_i."""
+    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>`` of every value the last epoch reported: its
+    ``convergence`` over the last epochs that reported it."""
     recent = act_history[-CONVERGENCE_EPOCHS:]
     out = {}
-    for path, params in (recent[-1]["state"].items() if recent else ()):
-        for param in PARAMS:
-            for i in range(len(params.get(param, []))):
-                values = [entry["state"][path][param][i] for entry in recent if path in entry["state"]]
-                out[f"{param}_conv/{path}/{i + 1}"], out[f"{param}_conv_std/{path}/{i + 1}"] = convergence(values)
+    for path, values in (recent[-1]["state"].items() if recent else ()):
+        for name in values:
+            series = [entry["state"][path][name] for entry in recent if name in entry["state"].get(path, {})]
+            mean_key, std_key = (act_metric_key(name, path, suffix) for suffix in CONVERGENCE_SUFFIXES)
+            out[mean_key], out[std_key] = convergence(series)
     return out
 
 
@@ -72,7 +81,6 @@ def convergence(values: list[float], last: int = CONVERGENCE_EPOCHS) -> tuple[fl
     return mean, (sum((v - mean) ** 2 for v in window) / len(window)) ** 0.5
 
 
-def act_metrics(state: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+def act_metrics(state: dict[str, dict[str, float]]) -> dict[str, float]:
     """Flatten ``learnable_act_state`` output into ``{theta/<path>/<i>: value, pwlu_left/<path>: value, ...}``."""
-    return {act_metric_key(param, path, i + 1): v
-            for path, params in state.items() for param in (*PARAMS, *PWLU_PARAMS) for i, v in enumerate(params.get(param, []))}
+    return {act_metric_key(name, path): v for path, values in state.items() for name, v in values.items()}

@@ -72,14 +72,16 @@ def epoch_axis(ax, epochs: list[int]) -> None:
 
 
 def theta_omega_rows(act_history: list[dict]) -> list[dict]:
-    """Flatten ``[{"epoch": e, "state": {path: {"theta": [...], "omega": [...]}}}]`` into epoch × site × i rows."""
+    """Flatten ``[{"epoch": e, "state": {path: {"theta/1": …, "omega/1": …}}}]`` into epoch × site × i rows: the sites
+    that report θ_i and ω_i (LSLU's; a PWLU reports its boundaries instead)."""
     rows = []
     for entry in act_history:
-        for path, params in entry["state"].items():
-            if "theta" not in params:  # not an LSLU site (a PWLU reports its boundaries instead)
-                continue
-            for i, (theta, omega) in enumerate(zip(params["theta"], params["omega"]), start=1):
-                rows.append({"epoch": entry["epoch"], "site": path, "i": i, "theta": theta, "omega": omega})
+        for path, values in entry["state"].items():
+            i = 1
+            while f"theta/{i}" in values and f"omega/{i}" in values:
+                rows.append({"epoch": entry["epoch"], "site": path, "i": i, "theta": values[f"theta/{i}"],
+                             "omega": values[f"omega/{i}"]})
+                i += 1
     return rows
 
 

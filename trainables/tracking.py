@@ -26,6 +26,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 
 from cluster.tracking import mlflow_client
+from trainables.activations import config_fields
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry
@@ -62,7 +63,7 @@ class SweepContext:
 def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
     """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run list."""
     where = mask if cfg.policy == "mask" else cfg.policy_spec.replace(":", "")
-    act = f"{cfg.insert_act}-n{cfg.n}" if cfg.insert_act == "lslu" else cfg.insert_act
+    act = f"{cfg.insert_act}-n{cfg.n}" if "n" in config_fields(cfg.insert_act).values() else cfg.insert_act
     return f"{cfg.model}-{act}-{where}-{trial_id}"
 
 

@@ -3,15 +3,17 @@
     act = create_act("lslu", channels=64, n=3, base="silu")
 
 Names: relu, silu, gelu, prelu, leaky_relu (``basic``), lslu (``lslu``), pwlu (``pwlu``),
-la_silu, la_hardsilu (``layeract``). Unknown names and unknown or bad arguments raise ``ValueError``
+la_silu, la_hardsilu (``layeract``), or an import path ``package.module:Class``. Unknown names and unknown or bad arguments raise ``ValueError``
 naming the valid choices, so a sweep file with a typo fails before any cluster work starts.
 """
-from trainables.activations.registry import act_module_types, create_act, is_registered_act, list_acts, register_act
+from trainables.activations.registry import (act_module_types, check_config, config_fields, config_kwargs, create_act,
+                                             inserts, is_registered_act, list_acts, register_act, trial_config)
 from trainables.activations.basic import PReLU
 from trainables.activations.layeract import LayerAct
 from trainables.activations.lslu import LSLU
 from trainables.activations.pwlu import PWLU, realign_pending
-from trainables.activations.introspect import learnable_act_state
+from trainables.activations.introspect import learnable_act_state, start_epoch
 
-__all__ = ["LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "create_act", "is_registered_act", "learnable_act_state",
-           "list_acts", "realign_pending", "register_act"]
+__all__ = ["LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "check_config", "config_fields", "config_kwargs",
+           "create_act", "inserts", "is_registered_act", "learnable_act_state", "list_acts", "realign_pending",
+           "register_act", "start_epoch", "trial_config"]

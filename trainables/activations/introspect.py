@@ -1,30 +1,18 @@
-"""The current learnable state of every learnable activation in a model, keyed by module path."""
+"""The learnable state of every activation in a model that reports one (``learnable_state()``, DESIGN.md §2)."""
 from __future__ import annotations
 
 from torch import nn
 
-from trainables.activations.lslu import LSLU
-from trainables.activations.pwlu import PWLU
+
+def learnable_act_state(model: nn.Module) -> dict[str, dict[str, float]]:
+    """``{path: module.learnable_state()}`` for every module that reports its learnable state, e.g.
+    ``{"layer1.0.act1": {"theta/1": 1.02, "omega/1": 0.01}}``."""
+    return {path: module.learnable_state() for path, module in model.named_modules()
+            if callable(getattr(module, "learnable_state", None))}
 
 
-def learnable_act_state(model: nn.Module) -> dict[str, dict[str, list[float]]]:
-    """``{path: {"theta": [θ_1..θ_n], "omega": [ω_1..ω_n]}}`` for every LSLU site and
-    ``{path: {"left": [B_L], "right": [B_R]}}`` for every PWLU site.
-
-    Channel granularity reports channel means (of each θ_i and ω_i; of B_L and B_R), as DESIGN.md §4 asks for θ/ω.
-    """
-    state = {}
-    for path, module in model.named_modules():
-        if isinstance(module, LSLU):
-            state[path] = {"theta": _channel_mean(module.theta, 1), "omega": _channel_mean(module.omega, 1)}
-        elif isinstance(module, PWLU):
-            state[path] = {"left": _channel_mean(module.left, 0), "right": _channel_mean(module.right, 0)}
-    return state
-
-
-def _channel_mean(p, channel_dim: int) -> list[float]:
-    """A layer-granularity value as a list, or the mean over the channel dimension of a channel-granularity one."""
-    p = p.detach()
-    if p.dim() > channel_dim:
-        p = p.mean(dim=channel_dim)
-    return p.reshape(-1).cpu().tolist()
+def start_epoch(model: nn.Module, epoch: int, epochs: int) -> list[str]:
+    """Call ``on_epoch_start(epoch, epochs)`` on every module of ``model`` that has it (the model itself included);
+    the paths of those that changed their state (they said True)."""
+    return [path for path, module in model.named_modules()
+            if callable(getattr(module, "on_epoch_start", None)) and module.on_epoch_start(epoch, epochs)]

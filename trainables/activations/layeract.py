@@ -45,11 +45,11 @@ class LayerAct(nn.Module):
         return f"scale={self.scale}, alpha={self.alpha:g}"
 
 
-@register_act("la_silu", builds=LayerAct)
+@register_act("la_silu", builds=LayerAct, config={"alpha": "la_alpha"})
 def la_silu(channels=None, inplace=False, alpha: float = 1e-5):
     return LayerAct("sigmoid", alpha=alpha)
 
 
-@register_act("la_hardsilu", builds=LayerAct)
+@register_act("la_hardsilu", builds=LayerAct, config={"alpha": "la_alpha"})
 def la_hardsilu(channels=None, inplace=False, alpha: float = 1e-5):
     return LayerAct("hardsigmoid", alpha=alpha)

@@ -57,6 +57,10 @@ class LSLU(nn.Module):
         """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
         return {"theta", "omega"}
 
+    def learnable_state(self) -> dict[str, float]:
+        """θ_i and ω_i (1-based, as in papers/000) as ``theta/<i>``, ``omega/<i>``; channel means for channel granularity."""
+        return {f"{name}/{i}": v for name in ("theta", "omega") for i, v in enumerate(_channel_means(getattr(self, name)), 1)}
+
     @property
     def fused(self) -> bool:
         return self.bias is not None
@@ -97,6 +101,14 @@ class LSLU(nn.Module):
         return f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, fused={self.fused}"
 
 
-@register_act("lslu", builds=LSLU)
+def _channel_means(p: torch.Tensor) -> list[float]:
+    """(n,) as a list, or the mean over the channels of (n, C)."""
+    p = p.detach()
+    return (p.mean(dim=1) if p.dim() > 1 else p).cpu().tolist()
+
+
+# The base is the trial's `act` (relu where the model keeps its native activations); n = 0 inserts nothing.
+@register_act("lslu", builds=LSLU, config={"n": "n", "base": "base_act", "granularity": "granularity"},
+              inserts=lambda kwargs: kwargs["n"] > 0)
 def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
     return LSLU(channels, n=n, base=base, granularity=granularity, learnable=learnable)

@@ -40,8 +40,10 @@ PHASE_COLLECT, PHASE_LEARN = 1, 2
 
 
 class PWLU(nn.Module):
-    def __init__(self, channels: int | None = None, intervals: int = 16, granularity: str = "layer"):
+    def __init__(self, channels: int | None = None, intervals: int = 16, granularity: str = "layer", warmup_epochs: int = 5):
         super().__init__()
+        if not isinstance(warmup_epochs, int) or isinstance(warmup_epochs, bool) or warmup_epochs < 1:
+            raise ValueError(f"pwlu needs warmup_epochs >= 1 (an int; phase I needs a batch), got {warmup_epochs!r}")
         if not isinstance(intervals, int) or isinstance(intervals, bool) or intervals < 1:
             raise ValueError(f"pwlu needs intervals >= 1 (an int), got {intervals!r}")
         if granularity not in GRANULARITIES:
@@ -49,6 +51,7 @@ class PWLU(nn.Module):
         if granularity == "channel" and (not isinstance(channels, int) or channels < 1):
             raise ValueError(f"pwlu granularity 'channel' needs channels >= 1 (the site's channel count), got {channels!r}")
         self.channels, self.intervals, self.granularity = channels, intervals, granularity
+        self.warmup_epochs = warmup_epochs  # epochs of phase I before ``on_epoch_start`` realigns
         shape = () if granularity == "layer" else (channels,)
         self.left = nn.Parameter(torch.zeros(shape))  # B_L
         self.right = nn.Parameter(torch.zeros(shape))  # B_R
@@ -66,6 +69,18 @@ class PWLU(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """PWLU's parameters define the activation's shape; decay would pull it towards 0 (timm convention)."""
         return {"left", "right", "points", "slope_left", "slope_right"}
+
+    def learnable_state(self) -> dict[str, float]:
+        """The boundaries B_L, B_R (channel means for channel granularity) as ``pwlu_left``, ``pwlu_right``."""
+        return {"pwlu_left": self.left.detach().mean().item(), "pwlu_right": self.right.detach().mean().item()}
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> bool:
+        """Phase II starts once the warm-up epochs are done; only a unit still in phase I is reset, so this is right
+        after a checkpoint restore too (the phase is a buffer in the state dict). True when it realigned."""
+        if epoch < self.warmup_epochs or self.realigned:
+            return False
+        self.realign()
+        return True
 
     @property
     def realigned(self) -> bool:
@@ -189,6 +204,14 @@ def realign_pending(model: nn.Module) -> list[str]:
     return done
 
 
-@register_act("pwlu", builds=PWLU)
-def pwlu(channels=None, inplace=False, intervals: int = 16, granularity: str = "layer"):
-    return PWLU(channels, intervals=intervals, granularity=granularity)
+def _warmup_ends(cfg) -> tuple[str, str] | None:
+    if cfg.pwlu_warmup_epochs >= cfg.epochs:
+        return "pwlu_warmup_epochs", (f"must be below epochs ({cfg.epochs}), or PWLU never leaves its ReLU phase; "
+                                      f"got {cfg.pwlu_warmup_epochs}")
+    return None
+
+
+@register_act("pwlu", builds=PWLU, config={"intervals": "pwlu_intervals", "granularity": "granularity",
+                                           "warmup_epochs": "pwlu_warmup_epochs"}, check=_warmup_ends)
+def pwlu(channels=None, inplace=False, intervals: int = 16, granularity: str = "layer", warmup_epochs: int = 5):
+    return PWLU(channels, intervals=intervals, granularity=granularity, warmup_epochs=warmup_epochs)

@@ -2,7 +2,7 @@
 
 Every constructor takes ``num_classes``, ``in_chans``, ``cifar_stem`` (3×3 stride-1 stem, no max-pool, for
 32×32 inputs) and ``width`` (a channel multiplier, where the family has one), plus its own keywords
-(``act``, ``dropout``, VanillaNet's ``act_num``).
+(``act``, ``dropout``, and those it takes from the trial config, declared at registration: ``config``).
 """
 from __future__ import annotations
 
@@ -12,16 +12,27 @@ from typing import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CONFIG: dict[str, dict[str, str]] = {}  # per model: constructor keyword → trial-config attribute it is taken from
 
 
-def register_model(name: str):
+def register_model(name: str, config: dict[str, str] | None = None):
+    """Register a constructor under ``name``; ``config``: the keywords it takes from the trial config, e.g.
+    VanillaNet's ``{"act_num": "n"}`` (its series length is LSLU's n)."""
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
+        unknown = sorted(set(config or {}) - set(inspect.signature(fn).parameters))
+        if unknown:
+            raise ValueError(f"model {name!r}: config names keyword(s) {', '.join(unknown)} its constructor lacks")
+        _MODELS[name], _CONFIG[name] = fn, dict(config or {})
         return fn
 
     return deco
+
+
+def model_config_kwargs(name: str, cfg) -> dict:
+    """The keywords model ``name`` takes from the trial config ``cfg``."""
+    return {keyword: getattr(cfg, field) for keyword, field in _CONFIG.get(name, {}).items()}
 
 
 def list_models() -> list[str]:

@@ -6,8 +6,9 @@ Kept close to the authors' module layout (``stem1``, ``stem2``, ``stages.i.{conv
 - the series activation's base may be relu, silu or gelu (``act``); ``act_num`` is its series length n.
 
 Deep training (VanillaNet §3.1): between the two 1×1 convs of each block sits A'(x) = (1−λ)·relu(x) + λ·x,
-i.e. a leaky ReLU with negative slope λ. The loop raises λ from 0 to 1 over the first epochs
-(``set_act_learn``): the nonlinearity anneals away, and at λ = 1 ``fuse()`` merges the two convs.
+i.e. a leaky ReLU with negative slope λ. λ rises from 0 to 1 over the first epochs (each ``DeepTrainAct``'s
+``on_epoch_start``, which the loop calls; ``set_act_learn`` sets it by hand): the nonlinearity anneals away, and at
+λ = 1 ``fuse()`` merges the two convs.
 λ travels in the state dict, so a checkpoint restores it.
 
 ``DeepTrainAct`` is not an insertion site: it is the deep-training schedule and vanishes in the deploy form.
@@ -81,16 +82,29 @@ class VanillaAct(nn.Module):
         return f"channels={self.channels}, act_num={self.act_num}, base={self.base}"
 
 
+def deep_training_lambda(epoch: int, epochs: int, deep_train_epochs: int = 0) -> float:
+    """λ for the epoch about to run (0-based): 0 → 1 over ``deep_train_epochs`` (0: a third of the epochs)."""
+    span = deep_train_epochs or max(1, round(epochs / 3))
+    return min(1.0, epoch / span)
+
+
 class DeepTrainAct(nn.Module):
     """(1−λ)·relu(x) + λ·x = leaky_relu(x, negative_slope=λ); λ rises from 0 to 1 during deep training.
 
     λ is a Python float (no device sync per forward) kept in the state dict as extra state, so a
-    checkpoint restores it; an EMA copy gets it from ``set_act_learn``, which the loop calls on both.
+    checkpoint restores it; an EMA copy gets it from the trained model's module when ``on_epoch_start`` changes it.
     """
 
-    def __init__(self):
+    def __init__(self, deep_train_epochs: int = 0):
         super().__init__()
         self.act_learn = 0.0
+        self.deep_train_epochs = deep_train_epochs  # epochs for λ to rise 0 → 1 (0: a third of the epochs)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> bool:
+        """λ for the epoch about to run; True when it changed."""
+        value = deep_training_lambda(epoch, epochs, self.deep_train_epochs)
+        changed, self.act_learn = value != self.act_learn, value
+        return changed
 
     def forward(self, x):
         return F.leaky_relu(x, self.act_learn)
@@ -114,10 +128,10 @@ def _folded(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, dim_out: int, act_num: int, stride: int, base: str):
+    def __init__(self, dim: int, dim_out: int, act_num: int, stride: int, base: str, deep_train_epochs: int = 0):
         super().__init__()
         self.conv1 = _conv_bn(dim, dim)
-        self.deep_act = DeepTrainAct()
+        self.deep_act = DeepTrainAct(deep_train_epochs)
         self.conv2 = _conv_bn(dim, dim_out)
         self.pool = nn.Identity() if stride == 1 else nn.MaxPool2d(stride)
         self.act = VanillaAct(dim_out, act_num, base)
@@ -141,15 +155,16 @@ class Block(nn.Module):
 
 class VanillaNet(nn.Module):
     def __init__(self, dims: list[int], strides: list[int], num_classes: int = 1000, in_chans: int = 3, act_num: int = 3,
-                 act: str = "relu", dropout: float = 0.0, cifar_stem: bool = False):
+                 act: str = "relu", dropout: float = 0.0, cifar_stem: bool = False, deep_train_epochs: int = 0):
         super().__init__()
         stem_conv = dict(kernel=3, stride=1, padding=1) if cifar_stem else dict(kernel=4, stride=4, padding=0)
         self.stem1 = _conv_bn(in_chans, dims[0], **stem_conv)
-        self.stem_act = DeepTrainAct()
+        self.stem_act = DeepTrainAct(deep_train_epochs)
         self.stem2 = nn.Sequential(*_conv_bn(dims[0], dims[0]), VanillaAct(dims[0], act_num, act))
-        self.stages = nn.ModuleList(Block(dims[i], dims[i + 1], act_num, strides[i], act) for i in range(len(strides)))
+        self.stages = nn.ModuleList(Block(dims[i], dims[i + 1], act_num, strides[i], act, deep_train_epochs)
+                                    for i in range(len(strides)))
         self.cls1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout), *_conv_bn(dims[-1], num_classes))
-        self.cls_act = DeepTrainAct()
+        self.cls_act = DeepTrainAct(deep_train_epochs)
         self.cls2 = nn.Sequential(nn.Conv2d(num_classes, num_classes, 1))
         self.lslu_stage_paths = [f"stages.{i}" for i in range(len(strides))]
         self.apply(_init_weights)
@@ -159,7 +174,7 @@ class VanillaNet(nn.Module):
         return hasattr(self, "stem")
 
     def set_act_learn(self, value: float) -> None:
-        """Deep training: λ for every DeepTrainAct (the loop calls it on an EMA copy too)."""
+        """Deep training's λ for every DeepTrainAct, set by hand (the deploy architecture, tests)."""
         for m in self.modules():
             if isinstance(m, DeepTrainAct):
                 m.act_learn = float(value)
@@ -217,14 +232,16 @@ def _init_weights(m: nn.Module) -> None:
 
 def _factory(depth: int):
     def build(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, width: float = 1.0, act: str = "relu",
-              act_num: int = 3, dropout: float = 0.0):
+              act_num: int = 3, dropout: float = 0.0, deep_train_epochs: int = 0):
         units, strides = ARCHS[depth]
         dims = [max(1, round(u * DIM_UNIT * width)) for u in units]
-        return VanillaNet(dims, strides, num_classes, in_chans, act_num=act_num, act=act, dropout=dropout, cifar_stem=cifar_stem)
+        return VanillaNet(dims, strides, num_classes, in_chans, act_num=act_num, act=act, dropout=dropout,
+                          cifar_stem=cifar_stem, deep_train_epochs=deep_train_epochs)
 
     build.__name__ = f"vanillanet_{depth}"
     return build
 
 
 for _depth in ARCHS:
-    register_model(f"vanillanet_{_depth}")(_factory(_depth))
+    # VanillaNet's series length is LSLU's n; deep training's span is a trial field too
+    register_model(f"vanillanet_{_depth}", config={"act_num": "n", "deep_train_epochs": "deep_train_epochs"})(_factory(_depth))
