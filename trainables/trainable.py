@@ -43,12 +43,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
     training = Training(cfg)
-    checkpoint, run_id, unsent = tune.get_checkpoint(), None, None
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=training.device, weights_only=False)
-        training.load_state_dict(state["training"])
-        run_id, unsent = state["mlflow_run_id"], state.get("mlflow_unsent")
+    run_id, unsent = _restore(training)
     node_id = ray.get_runtime_context().get_node_id()
     title = run_name(cfg, training.mask, trial_id)
     run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
@@ -57,37 +52,54 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
              **training.stats}
     try:
-        while not training.done:
-            try:
-                metrics = training.run_epoch()
-            except (Diverged, torch.cuda.OutOfMemoryError) as exc:
-                status, reason = _failure(exc, cfg)
-                print(f"trial {trial_id} {status}: {reason}", flush=True)
-                final = end_of_trial(training) if status == "diverged" else {}
-                run.finish(status, final, reason)
-                tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
-                return
-            metrics.update(act_metrics(training.act_history[-1]["state"]))
-            run.log_epoch(training.epoch, metrics)
-            print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
-            # the record is reported as it stands: the driver closes the run of a trial ASHA stops with it
-            status, record = "running", end_of_trial(training)
-            if training.done:  # finish the run before the report: Tune may stop the actor right after it
-                status = "stopped_early" if training.stop_reason else "completed"
-                with tempfile.TemporaryDirectory() as files:
-                    write_final_weights(training, files)
-                    run.finish(status, record, training.stop_reason, files=files)
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
-                            "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
-                tune.report({**fixed, **metrics, **record, "epoch": training.epoch, "status": status,
-                             "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
+        _train(training, run, trial_id, fixed)
     except Exception:
         try:
             end(run.client, run.run_id, "failed", traceback.format_exc())
         except Exception as exc:  # the server may be what failed: the trial's own error is the one to raise
             log.warning("could not mark run %s failed: %s", run.run_id, exc)
         raise
+
+
+def _restore(training: Training) -> tuple[str | None, list | None]:
+    """A restored trial's state from Tune's checkpoint; its MLflow run id and the epochs MLflow did not take yet."""
+    checkpoint = tune.get_checkpoint()
+    if not checkpoint:
+        return None, None
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location=training.device, weights_only=False)
+    training.load_state_dict(state["training"])
+    return state["mlflow_run_id"], state.get("mlflow_unsent")
+
+
+def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict) -> None:
+    """The epochs still to run, each logged to MLflow and reported to Tune with a checkpoint."""
+    cfg = training.cfg
+    while not training.done:
+        try:
+            metrics = training.run_epoch()
+        except (Diverged, torch.cuda.OutOfMemoryError) as exc:
+            status, reason = _failure(exc, cfg)
+            print(f"trial {trial_id} {status}: {reason}", flush=True)
+            final = end_of_trial(training) if status == "diverged" else {}
+            run.finish(status, final, reason)
+            tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
+            return
+        metrics.update(act_metrics(training.act_history[-1]["state"]))
+        run.log_epoch(training.epoch, metrics)
+        print(epoch_line(trial_id, training.epoch, cfg.epochs, metrics), flush=True)
+        # the record is reported as it stands: the driver closes the run of a trial ASHA stops with it
+        status, record = "running", end_of_trial(training)
+        if training.done:  # finish the run before the report: Tune may stop the actor right after it
+            status = "stopped_early" if training.stop_reason else "completed"
+            with tempfile.TemporaryDirectory() as files:
+                write_final_weights(training, files)
+                run.finish(status, record, training.stop_reason, files=files)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
+                        "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
+            tune.report({**fixed, **metrics, **record, "epoch": training.epoch, "status": status,
+                         "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
@@ -112,7 +124,7 @@ def _no_result(training: Training) -> dict:
 
 def end_of_trial(training: Training) -> dict[str, float]:
     """The papers' record: params_m, flops_g, latency_ms, train_s_per_epoch, min_val_loss, best_val_acc, best_epoch,
-    and the θ/ω convergence value and std of every LSLU site."""
+    and the convergence value and std of every value the activations report (θ/ω of every LSLU site)."""
     return {**training.summary(), **convergence_metrics(training.act_history)}
 
 
