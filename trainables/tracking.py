@@ -69,13 +69,13 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 class TrialRun:
     def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None,
-                 held: set[str] | None = None, artifact_uri: str | None = None):
+                 logged_keys: set[str] | None = None, artifact_uri: str | None = None):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
         self.artifact_uri = artifact_uri  # known to a run this trial created; asked for when first needed otherwise
         self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
         # metric keys the run holds, or will once ``unsent`` is sent: kept here for a run this trial created (so
         # no call asks), None for a reopened run until the run is asked
-        self.held = held
+        self.logged_keys = logged_keys
 
     @classmethod
     def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
@@ -117,9 +117,9 @@ class TrialRun:
 
         wait = outage_wait_s()
         run_id, artifact_uri = retry(create_once, budget_s=wait, what="creating the trial's run")
-        run = cls(client, run_id, logged_through=0, held=set(), artifact_uri=artifact_uri)  # new: it holds nothing yet
+        run = cls(client, run_id, logged_through=0, logged_keys=set(), artifact_uri=artifact_uri)  # new: it holds nothing yet
         params = [Param(k, str(v)) for k, v in cfg.to_dict().items()]
-        metrics = run._unheld(record or {})  # with the last params: one call less
+        metrics = run._not_yet_logged(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
             last = i + _BATCH >= len(params)
             retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
@@ -157,8 +157,8 @@ class TrialRun:
     def _queue(self, epoch: int, batch: list[Metric]) -> None:
         self.unsent.append((epoch, batch))
         self.logged_through = epoch
-        if self.held is not None:
-            self.held.update(m.key for m in batch)
+        if self.logged_keys is not None:
+            self.logged_keys.update(m.key for m in batch)
 
     def flush(self, budget_s: float) -> bool:
         """Send the queued batches in order; False (and the rest kept) if the server is still away after ``budget_s``."""
@@ -193,24 +193,24 @@ class TrialRun:
         """End-of-trial style metrics known early (step 0), e.g. the deploy form's params_m, flops_g, latency_ms;
         those the run already holds (a restarted trial) are not logged again."""
         wait, what = outage_wait_s(), "logging the trial's record"
-        batch = retry(lambda: self._unheld(record), budget_s=wait, what=what)
+        batch = retry(lambda: self._not_yet_logged(record), budget_s=wait, what=what)
         retry(lambda: log_metrics(self.client, self.run_id, batch), budget_s=wait, what=what)
 
-    def _unheld(self, values: dict[str, float]) -> list[Metric]:
+    def _not_yet_logged(self, values: dict[str, float]) -> list[Metric]:
         """``values`` as step-0 metrics, less those the run holds (a restarted trial may have logged them); counted
-        as held. Built once and then resent as is: a retried batch is the same rows (same timestamp), not new ones."""
-        if self.held is None:
+        as logged. Built once and then resent as is: a retried batch is the same rows (same timestamp), not new ones."""
+        if self.logged_keys is None:
             self._look_up()
-        batch = record_metrics(values, self.held)
-        self.held.update(values)
+        batch = record_metrics(values, self.logged_keys)
+        self.logged_keys.update(values)
         return batch
 
     def _look_up(self) -> None:
         """What a reopened run learns from the store, both in one ``get_run``: the metric keys it holds (with those
         still queued) and its artifact location. A run this trial created knows both."""
         run = self.client.get_run(self.run_id)
-        if self.held is None:
-            self.held = set(run.data.metrics) | {m.key for _, batch in self.unsent for m in batch}
+        if self.logged_keys is None:
+            self.logged_keys = set(run.data.metrics) | {m.key for _, batch in self.unsent for m in batch}
         self.artifact_uri = run.info.artifact_uri
 
     def log_files(self, folder: str, budget_s: float) -> None:
@@ -232,14 +232,14 @@ class TrialRun:
         if files:
             self.log_files(files, wait)
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
-        final_metrics = retry(lambda: self._unheld(final), budget_s=wait, what="reading the run's metrics")
+        final_metrics = retry(lambda: self._not_yet_logged(final), budget_s=wait, what="reading the run's metrics")
         retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
 
 
-def record_metrics(values: dict[str, float], held) -> list[Metric]:
-    """``values`` as the once-per-trial record, at step 0, less the keys in ``held`` (those a run holds already)."""
+def record_metrics(values: dict[str, float], logged_keys) -> list[Metric]:
+    """``values`` as the once-per-trial record, at step 0, less the keys in ``logged_keys`` (those a run holds already)."""
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in values.items() if k not in held]
+    return [Metric(k, float(v), now, 0) for k, v in values.items() if k not in logged_keys]
 
 
 def artifact_repository(client: MlflowClient, artifact_uri: str):
