@@ -175,6 +175,14 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
         return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
     closed = close_leftover_runs(ctx)
     complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
+    best, ranked, statuses, tables = _log_sweep_end(client, ctx, sweep, rows, name)
+    text = "\n".join(_summary_lines(sweep, name, path, ctx, client, best, ranked, statuses, tables, closed))
+    echo(text)
+    return SweepOutcome(name, path, ctx, rows, best, text, results=result_grid)
+
+
+def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], name: str):
+    """What the parent run gets at the end of a finished sweep: results, plots, tables, the best trial, its status."""
     client.set_tag(ctx.parent_run_id, "sweep_status", "finished")
     metric, mode = sweep.metric, sweep.mode
     best, ranked = summary.best_row(rows, metric, mode), summary.ranked(rows, metric, mode)
@@ -188,12 +196,20 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
+    return best, ranked, statuses, tables
+
+
+def _summary_lines(sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables,
+                   closed: int) -> list[str]:
+    """The driver's closing words: the trial table, the counts, the best trial, where to look next."""
+    metric = sweep.metric
     lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
-    lines.append(f"trials: {len(rows)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
+    lines.append(f"trials: {len(ranked)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
     if best:
         lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
-        searched = [f"{k[7:]}={best[k]}" for k in best if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"]
+        searched = [f"{k[7:]}={best[k]}" for k in best
+                    if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"]
         lines.append("best config: " + ", ".join([*searched, f"mask={best['mask']} (the sites its policy chose)"]))
     else:
         lines.append("no trial finished with a result")
@@ -204,6 +220,4 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
     lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
     lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
-    text = "\n".join(lines)
-    echo(text)
-    return SweepOutcome(name, path, ctx, rows, best, text, results=result_grid)
+    return lines
