@@ -2,8 +2,8 @@
 
 One module so the trainable, the search-file validator and the plots agree on every name. An activation names its
 own values (``learnable_state()``, e.g. ``theta/1``); a trial logs them per site as ``theta/<path>/1`` (a name without
-``/`` as ``<name>/<path>``), and at its end their convergence value and std as ``theta_conv/<path>/1`` and
-``theta_conv_std/<path>/1`` (papers/000 §4.2).
+``/`` as ``<name>/<path>``), and at its end, for a value of a series (``<family>/<i>``), its convergence value and std
+as ``theta_conv/<path>/1`` and ``theta_conv_std/<path>/1`` (papers/000 §4.2).
 """
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ def parse_act_metric_key(key: str) -> tuple[str, str] | None:
 
 
 def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
-    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>`` of every value the last epoch reported: its
-    ``convergence`` over the last epochs that reported it."""
+    """``theta_conv/<path>/<i>`` and ``theta_conv_std/<path>/<i>``: the ``convergence`` of every value of a series
+    (a name ``<family>/<i>``, as LSLU's θ_i and ω_i) the last epoch reported, over the last epochs that reported it."""
     recent = act_history[-CONVERGENCE_EPOCHS:]
     out = {}
     for path, values in (recent[-1]["state"].items() if recent else ()):
-        for name in values:
+        for name in filter(lambda name: "/" in name, values):
             series = [entry["state"][path][name] for entry in recent if name in entry["state"].get(path, {})]
             mean_key, std_key = (act_metric_key(name, path, suffix) for suffix in CONVERGENCE_SUFFIXES)
             out[mean_key], out[std_key] = convergence(series)

@@ -6,7 +6,8 @@ factory takes (``config``), so the loop builds any activation from a trial confi
 
 The contract (DESIGN.md §2), asked of the module, every part optional:
 - ``learnable_state() -> {metric name: value}``: what to report each epoch, e.g. ``{"theta/1": 1.02}``; the trial logs it
-  as ``theta/<site path>/1`` (a name without ``/`` as ``<name>/<site path>``);
+  as ``theta/<site path>/1`` (a name without ``/`` as ``<name>/<site path>``), and a value of a series like this one
+  (``<family>/<i>``) also as its convergence value at the end (``theta_conv/<site path>/1``, papers/000 §4.2);
 - ``on_epoch_start(epoch, epochs) -> bool``: called on every module of the trained model before each epoch (0-based);
   True when it changed the module's state (an EMA copy then restarts from that state);
 - ``fuse()``: the deploy form, in place.
