@@ -18,7 +18,7 @@ from ray import tune
 from cluster import storage as st
 from cluster.local import connect, is_embedded
 from cluster.preflight import check_cluster, node_capacities
-from cluster.tracking import mlflow_client, resolve_tracking_uri
+from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
@@ -28,6 +28,7 @@ from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
 from search_spaces.schema import SpecError, Sweep, parse_sweep
+from trainables.mlflow_client import mlflow_client
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
