@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainables.config import UNKNOWN_KEY_ERRORS, ConfigError, TrialConfig, first_error
 from trainables.metrics import OBJECTIVES
+from trainables.policy import ARGUMENT_KEY, ARGUMENT_KEYS, CONFIG_KEYS, Policy
 
 PRESET_DIR = Path(__file__).parent
 SMOKE_TRAIN, SMOKE_VAL = 512, 256  # images a smoke test trains and validates on at most: enough to see learning
@@ -34,8 +35,6 @@ SMOKE_WIDE_GMACS = 0.02  # ... when one smoke image costs it more than this (G m
 SMOKE_SIZES = (16, 32, 64)  # smoke image sides, smallest first: the first every searched model can take
 GRID_LIMIT = 100_000  # grid points a sweep may enumerate
 RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
-SITE_POLICY_KEYS = ("policy", "mask", "stages", "k", "paths")  # how a point names a mask, in sweep-file terms
-POLICY_ARGUMENT = {"mask": "mask", "stages": "stages", "first_k": "k", "last_k": "k", "paths": "paths"}  # policy kind -> its key
 ARCHITECTURE_KEYS = ("model", "cifar_stem", "width")  # searched keys that change what a smoke test must afford
 Scalar = Union[bool, int, float, str]
 
@@ -255,7 +254,7 @@ def _with_stand_ins(spec: SweepSpec, values: dict[str, Any] | None = None) -> di
     """The fixed trial values (and ``values``), a searched policy argument (mask, stages, k, paths) standing in with
     its first value: a fixed ``policy: stages`` is valid when the space searches ``stages``."""
     stand_ins = {}
-    for key in SITE_POLICY_KEYS[1:]:
+    for key in ARGUMENT_KEYS:
         dist = spec.space.get(key)
         if isinstance(dist, IntDist):
             stand_ins[key] = dist.low
@@ -331,23 +330,21 @@ def _check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
     if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
         return
     sites: list = []
-    fixed = POLICY_ARGUMENT.get(base.policy)
+    fixed = ARGUMENT_KEY.get(base.policy)
     candidates = [(None, f"trial.{fixed}" if fixed in spec.trial else "trial.policy", base)]  # (searched key, where, config)
     policies = spec.space["policy"].choices if getattr(spec.space.get("policy"), "type", None) == "categorical" else []
-    for key in (k for k in SITE_POLICY_KEYS if k in spec.space):
+    for key in (k for k in CONFIG_KEYS if k in spec.space):
         # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
-        uses = next(({"policy": p} for p in policies if POLICY_ARGUMENT.get(p) == key), {})
+        uses = next(({"policy": p} for p in policies if ARGUMENT_KEY.get(p) == key), {})
         candidates += [(key, f"space.{key}.{edge}", TrialConfig.from_flat(_with_stand_ins(spec, {**uses, key: value})))
                        for edge, value in _edges(spec.space[key]).items()]  # each value checked by _check_space
     for searched, where, cfg in candidates:
-        argument = POLICY_ARGUMENT.get(cfg.policy)
+        argument = ARGUMENT_KEY.get(cfg.policy)
         if argument is None or not cfg.inserts or (argument in spec.space and argument != searched):
             continue  # a policy without argument fits any model; a searched argument is checked as its own key
-        from trainables.insertion import select_sites
-
         sites = sites or _model_sites(base)
         try:
-            select_sites(sites, cfg.policy_spec)
+            Policy.from_config(cfg).select(sites)
         except ValueError as exc:
             raise SpecError(file, where, f"{exc} ({base.model})") from None
 
@@ -499,7 +496,7 @@ def _check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) ->
         where = f"search.points_to_evaluate[{i}]"
         params: dict[str, Any] = {}
         for key, value in point.items():
-            if mask_searched and key in SITE_POLICY_KEYS:
+            if mask_searched and key in CONFIG_KEYS:
                 continue
             if key not in spec.space:
                 hint = " (a searched mask is given as policy, with k / stages / paths / mask)" if mask_searched else ""
@@ -512,7 +509,7 @@ def _check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) ->
             if when and not when_holds(when, params):
                 cond = ", ".join(f"{k} is {v}" for k, v in when.items())
                 raise SpecError(file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in this point too")
-        if mask_searched and any(k in point for k in SITE_POLICY_KEYS):
+        if mask_searched and any(k in point for k in CONFIG_KEYS):
             bits = _point_mask(point, base, sites, file, where)
             if spec.search.max_sites is not None and bits.count("1") > spec.search.max_sites:
                 raise SpecError(file, where, f"its mask {bits} turns {bits.count('1')} sites on, above search.max_sites "
@@ -524,16 +521,15 @@ def _check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) ->
 
 def _point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: str) -> str:
     """The mask a point's policy selects on the model's sites."""
-    from trainables.insertion import mask_of, select_sites
+    from trainables.insertion import mask_of
 
-    flat = {**base.to_dict(), "policy": point.get("policy", "mask"), **{k: point[k] for k in SITE_POLICY_KEYS[1:] if k in point}}
+    flat = {**base.to_dict(), "policy": point.get("policy", "mask"), **{k: point[k] for k in ARGUMENT_KEYS if k in point}}
     try:
-        spec = TrialConfig.from_flat(flat).policy_spec
-        return mask_of(sites, select_sites(sites, spec))
+        return mask_of(sites, Policy.from_config(TrialConfig.from_flat(flat)).select(sites))
     except ConfigError as exc:
         raise SpecError(file, f"{where}.{exc.key}", exc.message) from None
     except ValueError as exc:  # the policy does not fit this model: name the key that carries its argument
-        arg_key = POLICY_ARGUMENT.get(point.get("policy", "mask"), "policy")
+        arg_key = ARGUMENT_KEY.get(point.get("policy", "mask"), "policy")
         raise SpecError(file, f"{where}.{arg_key if arg_key in point else 'policy'}", str(exc)) from None
 
 
