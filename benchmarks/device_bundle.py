@@ -76,7 +76,7 @@ PACKAGES: list[tuple[str, str, str]] = [
     # --- Optuna's
     ("alembic", "1.20.1", "optuna's RDB storage; mlflow's SQL store migrations"),
     ("mako", "1.4.3", "alembic"),
-    ("sqlalchemy", "2.1.9", "mlflow's SQLite tracking store (cluster/tracking.py hooks into it); optuna; alembic"),
+    ("sqlalchemy", "2.1.9", "mlflow's SQLite tracking store (trainables/mlflow_client.py hooks into it); optuna; alembic"),
     ("colorlog", "6.12.0", "optuna's logging"),
     # --- MLflow's (full and skinny)
     ("databricks-sdk", "0.156.0", "mlflow-skinny (imported by its tracking utilities)"),

@@ -76,14 +76,15 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
     """The site table of ``model_name`` with the sites ``policy`` selects marked, and the mask to copy."""
     import torch
 
-    from trainables.insertion import format_site_table, list_sites, mask_of, select_sites
+    from trainables.insertion import format_site_table, list_sites, mask_of
     from trainables.models import build_model
+    from trainables.policy import Policy
 
     try:
         with torch.device("meta"):  # the module graph is enough: nothing is allocated
             model = build_model(model_name, num_classes=1000, cifar_stem=cifar_stem)
         sites = list_sites(model)
-        mask = mask_of(sites, select_sites(sites, policy))
+        mask = mask_of(sites, Policy.parse(policy).select(sites))
     except ValueError as exc:
         raise SitesError(str(exc)) from None
     return "\n".join([format_site_table(sites, mask, "selected"),

@@ -18,7 +18,7 @@ from ray import tune
 from cluster import storage as st
 from cluster.local import connect, is_embedded
 from cluster.preflight import check_cluster, node_capacities
-from cluster.tracking import mlflow_client, resolve_tracking_uri
+from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
@@ -28,6 +28,7 @@ from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
 from search_spaces.schema import SpecError, Sweep, parse_sweep
+from trainables.mlflow_client import mlflow_client
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
@@ -57,7 +58,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
     where = _where(ray_description, nodes)
     if smoke_test:
-        _fit_smoke_resources(sweep, echo)
+        sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)
     if nodes > 1 and sweep.spec.search.max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
@@ -94,7 +95,7 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
     where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     if manifest["smoke_test"]:
-        _fit_smoke_resources(sweep, echo)
+        sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)
     mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
@@ -117,17 +118,18 @@ def _where(ray_description: str, node_count: int) -> str:
     return ray_description if node_count <= 1 else f"{ray_description} ({node_count} nodes)"
 
 
-def _fit_smoke_resources(sweep: Sweep, echo) -> None:
+def _fit_smoke_resources(sweep: Sweep, echo) -> Sweep:
     """A smoke test runs where it is started: each trial takes at most one CPU, and a GPU (share) only where the
     cluster has one. A preset's own request (e.g. 4 CPUs and a GPU) would leave its trials pending forever on a
-    laptop: Tune waits for resources that never come. Changes the shrunk sweep's resources in place."""
+    laptop: Tune waits for resources that never come. Returns the shrunk sweep with those resources (a new one)."""
     import ray
 
     r, total = sweep.spec.resources, ray.cluster_resources()
     cpu, gpu = min(r.cpu, SMOKE_CPU, total.get("CPU", 1.0)), min(r.gpu, total.get("GPU", 0.0))
     if (cpu, gpu) != (r.cpu, r.gpu):
         echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here (the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
-        r.cpu, r.gpu = cpu, gpu
+        return sweep.with_resources(cpu, gpu)
+    return sweep
 
 
 def check_resources(sweep: Sweep, where: str, echo) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from cluster.tracking import mlflow_client
-from trainables import plots
+from orchestrator import trial_plots as plots
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, parse_act_metric_key
+from trainables.mlflow_client import mlflow_client
 from trainables.retry import retry
 from trainables.tracking import SweepContext, artifact_repository
 

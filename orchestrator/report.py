@@ -21,10 +21,10 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from cluster.tracking import mlflow_client
 from orchestrator.summary import finished, frame_csv, pareto_rows, ranked
 from orchestrator.sweep_plots import config_of, param_importances
 from search_spaces.schema import Sweep, parse_sweep
+from trainables.mlflow_client import mlflow_client
 
 REPORT_METRICS = ("best_val_acc", "min_val_loss", "params_m", "flops_g", "latency_ms", "train_s_per_epoch")
 AVERAGED = "seed"  # not a group key: the report averages over it

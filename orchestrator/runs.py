@@ -11,9 +11,10 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from cluster.tracking import default_artifact_location, mlflow_client
+from cluster.tracking import default_artifact_location
 from orchestrator.ui import save_sweep_view
 from search_spaces.schema import Sweep
+from trainables.mlflow_client import mlflow_client
 from trainables.retry import retry
 from orchestrator.figures import figure_queue
 from trainables.metrics import record_of

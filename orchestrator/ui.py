@@ -15,9 +15,10 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from cluster.tracking import mlflow_client, resolve_tracking_uri, ui_command
+from cluster.tracking import resolve_tracking_uri, ui_command
 from cluster.ui_server import DEFAULT_PORT, HOST, UiError, UiServer
 from search_spaces.schema import Sweep
+from trainables.mlflow_client import mlflow_client
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 ML_PAGES = "workflowType=machine_learning"

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from trainables import plots
+from orchestrator import trial_plots as plots
 from trainables.metrics import convergence
 
 

@@ -8,10 +8,10 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from services import free_port
 
-from cluster.tracking import set_sqlite_pragmas, mlflow_client
+from trainables.mlflow_client import set_sqlite_pragmas, mlflow_client
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics, parse_act_metric_key
-from trainables.plots import theta_omega_rows
+from orchestrator.trial_plots import theta_omega_rows
 from trainables.retry import is_transient, retry
 from orchestrator.figures import act_history, draw_trial_figures, run_history, sites_png
 from trainables.tracking import SweepContext, TrialRun

@@ -21,19 +21,12 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from trainables.activations import (check_config, config_fields, config_kwargs, create_act, inserts, is_registered_act,
                                     list_acts)
 from trainables.data import NEEDS_DIR
-from trainables.insertion import POLICY_KINDS
+from trainables.errors import ConfigError
 from trainables.models import is_registered_model, list_models, model_arguments
+from trainables.policy import KINDS as POLICY_KINDS, Policy
 
 SITE_KEY = re.compile(r"^site_(\d+)$")
 UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
-
-
-class ConfigError(ValueError):
-    """A bad trial config value; ``key`` is the offending key (dotted for nested sections)."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
 
 
 @functools.cache
@@ -124,14 +117,7 @@ class TrialConfig:
             _check_act_arguments(name, self)
         if self.width != 1.0 and "width" not in model_arguments(self.model):
             raise ConfigError("width", f"model {self.model!r} has no width multiplier; leave width at 1.0")
-        if self.policy not in POLICY_KINDS:
-            raise ConfigError("policy", f"unknown policy {self.policy!r}; valid choices: {', '.join(POLICY_KINDS)} (arguments go in mask / k / paths)")
-        if self.policy == "mask" and (not self.mask or set(self.mask) - {"0", "1"}):
-            raise ConfigError("mask", f"policy 'mask' needs a string of 0 and 1, one per activation site; got {self.mask!r}")
-        if self.policy == "stages" and not re.fullmatch(r"\d+(,\d+)*", self.stages.replace(" ", "")):
-            raise ConfigError("stages", f"policy 'stages' needs comma-separated stage numbers, e.g. '1,3'; got {self.stages!r}")
-        if self.policy == "paths" and not self.paths.strip():
-            raise ConfigError("paths", "policy 'paths' needs comma-separated globs over module paths, e.g. 'stages.*'")
+        Policy.from_config(self)  # policy and its argument (mask / stages / k / paths)
         if self.dataset in NEEDS_DIR and not self.data_dir:
             raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
@@ -140,11 +126,15 @@ class TrialConfig:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 
     @property
+    def insertion_policy(self) -> Policy:
+        """Where the inserted activation goes. A config built directly (unchecked, not by ``from_flat``) may give
+        the policy's ``kind:arg`` form in ``policy`` (``policy="stages:1"``), as ever; ``check`` refuses that."""
+        return Policy.from_config(self) if self.policy in POLICY_KINDS else Policy.parse(self.policy)
+
+    @property
     def policy_spec(self) -> str:
-        """The policy in ``trainables.insertion`` form, e.g. ``mask:0101``."""
-        arg = {"mask": self.mask, "stages": self.stages.replace(" ", ""), "first_k": str(self.k), "last_k": str(self.k),
-               "paths": self.paths}.get(self.policy)
-        return f"{self.policy}:{arg}" if arg is not None else self.policy
+        """The policy in ``kind:arg`` form, e.g. ``mask:0101``."""
+        return str(self.insertion_policy)
 
     @property
     def base_act(self) -> str:

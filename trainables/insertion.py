@@ -4,8 +4,8 @@ A *site* is one activation module of the built model. ``list_sites`` returns the
 (registration) order with their stage, channel count and whether they end a resolution change;
 ``apply_policy`` replaces the sites a policy selects, in place.
 
-Policies: ``none``, ``all``, ``downsampling``, ``stages:1,3``, ``first_k:K``, ``last_k:K``,
-``mask:0101…`` (one bit per site, forward order), ``paths:glob,glob``.
+Policies (``trainables.policy.Policy``, or its ``kind:arg`` form): ``none``, ``all``, ``downsampling``, ``stages:1,3``,
+``first_k:K``, ``last_k:K``, ``mask:0101…`` (one bit per site, forward order), ``paths:glob,glob``.
 
 Stages: the stem's sites are stage 0, the sites inside the model's i-th stage module are stage i
 (ResNet ``layer1`` is stage 1, as in timm's ``feature_info``), sites after the last stage (a head) are
@@ -13,13 +13,13 @@ stage S+1. Sites inside squeeze-excitation gates are not sites: the gate is part
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
 from trainables.activations import act_module_types, create_act
+from trainables.policy import Policy
 
 # Module types that count as activation sites: whatever the activation registry builds (so a replaced
 # site stays a site), plus the activations timm / torchvision models build themselves.
@@ -29,7 +29,6 @@ _EXTRA_SITE_TYPES: list[type] = []  # model-specific activations (e.g. VanillaNe
 _CHANNEL_SOURCES = (nn.BatchNorm2d, nn.GroupNorm, nn.Conv2d, nn.Linear)
 _SE_CLASS = re.compile(r"SqueezeExcit|^SEModule$|^EffectiveSEModule$|^SqueezeExcitation$")
 _STAGE_CHILD = re.compile(r"^(layer|stage)(\d+)$")
-POLICY_KINDS = ("none", "all", "downsampling", "stages", "first_k", "last_k", "mask", "paths")
 
 
 @dataclass(frozen=True)
@@ -143,54 +142,13 @@ def _channels_of(module: nn.Module) -> int | None:
     return None
 
 
-def parse_policy(policy: str) -> tuple[str, str]:
-    """``"mask:0101"`` → ``("mask", "0101")``; ``"all"`` → ``("all", "")``."""
-    kind, _, arg = policy.partition(":")
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"unknown insertion policy {policy!r}; valid kinds: {', '.join(POLICY_KINDS)}")
-    if kind in ("none", "all", "downsampling") and arg:
-        raise ValueError(f"policy {kind!r} takes no argument, got {policy!r}")
-    if kind in ("first_k", "last_k") and not arg.isdigit():
-        raise ValueError(f"policy {kind!r} needs a count, e.g. {kind}:2; got {policy!r}")
-    if kind == "stages" and not re.fullmatch(r"\d+(,\d+)*", arg.replace(" ", "")):
-        raise ValueError(f"policy 'stages' needs comma-separated stage numbers, e.g. stages:1,3; got {policy!r}")
-    if kind == "mask" and (not arg or set(arg) - {"0", "1"}):
-        raise ValueError(f"policy 'mask' needs a string of 0/1, one per site, e.g. mask:0101; got {policy!r}")
-    if kind == "paths" and not arg:
-        raise ValueError(f"policy 'paths' needs comma-separated globs, e.g. paths:stages.*; got {policy!r}")
-    return kind, arg
+def select_sites(sites: list[Site], policy: Policy | str) -> list[Site]:
+    """The sites ``policy`` selects, in forward order (``Policy.select``; a string is parsed first)."""
+    return _policy(policy).select(sites)
 
 
-def select_sites(sites: list[Site], policy: str) -> list[Site]:
-    """The sites ``policy`` selects, in forward order."""
-    kind, arg = parse_policy(policy)
-    if kind == "none":
-        return []
-    if kind == "all":
-        return list(sites)
-    if kind == "downsampling":
-        return [s for s in sites if s.downsampling]
-    if kind == "stages":
-        wanted = {int(s) for s in arg.replace(" ", "").split(",")}
-        present = sorted({s.stage for s in sites})
-        if wanted - set(present):
-            raise ValueError(f"policy {policy!r} names stage(s) {sorted(wanted - set(present))}; this model's stages are {present}")
-        return [s for s in sites if s.stage in wanted]
-    if kind in ("first_k", "last_k"):
-        k = int(arg)
-        if k > len(sites):
-            raise ValueError(f"policy {policy!r} asks for {k} sites; the model has {len(sites)}")
-        return sites[:k] if kind == "first_k" else sites[len(sites) - k:]
-    if kind == "mask":
-        if len(arg) != len(sites):
-            raise ValueError(f"mask {arg!r} has {len(arg)} bits but the model has {len(sites)} activation sites")
-        return [s for s, bit in zip(sites, arg) if bit == "1"]
-    globs = [g.strip() for g in arg.split(",") if g.strip()]
-    selected = [s for s in sites if any(fnmatch.fnmatchcase(s.path, g) for g in globs)]
-    if not selected:  # a typo would otherwise train the network without any insertion
-        shown = ", ".join(s.path for s in sites[:6]) + (", …" if len(sites) > 6 else "")
-        raise ValueError(f"policy {policy!r} matches none of the model's {len(sites)} sites (paths: {shown})")
-    return selected
+def _policy(policy: Policy | str) -> Policy:
+    return policy if isinstance(policy, Policy) else Policy.parse(policy)
 
 
 def format_site_table(sites: list[Site], mask: str, mark: str = "selected") -> str:
@@ -215,7 +173,7 @@ def _shared_paths(model: nn.Module) -> dict[int, list[str]]:
     return paths
 
 
-def apply_policy(model: nn.Module, policy: str, act: str = "lslu", **act_kwargs) -> list[str]:
+def apply_policy(model: nn.Module, policy: Policy | str, act: str = "lslu", **act_kwargs) -> list[str]:
     """Replace the sites ``policy`` selects with ``create_act(act, channels=…, **act_kwargs)``.
 
     Returns the replaced paths. A module object reachable under two paths is refused: replacing it

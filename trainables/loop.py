@@ -67,8 +67,9 @@ def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn
     sites = list_sites(model)
     if not cfg.inserts:
         return model, "0" * len(sites)
-    selected = select_sites(sites, cfg.policy_spec)
-    apply_policy(model, cfg.policy_spec, cfg.insert_act, **insert_kwargs(cfg))
+    policy = cfg.insertion_policy
+    selected = select_sites(sites, policy)
+    apply_policy(model, policy, cfg.insert_act, **insert_kwargs(cfg))
     return model, mask_of(sites, selected)
 
 

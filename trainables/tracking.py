@@ -25,8 +25,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from cluster.tracking import mlflow_client
 from trainables.activations import config_fields
+from trainables.mlflow_client import mlflow_client
 from trainables.config import TrialConfig
 from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry

@@ -1,7 +1,8 @@
 """A trial's figures: θ/ω against epoch (papers/000 Fig. 5), learning curves, and the network's sites.
 
 Each figure is drawn from plain rows (what the trial's MLflow run holds), so a trial that finishes and a
-trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver (orchestrator/figures.py).
+trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver (orchestrator/figures.py);
+no trial draws them, so they live in the orchestrator (DESIGN.md §1).
 """
 from __future__ import annotations
 

@@ -1,0 +1,241 @@
+"""The checks of a sweep file's own values: the searched keys and their conditions, the search section, a grid's
+size, the points to evaluate first (DESIGN.md §6). ``Sweep`` runs them; what needs the trial's network is asked of
+``model_checks``. Each problem is a ``SpecError`` naming the file and the key path.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from search_spaces.model_checks import model_sites, point_mask
+from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
+from trainables.config import ConfigError, TrialConfig
+from trainables.metrics import OBJECTIVES
+from trainables.policy import CONFIG_KEYS
+
+GRID_LIMIT = 100_000  # grid points a sweep may enumerate
+RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
+
+
+def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
+    try:
+        return TrialConfig.from_flat(spec.trial_values())
+    except ConfigError as exc:
+        raise SpecError(file, f"trial.{exc.key}", exc.message) from None
+
+
+def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
+    """Check every searched key and the edges of its range as trial values; return the model's sites if the mask is
+    searched."""
+    fields = set(TrialConfig.field_names())
+    sites: list = []
+    for key, dist in spec.space.items():
+        where = f"space.{key}"
+        if key not in fields:
+            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))}")
+        if key in spec.trial and not getattr(dist, "when", None):
+            raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
+                                         f"under a `when` condition, trial.{key} being its value elsewhere)")
+        if isinstance(dist, SitesDist):
+            if key != "mask":
+                raise SpecError(file, where, "type 'sites' is only valid for the key 'mask'")
+            if "model" in spec.space:
+                raise SpecError(file, where, "searching the mask needs a fixed model (its site count fixes the mask "
+                                             "length)")
+            if spec.trial.get("policy", "mask") != "mask":
+                raise SpecError(file, "trial.policy", "the space searches the mask, so policy must be 'mask', "
+                                                      f"got {spec.trial['policy']!r}")
+            if "policy" in spec.space:
+                raise SpecError(file, "space.policy", "the space searches the mask, so policy is 'mask'; search either "
+                                                      "the mask or the policy")
+            sites = model_sites(base)
+            continue
+        if isinstance(dist, (IntDist, FloatDist)):
+            if dist.low > dist.high:
+                raise SpecError(file, f"{where}.low", f"must not exceed high ({dist.high}), got {dist.low}")
+            if dist.log and dist.low <= 0:
+                raise SpecError(file, f"{where}.low", f"a log-scaled range needs low > 0, got {dist.low}")
+        for edge, value in dist.edges().items():
+            try:
+                TrialConfig.from_flat(spec.trial_values({key: value}))
+            except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
+                culprit = "" if exc.key == key else (f"with {key} = {value!r}, trial.{exc.key}"
+                                                     f"{'' if exc.key in spec.trial else ' (its default)'}: ")
+                raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
+        _check_condition(spec, key, dist, file)
+    return sites
+
+
+def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:
+    """``when``: each named key is searched before this one (define-by-run order), and each value is one it can take."""
+    earlier = list(spec.space)[: list(spec.space).index(key)]
+    searchable = [k for k in earlier if spec.space[k].type != "sites"]
+    for cond, allowed in (dist.when or {}).items():
+        where = f"space.{key}.when.{cond}"
+        if cond not in earlier or spec.space[cond].type == "sites":
+            raise SpecError(file, where, f"a condition names a key searched before {key!r} (not the mask); "
+                                         f"searched before it: {', '.join(searchable) or 'none'}")
+        for value in allowed if isinstance(allowed, list) else [allowed]:
+            if not _fits(spec.space[cond], value):
+                raise SpecError(file, where, f"{cond} never takes the value {value!r}; {_describe(spec.space[cond])}")
+
+
+def _fits(dist, value) -> bool:
+    """Whether ``value`` is one the distribution can take."""
+    if dist.type == "categorical":
+        return any(value == c and type(value) is type(c) or (isinstance(value, float) and value == c)
+                   for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if dist.type == "int":
+        return isinstance(value, int) and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
+    return dist.low <= value <= dist.high
+
+
+def _describe(dist) -> str:
+    if dist.type == "categorical":
+        return f"its choices: {', '.join(map(str, dist.choices))}"
+    step = f" in steps of {dist.step}" if dist.type == "int" and dist.step > 1 else ""
+    return f"its range: {dist.type} from {dist.low} to {dist.high}{step}"
+
+
+def check_search(spec: SweepSpec, base: TrialConfig, file: str, site_count: int,
+                 smoke: bool) -> tuple[list[tuple[str, str]], int]:
+    """Check the search section; return the objectives as ``[(metric, mode), …]`` and the number of trials (a grid's
+    size where the file leaves num_samples out)."""
+    s = spec.search
+    objectives = _objectives(s, file)
+    if s.scheduler == "asha" and "epochs" not in spec.space and s.grace_period > base.epochs:
+        raise SpecError(file, "search.grace_period", f"must not exceed trial.epochs ({base.epochs}), "
+                                                     f"got {s.grace_period}")
+    if s.population_size is not None and s.algorithm != "nsga2":
+        raise SpecError(file, "search.population_size", f"only nsga2 has generations; the algorithm is {s.algorithm}")
+    if s.max_sites is not None:
+        if not site_count:
+            raise SpecError(file, "search.max_sites", "limits a searched mask; search one with "
+                                                     "space.mask: {type: sites}")
+        feasible = _feasible_masks(site_count, s.max_sites) / 2 ** site_count
+        if s.algorithm == "random" and feasible * RANDOM_MAX_DRAWS < 1:
+            raise SpecError(file, "search.max_sites",
+                            f"random placement turns each of the {site_count} sites on with probability 1/2, so only "
+                            f"{feasible:.2g} of its masks have at most {s.max_sites} sites on; use tpe or nsga2 (they "
+                            "learn from the masks they had to reject) or raise max_sites")
+    if s.algorithm == "grid":
+        return objectives, _check_grid(spec, site_count, file, smoke)
+    return objectives, s.num_samples
+
+
+def _objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
+    metrics = [s.metric] if isinstance(s.metric, str) else list(s.metric)
+    for i, metric in enumerate(metrics):
+        where = "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
+        if metric not in OBJECTIVES:
+            raise SpecError(file, where, f"unknown metric {metric!r}; valid choices: {', '.join(OBJECTIVES)}")
+        if metric in metrics[:i]:
+            raise SpecError(file, where, f"{metric} is already an objective")
+    if s.mode is None:
+        modes = [OBJECTIVES[m] for m in metrics]
+    else:
+        modes = [s.mode] if isinstance(s.mode, str) else list(s.mode)
+        if isinstance(s.mode, str) != isinstance(s.metric, str) or len(modes) != len(metrics):
+            raise SpecError(file, "search.mode", f"give one mode per metric ({len(metrics)}: {', '.join(metrics)}), "
+                                                 f"or leave it out for each metric's natural direction; got {s.mode!r}")
+    return list(zip(metrics, modes))
+
+
+def _feasible_masks(site_count: int, max_sites: int) -> int:
+    return sum(math.comb(site_count, k) for k in range(min(max_sites, site_count) + 1))
+
+
+def grid_values(spec: SweepSpec, site_count: int, file: str) -> dict[str, list]:
+    values: dict[str, list] = {}
+    for key, dist in spec.space.items():
+        if dist.type == "sites":
+            values.update({f"site_{i}": [0, 1] for i in range(site_count)})
+        elif dist.type == "categorical":
+            values[key] = list(dist.choices)
+        elif dist.type == "int":
+            values[key] = list(range(dist.low, dist.high + 1, dist.step))
+        else:
+            raise SpecError(file, f"space.{key}", "a grid needs every searched key categorical or int; list the float "
+                                                  "values as choices, e.g. [0.0, 0.1, 0.2]")
+    return values
+
+
+def grid_trials(spec: SweepSpec, values: dict[str, list]) -> int:
+    """Distinct trials a grid runs: the combinations, minus masks over max_sites, with a conditional key's value
+    counted only where its condition holds (the grid's other combinations repeat a trial; the searcher skips them)."""
+    names, max_sites = list(values), spec.search.max_sites
+    distinct = set()
+    for combo in itertools.product(*values.values()):
+        point = dict(zip(names, combo))
+        bits = tuple(v for k, v in point.items() if k not in spec.space)  # site_<i>
+        if max_sites is not None and sum(bits) > max_sites:
+            continue
+        sampled: dict[str, Any] = {}
+        for key, dist in spec.space.items():
+            if dist.type != "sites" and when_holds(dist.when, sampled):
+                sampled[key] = point[key]
+        distinct.add((tuple(sampled.items()), bits))
+    return len(distinct)
+
+
+def _check_grid(spec: SweepSpec, site_count: int, file: str, smoke: bool) -> int:
+    """Check a grid search; return its number of trials: num_samples as given, else the grid's size."""
+    s = spec.search
+    values = grid_values(spec, site_count, file)
+    if s.points_to_evaluate:
+        raise SpecError(file, "search.points_to_evaluate", "a grid evaluates every point already; leave "
+                                                           "points_to_evaluate out")
+    combinations = math.prod(len(v) for v in values.values())
+    if combinations > GRID_LIMIT:
+        raise SpecError(file, "search.algorithm", f"the grid has {combinations} combinations (more than {GRID_LIMIT}); "
+                                                  "use tpe, nsga2 or random")
+    size = grid_trials(spec, values)
+    dims = " × ".join(f"{k} ({len(v)})" for k, v in values.items() if k in spec.space)
+    if "mask" in spec.space:
+        masks = f"2^{site_count} masks" + (f" (at most {s.max_sites} sites on)" if s.max_sites else "")
+        dims = " × ".join(filter(None, [dims, masks]))
+    if "num_samples" not in s.model_fields_set:
+        return size  # the grid's size is the budget
+    if s.num_samples != size and not smoke:
+        conditional = (" (conditional keys counted where sampled)"
+                       if any(getattr(d, "when", None) for d in spec.space.values()) else "")
+        raise SpecError(file, "search.num_samples", f"the grid {dims} has {size} distinct trials{conditional}; "
+                                                    f"set num_samples to {size} or leave it out, got {s.num_samples}")
+    return s.num_samples
+
+
+def check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) -> list[dict[str, Any]]:
+    """Each point in sweep-file terms → the values the searcher suggests first (a policy becomes ``site_<i>`` bits)."""
+    out = []
+    mask_searched = "mask" in spec.space
+    for i, point in enumerate(spec.search.points_to_evaluate):
+        where = f"search.points_to_evaluate[{i}]"
+        params: dict[str, Any] = {}
+        for key, value in point.items():
+            if mask_searched and key in CONFIG_KEYS:
+                continue
+            if key not in spec.space:
+                hint = " (a searched mask is given as policy, with k / stages / paths / mask)" if mask_searched else ""
+                searched = ", ".join(spec.space) or "none"
+                raise SpecError(file, f"{where}.{key}", f"not a searched key; searched: {searched}{hint}")
+            if not _fits(spec.space[key], value):
+                raise SpecError(file, f"{where}.{key}", f"{value!r} is not a value the space can take; "
+                                                        f"{_describe(spec.space[key])}")
+            params[key] = value
+        for key in params:
+            when = spec.space[key].when
+            if when and not when_holds(when, params):
+                cond = ", ".join(f"{k} is {v}" for k, v in when.items())
+                raise SpecError(file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in "
+                                                        "this point too")
+        if mask_searched and any(k in point for k in CONFIG_KEYS):
+            bits = point_mask(point, base, sites, file, where)
+            if spec.search.max_sites is not None and bits.count("1") > spec.search.max_sites:
+                raise SpecError(file, where, f"its mask {bits} turns {bits.count('1')} sites on, above "
+                                             f"search.max_sites ({spec.search.max_sites})")
+            params.update({f"site_{j}": int(b) for j, b in enumerate(bits)})
+        out.append(params)
+    return out

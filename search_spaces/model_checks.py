@@ -1,0 +1,90 @@
+"""The checks of a sweep file that need the trial's network: the model's sites (a searched mask's length), a policy
+that must fit the fixed model, and forward multiply–accumulates (what the smoke test sizes itself by).
+
+Each builds the network through ``trial_network``, on the meta device: the module graph and its shapes, no weights
+allocated or initialised, so a check of ResNet-50 or VanillaNet takes milliseconds and no memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterator
+
+from search_spaces.schema import SpecError, SweepSpec
+from trainables.config import ConfigError, TrialConfig
+from trainables.policy import ARGUMENT_KEY, ARGUMENT_KEYS, CONFIG_KEYS, Policy
+
+
+@contextlib.contextmanager
+def trial_network(cfg: TrialConfig) -> Iterator:
+    """The trial's network before insertion (policy none) on the meta device. What runs on it runs inside the
+    context, so that the tensors it makes (a counted forward pass) are meta tensors too."""
+    import torch
+
+    from trainables.loop import build_network
+
+    with torch.device("meta"):
+        model, _ = build_network(dataclasses.replace(cfg, policy="none"), num_classes=10, in_chans=3)
+        yield model
+
+
+def model_sites(base: TrialConfig) -> list:
+    """The activation sites of the fixed model (``insertion.Site``, forward order)."""
+    from trainables.insertion import list_sites
+
+    with trial_network(base) as model:
+        return list_sites(model)
+
+
+def forward_macs(cfg: TrialConfig, size: int) -> float | None:
+    """G multiply–accumulates of one image at ``size``² (counted on the meta device), or None if the model cannot
+    take it."""
+    from trainables.models.stats import count_macs
+
+    with trial_network(cfg) as model:
+        try:
+            return count_macs(model.eval(), (3, size, size))
+        except (RuntimeError, ValueError):  # a feature map shrank below 1×1
+            return None
+
+
+def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
+    """The fixed policy, and each searched value of a policy key, fit the (fixed) model's sites: a mask of its length,
+    stages it has, paths that match a site, k within its site count. Otherwise every trial would fail on it, or a
+    ``paths`` policy that matches nothing would train the baseline as if it were the insertion."""
+    if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
+        return
+    sites: list = []
+    fixed = ARGUMENT_KEY.get(base.policy)
+    # (searched key, where, config)
+    candidates = [(None, f"trial.{fixed}" if fixed in spec.trial else "trial.policy", base)]
+    policies = spec.space["policy"].choices if getattr(spec.space.get("policy"), "type", None) == "categorical" else []
+    for key in (k for k in CONFIG_KEYS if k in spec.space):
+        # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
+        uses = next(({"policy": p} for p in policies if ARGUMENT_KEY.get(p) == key), {})
+        candidates += [(key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
+                       for edge, value in spec.space[key].edges().items()]  # each value checked by check_space
+    for searched, where, cfg in candidates:
+        argument = ARGUMENT_KEY.get(cfg.policy)
+        if argument is None or not cfg.inserts or (argument in spec.space and argument != searched):
+            continue  # a policy without argument fits any model; a searched argument is checked as its own key
+        sites = sites or model_sites(base)
+        try:
+            Policy.from_config(cfg).select(sites)
+        except ValueError as exc:
+            raise SpecError(file, where, f"{exc} ({base.model})") from None
+
+
+def point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: str) -> str:
+    """The mask a point's policy selects on the model's sites."""
+    from trainables.insertion import mask_of
+
+    given = {k: point[k] for k in ARGUMENT_KEYS if k in point}
+    flat = {**base.to_dict(), "policy": point.get("policy", "mask"), **given}
+    try:
+        return mask_of(sites, Policy.from_config(TrialConfig.from_flat(flat)).select(sites))
+    except ConfigError as exc:
+        raise SpecError(file, f"{where}.{exc.key}", exc.message) from None
+    except ValueError as exc:  # the policy does not fit this model: name the key that carries its argument
+        arg_key = ARGUMENT_KEY.get(point.get("policy", "mask"), "policy")
+        raise SpecError(file, f"{where}.{arg_key if arg_key in point else 'policy'}", str(exc)) from None
