@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -110,9 +111,8 @@ class SweepSearcher(Searcher):
             trial = self.study.ask()
             config = self._space(trial)
             sampled = tuple(sorted(trial.params.items()))
-            if self._max_sites is not None and sum(config[k] for k in self._site_keys) > self._max_sites:
-                self._reject(trial)
-            elif self._distinct and sampled in self._sampled:
+            over = self._max_sites is not None and sum(config[k] for k in self._site_keys) > self._max_sites
+            if over or (self._distinct and sampled in self._sampled):
                 self._reject(trial)
             else:
                 self._sampled.add(sampled)
