@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES: list[tuple[str, str, str]] = [
     # --- the four the project imports
     ("ray", "2.60.0", "Ray Tune: the scheduler of every sweep (Tuner, ASHA, ConcurrencyLimiter, checkpoints)"),
-    ("optuna", "5.0.0", "the searcher (OptunaSearch) and fANOVA importance"),
+    ("optuna", "5.0.0", "the searcher (SweepSearcher's study: ask-and-tell, samplers) and fANOVA importance"),
     ("mlflow", "3.17.2", "tracking: every metric, figure and checkpoint; the full package is the one with the SQL store"),
     ("mlflow-skinny", "3.17.2", "mlflow's core (client, tracking API); mlflow requires it"),
     ("mlflow-tracing", "3.17.2", "mlflow's tracing part; mlflow and mlflow-skinny import it"),

@@ -59,7 +59,7 @@ for d in md.distributions(path=[sys.argv[1]]):
 print("on_device.sh: requirements " + ("met" if not bad else "NOT met:\n  " + "\n  ".join(sorted(set(bad)))))
 print("on_device.sh: image has " + ", ".join(f"{n} {md.version(n)}" for n in ("numpy", "protobuf", "grpcio", "pyarrow", "pandas")))
 EOF
-  python3 -c "import ray, ray.tune, optuna, mlflow, pydantic, torch; from ray.tune.search.optuna import OptunaSearch
+  python3 -c "import ray, ray.tune, optuna, mlflow, pydantic, torch; from ray.tune.search import ConcurrencyLimiter, Searcher
 print('on_device.sh: imports ok: ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__,
       'pydantic', pydantic.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 4
   echo "on_device.sh: \$ $*"

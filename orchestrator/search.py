@@ -1,29 +1,36 @@
 """The searcher and scheduler a sweep file asks for, built for Ray Tune.
 
-The space is define-by-run (``OptunaSearch(space=callable)``): the callable suggests every searched key
-(a conditional one only where its ``when`` holds) and returns the fixed trial values as constants, so each
-trial's Tune config is its whole flat trial config.
+``SweepSearcher`` drives its own Optuna study by ask-and-tell behind Ray Tune's public ``Searcher`` interface.
+It does not subclass Ray's Optuna integration, whose private fields a subclass would have to read (a Ray upgrade
+that renamed them would break the sweep silently). Tune calls only ``Searcher``'s public methods (``suggest``,
+``on_trial_result``, ``on_trial_complete``, ``save``/``restore``), and the study is ``searcher.study``.
 
-``max_sites``: a mask with more sites on is *rejected*, never trained. The callable records the violation
-as an Optuna constraint (``trial.set_constraint``, Optuna 5's replacement of ``constraints_func``; Ray's
-captor passes it through), ``SweepSearch`` tells the study at once that the sample finished infeasible,
-and draws again. TPE then ranks it below every feasible trial by its violation, NSGA-II by constrained
-domination, so both learn to propose feasible masks. Penalising instead (training it and reporting a bad
-score) would spend a trial's compute on a mask the user ruled out, and put an invented number into the
-objective the sampler models.
+The space is define-by-run (``SpaceSampler``): it suggests every searched key (a conditional one only where its
+``when`` holds) and adds the fixed trial values, so each trial's Tune config is its whole flat trial config.
+
+``max_sites``: a mask with more sites on is *rejected*, never trained. The space records the violation as an
+Optuna constraint (``trial.set_constraint``, Optuna 5's replacement of ``constraints_func``), ``SweepSearcher``
+tells the study at once that the sample finished infeasible, and draws again. TPE then ranks it below every
+feasible trial by its violation, NSGA-II by constrained domination, so both learn to propose feasible masks.
+Penalising instead (training it and reporting a bad score) would spend a trial's compute on a mask the user ruled
+out, and put an invented number into the objective the sampler models.
 """
 from __future__ import annotations
 
+import logging
 import math
+import pickle
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.schema import Sweep, when_holds
 
+log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's console is Tune's trial table, not Optuna's notices
 ASHA_METRIC = ("val_acc", "max")  # ASHA compares trials at each rung on the epoch's top-1 accuracy
 MAX_SITES_CONSTRAINT = "max_sites"  # the Optuna constraint: sites on − max_sites (feasible at ≤ 0)
@@ -31,14 +38,15 @@ MAX_DRAWS = 20_000  # draws per trial before a mask within max_sites is given up
 
 
 class SpaceSampler:
-    """Define-by-run space. A module-level class, not a closure: Tune pickles it with the searcher's state."""
+    """Define-by-run space: suggests the searched keys on an Optuna trial and returns the whole trial config.
+    A module-level class, not a closure: Tune pickles it with the searcher."""
 
     max_sites: int | None = None  # class default: a sampler pickled before max_sites existed still loads
 
     def __init__(self, space: dict[str, dict], fixed: dict[str, Any], site_count: int, max_sites: int | None = None):
         self.space, self.fixed, self.site_count, self.max_sites = space, fixed, site_count, max_sites
 
-    def __call__(self, trial) -> dict[str, Any]:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
         for key, dist in self.space.items():
             kind = dist["type"]
@@ -54,39 +62,117 @@ class SpaceSampler:
                 bits = [trial.suggest_categorical(f"site_{i}", [0, 1]) for i in range(self.site_count)]
                 if self.max_sites is not None:
                     trial.set_constraint(MAX_SITES_CONSTRAINT, sum(bits) - self.max_sites)
-        # a conditional key's fixed value is for the trials that did not sample it (Ray lets the return win)
-        return {k: v for k, v in self.fixed.items() if k not in chosen}
+        # the sampled values (site_<i> bits included) in the order suggested, then the fixed ones; a conditional
+        # key's fixed value is for the trials that did not sample it
+        return {**trial.params, **{k: v for k, v in self.fixed.items() if k not in chosen}}
 
 
-class SweepSearch(OptunaSearch):
-    """Ray's OptunaSearch that rejects masks over ``max_sites`` before they train (see the module docstring), and,
-    for a grid (``distinct``), combinations that repeat a trial already run (they differ only in a conditional key
-    that trial did not sample)."""
+class SweepSearcher(Searcher):
+    """Ray Tune searcher over an Optuna study it owns (ask-and-tell).
 
-    def __init__(self, *, max_sites: int | None = None, site_count: int = 0, distinct: bool = False, **kwargs):
-        super().__init__(**kwargs)
+    Rejects masks over ``max_sites`` before they train (see the module docstring) and, for a grid (``distinct``),
+    combinations that repeat a trial already run (they differ only in a conditional key that trial did not sample).
+
+    ``storage`` (None: in memory) and ``study_name`` are Optuna's: with an RDB storage the study's trials live
+    there; the state Tune saves still pickles the study, which Optuna does as the storage's URL (and its cache of
+    trials), reconnecting on load. Tell and report then go to the storage.
+    """
+
+    def __init__(self, space: Callable[[optuna.Trial], dict[str, Any]], *, metric: str | list[str],
+                 mode: str | list[str], sampler: optuna.samplers.BaseSampler,
+                 points_to_evaluate: Sequence[dict[str, Any]] | None = None, max_sites: int | None = None,
+                 site_count: int = 0, distinct: bool = False, storage: str | optuna.storages.BaseStorage | None = None,
+                 study_name: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
         self._max_sites, self._site_keys = max_sites, [f"site_{i}" for i in range(site_count)]
-        self._distinct, self._sampled = distinct, set()  # the sampled values of every trial suggested so far
+        self._distinct = distinct
+        modes = mode if isinstance(mode, list) else [mode]
+        # Tune's scheduler (ASHA) stops trials, so Optuna's pruner never decides: NopPruner says so
+        self.study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
+            load_if_exists=True, directions=["maximize" if m == "max" else "minimize" for m in modes])
+        if not self.study.trials:  # a study loaded from a storage holds its points already
+            for point in points_to_evaluate or []:
+                self.study.enqueue_trial(point)  # asked first, in order; a key a point lacks is sampled
+        # what changes as the sweep runs, all of it in get_state
+        self._running: dict[str, optuna.Trial] = {}  # Tune trial id → its Optuna trial, asked and not yet told
+        self._completed: set[str] = set()  # Tune trial ids told to the study
+        self._sampled: set[tuple] = set()  # the sampled values of every trial suggested (a grid's ``distinct``)
         self.rejected = 0  # samples told to the study without training
+
+    # --- what Tune calls --------------------------------------------------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        return False  # the space, metric and mode come from the sweep file; a Tune param_space is not ours to take
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(MAX_DRAWS):
-            config = super().suggest(trial_id)
-            sampled = tuple(sorted(self._ot_trials[trial_id].params.items()))
-            if self._max_sites is not None and sum(config[k] for k in self._site_keys) > self._max_sites:
-                self._reject(trial_id)
-            elif self._distinct and sampled in self._sampled:
-                self._reject(trial_id)
+            trial = self.study.ask()
+            config = self._space(trial)
+            sampled = tuple(sorted(trial.params.items()))
+            over = self._max_sites is not None and sum(config[k] for k in self._site_keys) > self._max_sites
+            if over or (self._distinct and sampled in self._sampled):
+                self._reject(trial)
             else:
                 self._sampled.add(sampled)
+                self._running[trial_id] = trial
                 return config
         raise RuntimeError(f"no new sample within search.max_sites ({self._max_sites}) in {MAX_DRAWS} draws")
 
-    def _reject(self, trial_id: str) -> None:
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each epoch's metric becomes an intermediate value of the Optuna trial (single objective only: Optuna
+        keeps none for several). No pruner reads it; it is the study's learning curve."""
+        trial = self._running.get(trial_id)
+        if isinstance(self.metric, list) or trial is None or self.metric not in result:
+            return
+        trial.report(result[self.metric], result["training_iteration"])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self._running.pop(trial_id, None)
+        if trial is None:  # told already (an errored trial that resume ran again), or not one of ours
+            if trial_id in self._completed:
+                log.warning("trial %s completed again; the study keeps its first result", trial_id)
+            return
+        self._completed.add(trial_id)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(m) for m in metrics]
+        if any(v is None for v in values):  # no result: failed, or stopped before it reported the metric
+            state, values = (TrialState.FAIL if error else TrialState.PRUNED), None
+        else:
+            state = None  # Optuna completes it, or fails it with a warning for a NaN (a diverged trial)
+        try:
+            self.study.tell(trial, values, state=state)
+        except Exception as exc:  # one trial Optuna refuses must not end the sweep
+            log.warning("trial %s: the study refused its result: %s", trial_id, exc)
+
+    # --- the state Tune saves in the experiment checkpoint and restores on Tuner.restore ----------------------------
+
+    def get_state(self) -> dict:
+        """The study (its trials, or the address of the storage that holds them, and its sampler with the random
+        state) and the trials still running. One object: the running Optuna trials pickle with their study."""
+        return {"study": self.study, "running": self._running, "completed": self._completed,
+                "sampled": self._sampled, "rejected": self.rejected}
+
+    def set_state(self, state: dict) -> None:
+        self.study, self._running, self._completed = state["study"], state["running"], state["completed"]
+        self._sampled, self.rejected = state["sampled"], state["rejected"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune restores the searcher it pickled when the sweep started (its space, metric, sampler settings), then
+        this state: the restored sweep asks the same study, and a trial that was running is told when it ends."""
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def _reject(self, trial: optuna.Trial) -> None:
         """Finish the sample as an infeasible trial: its constraint ranks it, so its values are only placeholders
         (the worst possible, in case anything reads them)."""
-        worst = [-math.inf if mode == "max" else math.inf for mode in (self._mode if isinstance(self._mode, list) else [self._mode])]
-        self._ot_study.tell(self._ot_trials.pop(trial_id), worst if isinstance(self._mode, list) else worst[0])
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        self.study.tell(trial, [-math.inf if m == "max" else math.inf for m in modes])
         self.rejected += 1
 
 
@@ -112,11 +198,12 @@ def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
 def make_searcher(sweep: Sweep) -> Searcher:
     s = sweep.spec.search
     metrics, modes = (list(x) for x in zip(*sweep.objectives))
-    space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(), sweep.site_count,
-                         s.max_sites)
-    searcher = SweepSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0], mode=modes if len(modes) > 1 else modes[0],
-                           sampler=make_sampler(sweep), points_to_evaluate=sweep.points or None, max_sites=s.max_sites,
-                           site_count=sweep.site_count, distinct=s.algorithm == "grid")
+    space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(),
+                         sweep.site_count, s.max_sites)
+    searcher = SweepSearcher(space, metric=metrics if len(metrics) > 1 else metrics[0],
+                             mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(sweep),
+                             points_to_evaluate=sweep.points, max_sites=s.max_sites, site_count=sweep.site_count,
+                             distinct=s.algorithm == "grid")
     return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
 
 

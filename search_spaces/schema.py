@@ -87,7 +87,7 @@ Mode = Literal["max", "min"]
 
 
 class SearchSection(_Strict):
-    algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"  # Optuna's samplers, through Ray Tune's OptunaSearch
+    algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"  # Optuna's samplers (orchestrator/search.py)
     metric: Union[str, Annotated[list[str], Field(min_length=1)]] = "best_val_acc"  # what the searcher optimizes; a list: several objectives
     mode: Union[Mode, list[Mode], None] = None  # per metric; default: each metric's natural direction (accuracy max, latency min)
     num_samples: Annotated[int, Field(ge=1)] = 8  # trials in the sweep (grid: the grid's size, by default)

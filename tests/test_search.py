@@ -1,5 +1,6 @@
 """The searchers a sweep file asks for, driven directly (no Ray cluster): the same ``make_searcher`` the driver
-builds (Ray's OptunaSearch around our define-by-run ``SpaceSampler``), fed results by hand."""
+builds (our ``SweepSearcher`` over its own Optuna study, with the define-by-run ``SpaceSampler``), fed results
+by hand."""
 import itertools
 import math
 import random
@@ -135,7 +136,7 @@ def test_a_conditional_key_is_sampled_only_where_its_condition_holds():
         search: {algorithm: tpe, num_samples: 12, seed: 1}
     """)
     searcher, configs = _drive(sweep, lambda c: {"best_val_acc": 10.0 * c["n"] + random.random()})
-    trials = searcher._ot_study.trials
+    trials = searcher.study.trials
     assert {c["insert_act"] for c in configs} == {"lslu", "pwlu", "la_silu"}
     for config, trial in zip(configs, trials):
         if config["insert_act"] == "lslu":
@@ -157,7 +158,7 @@ def test_masks_over_max_sites_are_rejected_before_they_train(algorithm):
     searcher, configs = _drive(sweep, lambda c: {"best_val_acc": random.random(), "lslu_sites": _mask(c, 17).count("1")})
     assert all(_mask(c, 17).count("1") <= 4 for c in configs)
     # random draws of 17 bits are rarely within 4 (P = 0.025): many were told to the study as infeasible, none ran
-    trials = searcher._ot_study.trials
+    trials = searcher.study.trials
     assert searcher.rejected == len(trials) - len(configs) > 0
     for trial in trials:
         ones = sum(trial.params[f"site_{i}"] for i in range(17))
@@ -184,9 +185,9 @@ def test_nsga2_optimizes_two_objectives_and_the_pareto_front_is_the_non_dominate
         return {"best_val_acc": 80 + ones + rng.uniform(-2, 2), "latency_ms": 1.0 + 0.1 * ones + rng.uniform(0, 0.05)}
 
     searcher, configs = _drive(sweep, result)
-    assert [d.name for d in searcher._ot_study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [d.name for d in searcher.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     rows = [{"trial_id": t.number, "status": "completed", "best_val_acc": t.values[0], "latency_ms": t.values[1]}
-            for t in searcher._ot_study.trials]
+            for t in searcher.study.trials]
     front = pareto_rows(rows, sweep.objectives)
     brute = [r for r in rows if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
                                         and o is not r and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
@@ -194,7 +195,7 @@ def test_nsga2_optimizes_two_objectives_and_the_pareto_front_is_the_non_dominate
     assert {r["trial_id"] for r in front} == {r["trial_id"] for r in brute} and len(front) >= 3
     assert [r["best_val_acc"] for r in front] == sorted((r["best_val_acc"] for r in front), reverse=True)
     # Optuna's own front agrees
-    assert {t.number for t in searcher._ot_study.best_trials} == {r["trial_id"] for r in front}
+    assert {t.number for t in searcher.study.best_trials} == {r["trial_id"] for r in front}
 
 
 # --- the search beats random placement ----------------------------------------------------------------------------
@@ -234,3 +235,99 @@ def test_tpe_finds_better_masks_than_random_placement_within_the_same_budget():
     assert all(t > r for t, r in zip(tpe, rand)), (tpe, rand)
     assert sum(tpe) / len(tpe) >= expected_random + 2.0, (tpe, expected_random)
     assert sum(tpe) / len(tpe) - sum(rand) / len(rand) >= 2.0, (tpe, rand)
+
+
+# --- resume: the searcher's state in Tune's experiment checkpoint ---------------------------------------------------
+
+RESUMED = {
+    "tpe": """
+        name: resumed
+        trial: {model: resnet18, cifar_stem: true, n: 1, epochs: 1}
+        space:
+          mask: {type: sites}
+          lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+        search: {algorithm: tpe, num_samples: 14, max_sites: 5, seed: 2, points_to_evaluate: [{policy: downsampling}]}
+    """,
+    "nsga2": """
+        name: resumed
+        trial: {model: resnet18, cifar_stem: true, n: 1, epochs: 1}
+        space: {mask: {type: sites}}
+        search: {algorithm: nsga2, metric: [best_val_acc, lslu_sites], num_samples: 14, population_size: 4,
+                 max_sites: 6, seed: 0}
+    """,
+    "grid": GRID,
+}
+
+
+def _steps(searcher, ids, objective, configs):
+    """Tune's order with two trials running at once: t<i+1> is suggested while t<i> reports its last epoch."""
+    for i in ids:
+        configs[f"t{i}"] = searcher.suggest(f"t{i}")
+        if i >= 1:
+            result = objective(configs[f"t{i - 1}"])
+            searcher.on_trial_result(f"t{i - 1}", {**result, "training_iteration": 1})
+            searcher.on_trial_complete(f"t{i - 1}", result)
+
+
+@pytest.mark.parametrize("algorithm", RESUMED)
+def test_a_restored_searcher_continues_the_same_study(algorithm, tmp_path):
+    """Tune saves the searcher in its experiment checkpoint (SearchGenerator.save_to_dir) and, on Tuner.restore,
+    loads it into the searcher it pickled when the sweep started: the sweep goes on as if never interrupted."""
+    import pickle
+
+    from ray.tune.search import SearchGenerator
+
+    sweep = _sweep(RESUMED[algorithm])
+    budget = sweep.spec.search.num_samples
+
+    def objective(config):
+        ones = _mask(config, 17).count("1") if "site_0" in config else 0
+        return {"best_val_acc": float(ones + 0.1 * config.get("seed", 0)) + 0.01 * len(str(config)), "lslu_sites": ones}
+
+    straight, through = {}, {}
+    searcher = make_searcher(sweep)
+    _steps(searcher, range(budget), objective, straight)
+    searcher.on_trial_complete(f"t{budget - 1}", objective(straight[f"t{budget - 1}"]))
+
+    first = SearchGenerator(make_searcher(sweep))
+    pickled = pickle.dumps(make_searcher(sweep))  # the Tuner's own copy (tuner.pkl), taken before any trial
+    _steps(first.searcher, range(budget // 2), objective, through)  # t<budget/2 - 1> is still running
+    first.save_to_dir(str(tmp_path), session_str="s")
+    restored = SearchGenerator(pickle.loads(pickled))
+    restored.restore_from_dir(str(tmp_path))
+    _steps(restored.searcher, range(budget // 2, budget), objective, through)
+    restored.searcher.on_trial_complete(f"t{budget - 1}", objective(through[f"t{budget - 1}"]))
+
+    assert through == straight
+    a, b = searcher.searcher, restored.searcher.searcher
+    assert b.rejected == a.rejected and len(b.study.trials) == len(a.study.trials) == budget + a.rejected
+    record = [[(t.params, t.values, t.state, t.intermediate_values) for t in s.study.trials] for s in (a, b)]
+    assert record[1] == record[0]
+    assert all(t.state.name == "COMPLETE" for t in b.study.trials)  # the trial running at the save was told too
+
+
+def test_a_study_in_an_rdb_storage_is_restored_and_told_through_it(tmp_path):
+    """With an Optuna storage the trials live there: a restored searcher tells the same study in that storage."""
+    import optuna
+
+    from orchestrator.search import SpaceSampler, SweepSearcher, make_sampler
+
+    sweep = _sweep(RESUMED["tpe"])
+    space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(),
+                         sweep.site_count, sweep.spec.search.max_sites)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = SweepSearcher(space, metric="best_val_acc", mode="max", sampler=make_sampler(sweep), max_sites=5,
+                             site_count=17, storage=storage, study_name="resumed-1")
+    for i in range(6):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"best_val_acc": float(i)})
+    searcher.suggest("t6")
+    searcher.save(str(tmp_path / "state.pkl"))
+    assert searcher.rejected > 0
+    other = SweepSearcher(space, metric="best_val_acc", mode="max", sampler=make_sampler(sweep), max_sites=5,
+                          site_count=17)
+    other.restore(str(tmp_path / "state.pkl"))
+    assert other.study.study_name == "resumed-1" and len(other.study.trials) == 7 + searcher.rejected
+    other.on_trial_complete("t6", {"best_val_acc": 9.0})
+    assert other.study.best_value == 9.0
+    assert optuna.load_study(study_name="resumed-1", storage=storage).best_value == 9.0  # the storage's, not a copy
