@@ -10,15 +10,15 @@ saved-tensor hooks) and its ratio to ReLU's, and on CUDA the peak allocated memo
 ReLU; an LSLU site is the series, the (2n+1)² depthwise conv and BatchNorm (DESIGN.md §2). ``naive`` is plain
 autograd on all three (n+1 saved intermediates, one kernel per operation, PyTorch's depthwise backward);
 ``shipped`` is the LSLU module: on CUDA the series as two Triton kernels that keep only x
-(trainables/activations/lslu_triton.py); on the CPU with a ReLU base the whole site as one function that keeps x and
-its output (lslu_site.py: the series in closed form, lslu_relu.py; the depthwise conv and both its gradients by the
-compiled kernel with f(y_n) computed inside it, lslu_cpu.py; the conv's output rebuilt from the site's output for
-BatchNorm's backward).
+(trainables/activations/lslu/triton_series.py); on the CPU with a ReLU base the whole site as one function that keeps x
+and its output (lslu/cpu_site.py: the series in closed form, lslu/closed_form.py; the depthwise conv and both its
+gradients by the compiled kernel with f(y_n) computed inside it, lslu/cpu_kernel.py; the conv's output rebuilt from the
+site's output for BatchNorm's backward). Which route runs where: lslu/dispatch.py.
 On the CPU, ``ops only`` is the module with ``LSLU_KERNEL=eager``: without the compiled kernel for the series and
-the depthwise conv (lslu_cpu.py), whose share of ``shipped`` it shows.
+the depthwise conv (lslu/cpu_kernel.py), whose share of ``shipped`` it shows.
 On CUDA, ``triton site`` is the module with ``LSLU_KERNEL=site``: the series recomputed inside a Triton depthwise
 conv, f(y_n) never written, and BatchNorm in the same function, which keeps x alone and runs the conv again in backward
-(lslu_site_triton.py; opt-in until this comparison is made on a GPU).
+(lslu/triton_site.py; opt-in until this comparison is made on a GPU).
 ``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
 depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts could save.
 """
@@ -32,14 +32,13 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_name, interleaved_times, peak_cuda_mb, saved_bytes, table  # noqa: E402
 from trainables.activations import create_act  # noqa: E402
-from trainables.activations.depthwise import depthwise_conv  # noqa: E402
-from trainables.activations.lslu_series import series_forward  # noqa: E402
+from trainables.activations.lslu import reference  # noqa: E402
+from trainables.activations.lslu.dispatch import depthwise_conv  # noqa: E402
 
 
 class NaiveLSLU(nn.Module):
@@ -51,8 +50,7 @@ class NaiveLSLU(nn.Module):
 
     def forward(self, x):
         m = self.lslu
-        y = series_forward(x, m.theta, m.omega, m.base, m.granularity == "channel")
-        return m.bn(F.conv2d(y, m.weight, None, padding=m.n, groups=m.channels))
+        return reference.site(x, m.theta, m.omega, m.weight, None, m.bn, m.base, m.granularity == "channel")
 
 
 class SitePart(nn.Module):
@@ -72,7 +70,7 @@ class SitePart(nn.Module):
 
 
 class WithKernel(nn.Module):
-    """The LSLU module run with ``LSLU_KERNEL`` set to ``kernel`` (``site``: the Triton site, lslu_site_triton.py;
+    """The LSLU module run with ``LSLU_KERNEL`` set to ``kernel`` (``site``: the Triton site, lslu/triton_site.py;
     ``eager``: PyTorch's ops alone), in its forward and, through ``kernel_env``, in the step's backward."""
 
     def __init__(self, lslu: nn.Module, kernel: str):

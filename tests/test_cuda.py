@@ -12,7 +12,8 @@ from lslu_factory import randomized_lslu
 
 from benchmarks.common import cuda_graph_replay
 from trainables.activations import create_act, list_acts
-from trainables.activations.lslu_series import lslu_series, series_forward
+from trainables.activations.lslu.dispatch import series as lslu_series
+from trainables.activations.lslu.reference import series_forward
 from trainables.config import TrialConfig
 from trainables.insertion import apply_policy
 from trainables.loop import Training

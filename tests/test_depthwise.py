@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.activations.depthwise import DENSE_MAP, TWO_CONV_KERNEL, depthwise_conv, depthwise_grads
+from trainables.activations.lslu.cpu_depthwise import DENSE_MAP, TWO_CONV_KERNEL
+from trainables.activations.lslu.dispatch import depthwise_conv, depthwise_grads
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.lslu_factory import randomized_lslu
-from trainables.activations import lslu_cpu
-from trainables.activations.lslu_relu import ClosedForm
-from trainables.activations.lslu_series import series_forward
+from trainables.activations.lslu import cpu_kernel as lslu_cpu
+from trainables.activations.lslu.closed_form import ClosedForm
+from trainables.activations.lslu.reference import series_forward
 from trainables.models.vanillanet import VanillaAct
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_a_channel_count_that_is_not_the_weights_is_refused():
 
 BUILD = textwrap.dedent("""
     import warnings, torch
-    from trainables.activations import lslu_cpu
+    from trainables.activations.lslu import cpu_kernel as lslu_cpu
     from tests.lslu_factory import randomized_lslu
     act = randomized_lslu(channels=16).float().eval().fuse()
     x = torch.randn(1, 16, 6, 6)

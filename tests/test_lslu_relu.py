@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lslu_factory import randomized_lslu
-from trainables.activations import LSLU, lslu_site
-from trainables.activations.lslu_relu import relu_series
-from trainables.activations.lslu_series import series_forward
+from trainables.activations import LSLU
+from trainables.activations.lslu import dispatch
+from trainables.activations.lslu.closed_form import relu_series
+from trainables.activations.lslu.reference import series_forward
 
 
 def _params(n, channels, channel, low, high, seed):
@@ -124,7 +125,7 @@ def _site_pair(granularity, n, momentum, seed=0):
 
 def _as_modules(act, x, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(lslu_site, "serves", lambda *args: False)
+        m.setattr(dispatch, "cpu_site_applies", lambda *args: False)
         return act(x)
 
 
@@ -172,7 +173,7 @@ def test_site_function_steps_aside_where_it_does_not_serve(case):
     act = LSLU(4, n=2, base="silu" if case == "silu" else "relu").train()
     with torch.no_grad():
         if case == "gamma_below_floor":
-            act.bn.weight[2] = lslu_site.GAMMA_FLOOR / 2  # (out − β) / γ would lose the conv's output
+            act.bn.weight[2] = dispatch.GAMMA_FLOOR / 2  # (out − β) / γ would lose the conv's output
         if case == "theta_zero":
             act.theta[0] = 0
     act.train(case != "eval")

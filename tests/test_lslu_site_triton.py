@@ -7,13 +7,13 @@ import textwrap
 import pytest
 from triton_interpreter import run_interpreted
 
-from trainables.activations.kernels import kernel_choice
+from trainables.activations.lslu.dispatch import kernel_choice
 
 SCRIPT = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    from trainables.activations import lslu_site_triton as S
-    from trainables.activations.lslu_series import series_forward
+    from trainables.activations.lslu import triton_site as S
+    from trainables.activations.lslu.reference import series_forward
     torch.manual_seed(0)
     cases = [  # base, channel granularity, layout, kernel size: each layout, granularity and a non-ReLU base once
         ("relu", False, torch.contiguous_format, 7),
@@ -57,9 +57,9 @@ SCRIPT = textwrap.dedent("""
     # module's CPU route
     import copy
     from lslu_factory import randomized_lslu
-    from trainables.activations import lslu_cpu, lslu_series, lslu_site
-    route, cpu_site, cpu_kernel = {"site": False}, lslu_site.serves, lslu_cpu.serves
-    lslu_series.site_kernels = lambda x: S if route["site"] else None
+    from trainables.activations.lslu import dispatch
+    route, cpu_site, cpu_kernel = {"site": False}, dispatch.cpu_site_applies, dispatch.cpu_kernel_applies
+    dispatch.triton_site_kernels = lambda x: S if route["site"] else None
     calls = []
 
     def counted(name, fn):
@@ -79,8 +79,8 @@ SCRIPT = textwrap.dedent("""
         for site, m in modules.items():
             route["site"] = site
             # the CPU's own site and inference kernel take CPU tensors first; on CUDA they never serve
-            lslu_site.serves = (lambda *args: False) if site else cpu_site
-            lslu_cpu.serves = (lambda *args: False) if site else cpu_kernel
+            dispatch.cpu_site_applies = (lambda *args: False) if site else cpu_site
+            dispatch.cpu_kernel_applies = (lambda *args: False) if site else cpu_kernel
             out = m(x)
             if site:  # BatchNorm inside the site's function: of the site's size, x alone is kept
                 big = [t for t in out.grad_fn.saved_tensors if t.shape == x.shape]
@@ -121,8 +121,8 @@ def test_triton_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from trainables.activations import lslu_site_triton as S
-    from trainables.activations import lslu_triton as T
+    from trainables.activations.lslu import triton_site as S
+    from trainables.activations.lslu import triton_series as T
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile, do not load an earlier result
     data, params = f"*{dtype}", "*fp32"
     layouts = [dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=128, BLOCK_C=8)]  # channels_last, NCHW (S._blocks)

@@ -8,8 +8,8 @@ pytest.importorskip("triton", reason="Triton is not installed (it comes with CUD
 
 SCRIPT = textwrap.dedent("""
     import torch
-    from trainables.activations import lslu_triton as T
-    from trainables.activations.lslu_series import series_backward, series_forward
+    from trainables.activations.lslu import triton_series as T
+    from trainables.activations.lslu.reference import series_backward, series_forward
     torch.manual_seed(0)
     checked = 0
     for base in ("relu", "silu", "gelu"):

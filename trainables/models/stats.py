@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainables.activations.kernels import eager_kernels
+from trainables.activations.lslu.dispatch import eager_kernels
 from trainables.insertion import is_site_module
 
 

@@ -16,15 +16,11 @@ The sites are VanillaNet's series activations (stem and every stage), the ones p
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import lslu_cpu
-from trainables.activations.depthwise import depthwise_conv
-from trainables.activations.lslu import BASES
-from trainables.activations.lslu_relu import ClosedForm
+from trainables.activations.lslu import BASES, activation_conv
 from trainables.fusion import fold_bn, fold_own_bn_, merge_1x1
 from trainables.insertion import register_site_type
 from trainables.models.registry import register_model
@@ -42,7 +38,6 @@ ARCHS = {
     13: ([4, 4, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32], [1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1]),
 }
 DIM_UNIT = 128  # dims above × 128 = the paper's 512, 1024, 2048, 4096
-RELU = ClosedForm(np.ones(1), np.zeros(1), (torch.float32, torch.Size([1])))  # relu(x) = clamp(x, 0, ∞): θ = 1, ω = 0, n = 1
 
 
 @register_site_type
@@ -61,15 +56,10 @@ class VanillaAct(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
         self.bias: nn.Parameter | None = None
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
-        self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged (lslu_cpu.py)
+        self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged
 
     def forward(self, x):
-        if lslu_cpu.serves(x, self.weight):  # CPU inference: the base and the conv in one pass, as LSLU's site
-            relu = self.base == "relu"
-            y = lslu_cpu.series_conv(x if relu else BASES[self.base](x), self.weight, self.bias, RELU if relu else None,
-                                     self._cpu_memo)
-        else:
-            y = depthwise_conv(BASES[self.base](x), self.weight, self.bias, self.act_num)
+        y = activation_conv(x, self.weight, self.bias, self.base, self._cpu_memo)  # routed as LSLU's site (dispatch.py)
         return y if self.bias is not None else self.bn(y)
 
     @torch.no_grad()

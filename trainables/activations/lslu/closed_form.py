@@ -6,15 +6,16 @@ Each step maps a clamped affine function of x to another one: if f(y_{i-1}) = cl
     relu(clamp(v, L, H)) = clamp(v, relu(L), relu(H))
 
 so, from relu(x) = clamp(x, 0, +inf), the whole series is f(y_n) = clamp(A x + B, lo, hi), where A, B, lo, hi depend
-on θ, ω alone: n steps on values of θ_i's shape ((), or (C,) per channel), done in float64 on the host. On the CPU
-that is one pass over x instead of 3n + 1 (forward) and a few instead of about 5n (backward), and backward keeps
-only x, like a ReLU site (autograd on the plain series keeps n + 1 tensors).
+on θ, ω alone: n steps on values of θ_i's shape ((), or (C,) per channel), done in float64 on the host. That is one
+pass over x instead of 3n + 1 (forward) and a few instead of about 5n (backward), and backward keeps only x, like a
+ReLU site (autograd on the plain series keeps n + 1 tensors). Where it serves is dispatch.py's to say; the host work
+(θ, ω read as numbers) is why it never runs under a trace, ``torch.compile`` or ``torch.export``.
 
 Gradients are the series' own: an element strictly between the bounds was never clipped on its way through the
 series (A x + B is strictly monotone in x when no θ_i is 0), so its output is A x + B; a clipped element's output is
 a bound, whose derivative in θ, ω runs back through the same steps (``_bounds_backward``). Elements on a bound count
 as clipped, as relu'(0) = 0 has it. A θ_i of exactly 0 makes the output constant while the series' dθ_i still depends
-on x, so that case keeps the plain series (``applies``).
+on x, so that case keeps the plain series (``ClosedForm.of`` says None).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def _bounds(theta: np.ndarray, omega: np.ndarray):
 
 
 def _bounds_backward(steps, d_a, d_b, d_lo, d_hi):
-    """dθ, dω from the gradients of A, B, lo, hi: the steps of ``_bounds`` in reverse (relu'(0) = 0, as torch has it)."""
+    """dθ, dω from the gradients of A, B, lo, hi: the steps of ``_bounds`` in reverse (relu'(0) = 0, as torch has
+    it)."""
     d_theta, d_omega = [], []
     for t, a, b, lo, hi, positive, low_edge, high_edge, low_finite, hi_finite in reversed(steps):
         g_low = np.where(low_finite & (low_edge > 0), d_lo, 0.0)
@@ -132,28 +134,18 @@ class ReluSeries(torch.autograd.Function):
         return *ctx.form.backward(x, grad, ctx.needs_input_grad[0]), None
 
 
-def on_host(x: torch.Tensor) -> bool:
-    """Whether work on the host may serve x: a plain tensor, outside ``torch.jit`` traces, ``torch.compile`` and
-    ``torch.export``. The closed form reads θ, ω and the CPU kernel reads addresses, which the fake tensors of an
-    export do not have and a trace or graph would freeze in: there the plain series' ops serve."""
-    return type(x) is torch.Tensor and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
 def version(t: torch.Tensor) -> int | None:
     """t's in-place version for a memo's key; None for a tensor made under ``torch.inference_mode`` (a module built or
     fused there), which keeps no version counter: its in-place changes, only possible in inference mode, go unseen."""
     return None if t.is_inference() else t._version
 
 
-def serves(base: str, x: torch.Tensor) -> bool:
-    """Whether ``relu_series`` is the CPU path for this series: a ReLU base and a 4-D CPU tensor, ``on_host``."""
-    return base == "relu" and x.device.type == "cpu" and x.dim() == 4 and on_host(x)
-
-
-def relu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, memo: dict | None = None) -> torch.Tensor | None:
-    """f(y_n) of the ReLU series for θ, ω of shape (n,) (layer) or (n, C) (channel) and x of shape (N, C, H, W);
-    None when a θ_i is exactly 0 (the caller keeps the plain series). ``memo`` (a dict the caller owns, e.g. per
-    module) keeps the last ``ClosedForm`` while θ and ω are unchanged (eval, deploy)."""
+def relu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor,
+                memo: dict | None = None) -> torch.Tensor | None:
+    """f(y_n) of the ReLU series for θ, ω of shape (n,) (layer) or (n, C) (channel) and x of shape (N, C, H, W),
+    through ``ReluSeries`` (x saved) when a gradient is wanted; None when a θ_i is exactly 0 (the caller keeps the
+    plain series). ``memo`` (a dict the caller owns, e.g. per module) keeps the last ``ClosedForm`` while θ and ω
+    are unchanged (eval, deploy)."""
     form = closed_form(theta, omega, memo)
     if form is None:
         return None
@@ -170,3 +162,7 @@ def closed_form(theta: torch.Tensor, omega: torch.Tensor, memo: dict | None = No
     if memo.get("key") != key:
         memo.update(key=key, form=ClosedForm.of(theta, omega))
     return memo["form"]
+
+
+# relu(x) itself, = clamp(x, 0, ∞): the series with n = 1, θ = 1, ω = 0 (VanillaNet's activation with a ReLU base)
+RELU = ClosedForm(np.ones(1), np.zeros(1), (torch.float32, torch.Size([1])))

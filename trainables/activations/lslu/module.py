@@ -9,24 +9,19 @@ Training form, for x of shape (N, C, H, W):
 ``fuse()`` folds ``bn`` into the depthwise conv (weight and bias) and keeps the series, unlike the
 authors' deploy path, which drops it.
 
-How it runs: on CUDA the series is two Triton kernels (lslu_series.py), and with ``LSLU_KERNEL=site`` the series and
-the depthwise conv are one Triton site that never writes f(y_n) (lslu_site_triton.py, opt-in until measured on a GPU);
-on the CPU a ReLU-based series is its closed form (lslu_relu.py), a training step runs the whole site as one
-function that keeps only x (lslu_site.py), and inference runs the series and the conv as one compiled kernel
-(lslu_cpu.py); otherwise the plain series under autograd.
+How it runs (Triton on CUDA, the compiled CPU kernel, the closed-form ReLU series, the one-function training site, or
+the plain ops of reference.py) is chosen in dispatch.py, whose docstring is the decision table.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from trainables.activations import lslu_cpu, lslu_relu, lslu_series, lslu_site
-from trainables.activations.depthwise import depthwise_conv
+from trainables.activations.lslu import dispatch
+from trainables.activations.lslu.reference import BASES
 from trainables.activations.registry import register_act
 from trainables.fusion import fold_own_bn_
 
-BASES = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}  # F.gelu is the exact (erf) GELU
 GRANULARITIES = ("layer", "channel")
 
 
@@ -50,8 +45,8 @@ class LSLU(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
         self.bias: nn.Parameter | None = None  # set by fuse()
         self.bn: nn.Module = nn.BatchNorm2d(channels, eps=1e-6)
-        self._series_memo: dict = {}  # the closed-form series' coefficients while θ, ω are unchanged (lslu_relu.py)
-        self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged (lslu_cpu.py)
+        self._series_memo: dict = {}  # the closed-form series' coefficients while θ, ω are unchanged (closed_form.py)
+        self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged (cpu_kernel.py)
 
     def no_weight_decay(self) -> set[str]:
         """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
@@ -66,28 +61,11 @@ class LSLU(nn.Module):
         return self.bias is not None
 
     def series(self, x: torch.Tensor) -> torch.Tensor:
-        """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i; its backward keeps only x (lslu_series.py)."""
-        return lslu_series.lslu_series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
+        """f(y_n) with y_0 = x, y_i = theta_i * f(y_{i-1}) + omega_i; its backward keeps only x (dispatch.series)."""
+        return dispatch.series(x, self.theta, self.omega, self.base, self.granularity == "channel", self._series_memo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.fused
-        if lslu_cpu.serves(x, self.theta, self.omega, self.weight):  # CPU inference: series and conv in one pass
-            form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo) if self.base == "relu" else None
-            y = lslu_cpu.series_conv(x if form is not None else self.series(x), self.weight, self.bias, form, self._cpu_memo)
-            return y if fused else self.bn(y)
-        if not fused and lslu_site.serves(self.base, x, self.bn):
-            form = lslu_relu.closed_form(self.theta, self.omega, self._series_memo)
-            if form is not None:  # the whole site in one function that keeps only x (lslu_site.py)
-                return lslu_site.site(x, self.theta, self.omega, self.weight, self.bn, form)
-        site = lslu_series.site_kernels(x)
-        if site is not None and not fused and lslu_site.batch_norm_serves(x, self.bn):  # ... and BatchNorm: x alone kept
-            return site.series_conv_batch_norm(x, self.theta, self.omega, self.weight, self.bn, self.base,
-                                               self.granularity == "channel")
-        if site is not None:  # CUDA, LSLU_KERNEL=site: f(y_n) recomputed where the conv reads it, never written
-            y = site.series_conv(x, self.theta, self.omega, self.weight, self.bias, self.base, self.granularity == "channel")
-        else:
-            y = depthwise_conv(self.series(x), self.weight, self.bias, self.n)
-        return y if fused else self.bn(y)
+        return dispatch.lslu_site(self, x)
 
     @torch.no_grad()
     def fuse(self) -> "LSLU":
@@ -110,5 +88,6 @@ def _channel_means(p: torch.Tensor) -> list[float]:
 # The base is the trial's `act` (relu where the model keeps its native activations); n = 0 inserts nothing.
 @register_act("lslu", builds=LSLU, config={"n": "n", "base": "base_act", "granularity": "granularity"},
               inserts=lambda kwargs: kwargs["n"] > 0)
-def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
+def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer",
+         learnable: bool = True):
     return LSLU(channels, n=n, base=base, granularity=granularity, learnable=learnable)

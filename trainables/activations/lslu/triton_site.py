@@ -4,16 +4,16 @@ The unfused site writes f(y_n) (the series' output) and reads it back for the co
 conv's weight gradient. Here the series is recomputed from x where the conv reads it, at each of the kernel's taps:
 
     forward   conv_out[n, c, p] = b[c] + Σ_t w[c, t] · s[n, c, p + t]        s = f(y_n)(x), zero outside the map
-    backward  dz[n, c, p]       = Σ_t w[c, t] · g[n, c, p − t]                (the same kernel, taps flipped, no series)
-              dx, dθ, dω        = the Triton series backward on (x, dz)       (lslu_triton.py)
+    backward  dz[n, c, p]       = Σ_t w[c, t] · g[n, c, p − t]                (the same kernel, flipped, no series)
+              dx, dθ, dω        = the Triton series backward on (x, dz)       (triton_series.py)
               dw[c, t]          = Σ_{n, p} g[n, c, p] · s[n, c, p + t]        (one program per tap and tile, summed)
 
 so the site keeps x for backward (BatchNorm keeps the conv's output) instead of x and f(y_n), and a deploy-form site
 (BatchNorm folded into w, b) is one kernel instead of two. In a training step BatchNorm runs inside the same function
 (``SeriesConvBatchNorm``), which keeps x alone and runs the conv's forward kernel again in backward: what a ReLU site
 keeps plus x, at the cost of one more conv pass. Works on any strides (NCHW and channels_last), in float32
-registers. Opt-in with ``LSLU_KERNEL=site`` until a GPU run weighs it against cuDNN's depthwise convolution
-(benchmarks/bench_activation.py); ``TRITON_INTERPRET=1`` runs it on the CPU for tests.
+registers. dispatch.py runs it only when asked to (opt-in until a GPU run weighs it against cuDNN's depthwise
+convolution, benchmarks/bench_activation.py); ``TRITON_INTERPRET=1`` runs it on the CPU for tests.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from trainables.activations import lslu_site, lslu_triton
-from trainables.activations.lslu_triton import _BASE_CODE, _f, _terms
+from trainables.activations.lslu import cpu_site, triton_series
+from trainables.activations.lslu.triton_series import _BASE_CODE, _f, _terms
 
 
 @triton.jit
@@ -87,7 +87,8 @@ def _dw_weight_grad(x_ptr, g_ptr, part_ptr, theta_ptr, omega_ptr, NHW, HW, H, W,
         img, row, col, p_ok, chans, c_ok = _tile(chunk * TILES_PER_PROGRAM + k, pid_c, NHW, HW, W, C, BLOCK_P, BLOCK_C)
         img64, chans64 = img.to(tl.int64), chans.to(tl.int64)
         here = p_ok[:, None] & c_ok[None, :]
-        g = tl.load(g_ptr + (img64 * sgn + row * sgh + col * sgw)[:, None] + (chans64 * sgc)[None, :], mask=here, other=0.0)
+        g_offs = (img64 * sgn + row * sgh + col * sgw)[:, None] + (chans64 * sgc)[None, :]
+        g = tl.load(g_ptr + g_offs, mask=here, other=0.0)
         hh, ww = row + di, col + dj
         ok = (p_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W))[:, None] & c_ok[None, :]
         v = tl.load(x_ptr + (img64 * sxn + hh * sxh + ww * sxw)[:, None] + (chans64 * sxc)[None, :], mask=ok, other=0.0)
@@ -105,12 +106,13 @@ def _blocks(x: torch.Tensor) -> tuple[int, int]:
 
 
 def _mode(channel: bool) -> int:
-    """lslu_triton's coefficient mode for a [pixels, channels] tile: 0 one θ_i per layer, 2 one per column."""
+    """triton_series' coefficient mode for a [pixels, channels] tile: 0 one θ_i per layer, 2 one per column."""
     return 2 if channel else 0
 
 
 def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, theta: torch.Tensor | None = None,
-            omega: torch.Tensor | None = None, base: str = "relu", channel: bool = False, flip: bool = False) -> torch.Tensor:
+            omega: torch.Tensor | None = None, base: str = "relu", channel: bool = False,
+            flip: bool = False) -> torch.Tensor:
     """``F.conv2d(s, weight, bias, padding=K // 2, groups=C)`` with s = f(y_n)(x) when θ, ω are given, else s = x;
     ``flip`` turns the taps around (the input gradient of the conv). Out has x's layout and dtype."""
     n, c, h, w = x.shape
@@ -119,7 +121,7 @@ def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     block_p, block_c = _blocks(x)
     weight = weight.contiguous()
     n_terms = 0 if theta is None else theta.shape[0]
-    theta, omega = lslu_triton.params(theta, omega) if n_terms else (weight, weight)  # unread without a series
+    theta, omega = triton_series.params(theta, omega) if n_terms else (weight, weight)  # unread without a series
     grid = (triton.cdiv(n * h * w, block_p), triton.cdiv(c, block_c))
     _dw_conv[grid](x, weight, weight if bias is None else bias, out, theta, omega, n * h * w, h * w, h, w, c,
                    *x.stride(), *out.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None, N_TERMS=n_terms,
@@ -135,7 +137,7 @@ def dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, theta: torch.Ten
     block_p, block_c = _blocks(x)
     chunks = triton.cdiv(triton.cdiv(n * h * w, block_p), tiles_per_program)
     part = torch.empty(chunks, c, k * k, device=x.device, dtype=torch.float32)
-    theta, omega = lslu_triton.params(theta, omega)
+    theta, omega = triton_series.params(theta, omega)
     _dw_weight_grad[(chunks, triton.cdiv(c, block_c), k * k)](
         x, grad, part, theta, omega, n * h * w, h * w, h, w, c, *x.stride(), *grad.stride(), tiles_per_program,
         K=k, N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=_mode(channel), BLOCK_P=block_p, BLOCK_C=block_c)
@@ -148,7 +150,7 @@ def series_conv_grads(x, theta, omega, weight, grad, base: str, channel: bool, n
     d_theta = d_omega = dx = d_weight = None
     if any(needs[:3]):
         dz = dw_conv(grad, weight, flip=True)  # the series backward puts it in x's layout
-        dx, d_theta, d_omega = lslu_triton.series_backward(x, theta, omega, dz, base, channel)
+        dx, d_theta, d_omega = triton_series.series_backward(x, theta, omega, dz, base, channel)
     if needs[3]:
         d_weight = dw_weight_grad(x, grad, weight.shape[-1], theta, omega, base, channel).to(weight.dtype)
     return dx, d_theta, d_omega, d_weight
@@ -166,20 +168,21 @@ class SeriesConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, theta, omega, weight = ctx.saved_tensors
-        return (*series_conv_grads(x, theta, omega, weight, grad, ctx.base, ctx.channel, ctx.needs_input_grad), None, None)
+        grads = series_conv_grads(x, theta, omega, weight, grad, ctx.base, ctx.channel, ctx.needs_input_grad)
+        return (*grads, None, None)
 
 
 class SeriesConvBatchNorm(torch.autograd.Function):
     """BatchNorm (training) of ``SeriesConv``, keeping x alone of the site's size for backward: backward recomputes
     the conv's output from x with the forward's kernel, bit for bit, for BatchNorm's gradient. (The CPU's one-function
-    site, lslu_site.py, rebuilds it from the site's output by dividing by γ instead: on a GPU its check of γ would be a
+    site, cpu_site.py, rebuilds it from the site's output by dividing by γ instead: on a GPU its check of γ would be a
     host sync per site and step, and in bf16 the division loses the conv's digits in proportion to |β / γ|.)"""
 
     @staticmethod
-    def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor: float, eps: float, base: str,
-                channel: bool):
+    def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor: float, eps: float,
+                base: str, channel: bool):
         conv = dw_conv(x, weight, None, theta, omega, base, channel)
-        out, mean, invstd = lslu_site.batch_norm_step(conv, gamma, beta, running_mean, running_var, factor, eps)
+        out, mean, invstd = cpu_site.batch_norm_step(conv, gamma, beta, running_mean, running_var, factor, eps)
         ctx.save_for_backward(x, theta, omega, weight, gamma, mean, invstd)
         ctx.eps, ctx.base, ctx.channel = eps, base, channel
         return out
@@ -189,17 +192,17 @@ class SeriesConvBatchNorm(torch.autograd.Function):
         x, theta, omega, weight, gamma, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         conv = dw_conv(x, weight, None, theta, omega, ctx.base, ctx.channel)
-        d_conv, d_gamma, d_beta = lslu_site.batch_norm_step_grads(grad, conv, gamma, mean, invstd, ctx.eps, need)
+        d_conv, d_gamma, d_beta = cpu_site.batch_norm_step_grads(grad, conv, gamma, mean, invstd, ctx.eps, need)
         del conv
         grads = series_conv_grads(x, theta, omega, weight, d_conv, ctx.base, ctx.channel, need[:4])
         return (*grads, d_gamma, d_beta, None, None, None, None, None, None)
 
 
 def series_conv_batch_norm(x, theta, omega, weight, bn, base: str, channel: bool) -> torch.Tensor:
-    """``bn(series_conv(x, …))`` for a training step that ``lslu_site.batch_norm_serves``, its running statistics
-    updated as ``bn(…)`` does; x alone is kept for backward."""
+    """``bn(series_conv(x, …))`` for a BatchNorm training step (dispatch.batch_norm_step_applies), its running
+    statistics updated as ``bn(…)`` does; x alone is kept for backward."""
     return SeriesConvBatchNorm.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                     lslu_site.momentum_factor(bn), bn.eps, base, channel)
+                                     cpu_site.momentum_factor(bn), bn.eps, base, channel)
 
 
 def series_conv(x, theta, omega, weight, bias, base: str, channel: bool) -> torch.Tensor:

@@ -3,13 +3,20 @@ incoming gradient once, writes dx once and reduces dθ, dω per tile (one atomic
 
 The tensor is seen as a row-major matrix: NCHW contiguous as (N·C) × (H·W), whose rows each hold one channel;
 channels_last as (N·H·W) × C, whose columns are the channels. Everything is computed in float32 registers;
-y_0 … y_n are recomputed in backward (n ≤ 16, a few flops per element) instead of being stored.
+y_0 … y_n are recomputed in backward (n ≤ 16, a few flops per element) instead of being stored. The pair computes
+reference.py's ``series_forward`` and ``series_backward`` and is tested against them.
+
+``SeriesFunction`` is the series as an autograd Function that keeps only x, over the forward/backward pair dispatch.py
+passes in (this file's, or reference.py's for a tensor this pair does not take). Importing this file needs Triton;
+dispatch.py imports it only where Triton is installed.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from trainables.activations.lslu.reference import memory_format_of
 
 _BASE_CODE = {"relu": 0, "silu": 1, "gelu": 2}
 
@@ -56,7 +63,8 @@ def _terms(y, theta_ptr, omega_ptr, rows, cols, C, N: tl.constexpr, BASE: tl.con
 
 @triton.jit
 def _series_fwd(x_ptr, out_ptr, theta_ptr, omega_ptr, R, K, C,
-                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < R)[:, None] & (cols < K)[None, :]
@@ -70,7 +78,8 @@ def _series_fwd(x_ptr, out_ptr, theta_ptr, omega_ptr, R, K, C,
 
 @triton.jit
 def _series_bwd(x_ptr, g_ptr, dx_ptr, theta_ptr, omega_ptr, dtheta_ptr, domega_ptr, R, K, C,
-                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok, col_ok = rows < R, cols < K
@@ -132,7 +141,8 @@ def series_forward(x, theta, omega, base: str, channel: bool) -> torch.Tensor:
 
 
 def series_backward(x, theta, omega, grad, base: str, channel: bool):
-    grad = grad.contiguous(memory_format=torch.channels_last if layout(x)[2] and not x.is_contiguous() else torch.contiguous_format)
+    channels_last = layout(x)[2] and not x.is_contiguous()
+    grad = grad.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     dx = torch.empty_like(x)
     d_theta = torch.zeros(theta.shape, device=x.device, dtype=torch.float32)
     d_omega = torch.zeros(omega.shape, device=x.device, dtype=torch.float32)
@@ -140,3 +150,19 @@ def series_backward(x, theta, omega, grad, base: str, channel: bool):
     _series_bwd[grid](x, grad, dx, *params(theta, omega), d_theta, d_omega, R, K, x.shape[1],
                       N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=mode, BLOCK_R=block_r, BLOCK_K=block_k)
     return dx, d_theta.to(theta.dtype), d_omega.to(omega.dtype)
+
+
+class SeriesFunction(torch.autograd.Function):
+    """f(y_n) by ``forward_fn(x, θ, ω)``, its gradients by ``backward_fn(x, θ, ω, grad)``; saves x (and θ, ω)."""
+
+    @staticmethod
+    def forward(ctx, x, theta, omega, forward_fn, backward_fn):
+        ctx.save_for_backward(x, theta, omega)
+        ctx.backward_fn = backward_fn
+        return forward_fn(x, theta, omega)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, theta, omega = ctx.saved_tensors
+        dx, d_theta, d_omega = ctx.backward_fn(x, theta, omega, grad.contiguous(memory_format=memory_format_of(x)))
+        return dx, d_theta, d_omega, None, None

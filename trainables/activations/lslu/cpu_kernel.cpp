@@ -1,7 +1,7 @@
 // LSLU's depthwise site on the CPU in one pass: out = depthwise_conv(clamp(A x + B, lo, hi), weight) + bias
 // (lslu_site_forward), and the weight's gradient of the same conv (lslu_site_weight_grad).
 //
-// Built and loaded by lslu_cpu.py (the system C++ compiler, -O3 -march=native, OpenMP from the process's own runtime,
+// Built and loaded by cpu_kernel.py (the system C++ compiler, -O3 -march=native, OpenMP from the process's own runtime,
 // which is torch's). No torch headers: plain float pointers, called through ctypes.
 //
 // Channels go in blocks of V: per image and block, the series of the block's channels is written once into a
