@@ -110,7 +110,7 @@ def test_insertion_resnet18_smoke_finds_masks_a_pareto_front_and_a_runnable_best
     front = {r["trial_id"] for r in done
              if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
                         and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"]) for o in done)}
-    pareto = pd.read_csv(io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)), dtype={"mask": str})
+    pareto = pd.read_csv(io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)), dtype={"mask": str, "trial_id": str})
     assert set(pareto["trial_id"]) == front
     importance = pd.read_csv(io.StringIO(_text(client, run_id, "site_importance.csv", tmp_path)))
     assert list(importance["site"]) == [f"site_{i}" for i in range(17)]

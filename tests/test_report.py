@@ -137,7 +137,7 @@ def test_pareto_table_and_report_are_logged_and_lslu_sweep_report_prints_them(tr
     assert {a.path for a in client.list_artifacts(ctx.parent_run_id)} >= {"report.md", "report.csv", "pareto.csv", "site_importance.csv"}
     front = {r["trial_id"] for r in rows
              if not any(o["best_val_acc"] > r["best_val_acc"] and o["latency_ms"] < r["latency_ms"] for o in rows)}
-    logged = pd.read_csv(client.download_artifacts(ctx.parent_run_id, "pareto.csv", "."), dtype={"mask": str})
+    logged = pd.read_csv(client.download_artifacts(ctx.parent_run_id, "pareto.csv", "."), dtype={"mask": str, "trial_id": str})
     assert set(logged["trial_id"]) == set(tables["pareto.csv"]["trial_id"]) == front
     assert list(logged["best_val_acc"]) == sorted(logged["best_val_acc"], reverse=True)
     assert all(len(m) == 4 for m in logged["mask"])  # a mask stays text: 0011 is not the number 11
