@@ -83,6 +83,9 @@ class TrialConfig:
     batch_size: Annotated[int, Field(ge=1)] = 64
     clip_grad: Annotated[float, Field(ge=0.0)] = 0.0  # clip the global gradient norm to this (0 = off)
     early_stop_patience: Annotated[int, Field(ge=0)] = 0  # stop after this many epochs without a better val_acc (0 = off)
+    # before each evaluation, BatchNorm statistics recomputed on this many training batches with the current weights
+    # (0 = off: evaluate with the running statistics, which lag behind the weights early in training)
+    bn_recalibrate_batches: Annotated[int, Field(ge=0)] = 8
     # execution
     seed: int = 0  # model init, batch order, augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the trial was given a GPU

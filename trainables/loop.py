@@ -6,12 +6,14 @@
     torch.save(training.state_dict(), path)     # everything needed to continue at the next epoch
 
 Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains (bf16 autocast and channels_last on CUDA),
-the model and its EMA are evaluated; the best of both is the trial's best. A NaN/inf loss raises ``Diverged``;
+the model and its EMA are evaluated (BatchNorm statistics recalibrated first); the best of both is the trial's best.
+A NaN/inf loss raises ``Diverged``;
 ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -27,7 +29,7 @@ from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
 from trainables.metrics import lslu_sites
 from trainables.models import build_model, model_config_kwargs
 from trainables.models.stats import architecture_stats
-from trainables.recipe import EMA, TrainLoss, make_mixup, make_optimizer, make_scheduler
+from trainables.recipe import EMA, TrainLoss, make_mixup, make_optimizer, make_scheduler, recalibrate_bn
 
 EVAL_BATCH = 512
 
@@ -167,6 +169,8 @@ class Training:
     def _evaluate_epoch(self) -> dict[str, float]:
         """Validation of the model (and its EMA) after an epoch; updates the best accuracy, the lowest loss and early
         stopping."""
+        for model in self._models():
+            self.recalibrate_bn(model)
         metrics = {}
         metrics["val_loss"], metrics["val_acc"] = self.evaluate(self.model)
         if not math.isfinite(metrics["val_loss"]):
@@ -184,6 +188,15 @@ class Training:
             self.stop_reason = (f"early stopping: no better val_acc for {patience} epochs "
                                 f"(best {self.best_val_acc:.2f} at epoch {self.best_epoch})")
         return metrics
+
+    def recalibrate_bn(self, model: nn.Module) -> int:
+        """``model``'s BatchNorm statistics recomputed on the trial's first ``bn_recalibrate_batches`` training batches
+        (a fixed, unaugmented draw: the same images at every evaluation, and the training's batch order untouched)."""
+        if not self.cfg.bn_recalibrate_batches:
+            return 0
+        draw = torch.Generator().manual_seed(self.cfg.seed)
+        batches = self.data.train_batches(self.cfg.batch_size, draw, self.cfg.image_size, False, self.channels_last)
+        return recalibrate_bn(model, itertools.islice(batches, self.cfg.bn_recalibrate_batches), self._autocast)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> tuple[float, float]:

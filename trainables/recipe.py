@@ -2,6 +2,7 @@
 optimizer, learning-rate schedule, loss, mixup/cutmix, and an EMA of the weights."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import math
@@ -121,3 +122,34 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, autocast=contextlib.nullcontext) -> int:
+    """Recompute every BatchNorm's running mean and variance from ``batches`` with the model's current weights: the
+    cumulative average over the batches (as ``torch.optim.swa_utils.update_bn``), nothing else changes.
+
+    Early in training the running statistics lag far behind the weights (an LSLU network's especially), so an
+    evaluation with them judges a good network as poor; ASHA and TPE decide on those early evaluations. The model
+    is left in eval mode; returns how many batches were used (0: the model has no BatchNorm, nothing was run)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over the batches seen since the reset
+    model.eval()  # only the BatchNorms run in training mode: no dropout, and modules that learn from their inputs
+    for m in norms:  # in training mode (PWLU's phase-I statistics) learn nothing here
+        m.train()
+    used = 0
+    try:
+        for x, _ in batches:
+            with autocast():
+                model(x)
+            used += 1
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.eval()
+    return used
