@@ -1,7 +1,8 @@
 """``lslu-sweep``: run, validate and resume sweeps.
 
-    lslu-sweep run search_spaces/quickstart.yaml [--smoke-test] [--tracking-uri URI] [--storage DIR] [--address ADDR]
-    lslu-sweep validate FILE
+    lslu-sweep run search_spaces/quickstart.yaml [--set KEY=VALUE …] [--smoke-test] [--tracking-uri URI] [--storage DIR]
+                   [--address ADDR]
+    lslu-sweep validate FILE [--set KEY=VALUE …]
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep report NAME [--tracking-uri URI]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
@@ -27,15 +28,18 @@ EXIT_INTERRUPTED = 130  # as a shell reports Ctrl+C
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lslu-sweep", description="Distributed sweeps for learnable activation functions.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a sweep file (or a preset from search_spaces/ by name)")
     run.add_argument("file")
+    _overrides(run)
     run.add_argument("--smoke-test", action="store_true", help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs")
     _common(run)
 
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("file")
+    _overrides(val)
 
     sites = sub.add_parser("sites", help="print a model's activation sites and which ones a policy selects")
     sites.add_argument("model")
@@ -55,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     _tracking_uri(ui)
     ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)")
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lslu-sweep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the sweep file (dotted, e.g. trial.epochs=2; the value is YAML); repeatable")
 
 
 def _tracking_uri(p: argparse.ArgumentParser) -> None:
@@ -106,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.name, args.tracking_uri)
     try:
         if args.command == "validate":
-            sweep = load_sweep(args.file)
+            sweep = load_sweep(args.file, args.overrides)
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
             print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
                   f"searching {', '.join(sweep.spec.space) or 'nothing'}"
@@ -116,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(sites_table(args.model, args.policy, args.cifar_stem))
             return 0
         if args.command == "run":
-            sweep = load_sweep(args.file)
+            sweep = load_sweep(args.file, args.overrides)
             from orchestrator.driver import run_sweep  # Ray and MLflow load only past validation
 
             outcome = run_sweep(sweep, tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,

@@ -55,6 +55,8 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
                                    "best first), `report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
                                    "`param_importance.png`, `best_config.yaml`; with two objectives `pareto.png` and `pareto.csv`; "
                                    "with a searched mask `site_importance.csv`."}
+    if sweep.overrides:
+        tags["overrides"] = " ".join(sweep.overrides)  # the --set items; sweep.yaml holds the file as overridden
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     s = sweep.spec.search
     params = {"algorithm": s.algorithm, "metric": ",".join(m for m, _ in sweep.objectives),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -143,10 +143,11 @@ class Sweep:
 
     ``smoke``: the ``--smoke-test`` form, which may run fewer trials than a grid has points."""
 
-    def __init__(self, spec: SweepSpec, source: str, file: str, smoke: bool = False):
+    def __init__(self, spec: SweepSpec, source: str, file: str, smoke: bool = False, overrides: tuple[str, ...] = ()):
         from search_spaces import checks, model_checks  # here: they check the models above, so they import this module
 
         self.source, self.file, self.smoke = source, file, smoke
+        self.overrides = overrides  # the --set KEY=VALUE items applied to the file (already in source)
         self.base = checks.check_trial(spec, file)  # fully resolved TrialConfig of the fixed values
         self.sites = checks.check_space(spec, self.base, file)  # the model's sites when the mask is searched, else []
         model_checks.check_policies(spec, self.base, file)
@@ -230,7 +231,10 @@ def resolve_sweep_path(name_or_path: str) -> Path:
     raise SpecError(name_or_path, "", f"no such file, and no preset of that name (presets: {presets})")
 
 
-def load_sweep(name_or_path: str) -> Sweep:
+def load_sweep(name_or_path: str, overrides: Sequence[str] = ()) -> Sweep:
+    """The validated sweep of a file (or a preset by name), with ``--set KEY=VALUE`` overrides applied first."""
+    from search_spaces.overrides import apply_overrides, overridden_source  # it raises this module's SpecError
+
     path = resolve_sweep_path(name_or_path)
     file = str(path)
     try:
@@ -240,17 +244,20 @@ def load_sweep(name_or_path: str) -> Sweep:
         raise SpecError(file, "", f"cannot read the file: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(file, "", f"not valid YAML: {exc}") from None
-    return parse_sweep(data, source, file)
+    if overrides:
+        data = apply_overrides(data, overrides, file)
+        source = overridden_source(source, data, overrides)
+    return parse_sweep(data, source, file, tuple(overrides))
 
 
-def parse_sweep(data: Any, source: str, file: str) -> Sweep:
+def parse_sweep(data: Any, source: str, file: str, overrides: tuple[str, ...] = ()) -> Sweep:
     if not isinstance(data, dict):
         raise SpecError(file, "", f"expected a mapping with the sections name, trial, space, search, resources; got {type(data).__name__}")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(file, exc) from None
-    return Sweep(spec, source, file)
+    return Sweep(spec, source, file, overrides=overrides)
 
 
 def _spec_error(file: str, exc: ValidationError) -> SpecError:

@@ -37,7 +37,7 @@ def shrink(sweep: Sweep) -> Sweep:
     data["trial"] = {**data["trial"], **{k: v for k, v in shrunk.items() if k not in sweep.spec.space}}
     data["search"]["num_samples"] = min(sweep.spec.search.num_samples, SMOKE_TRIALS)
     data["search"]["grace_period"] = 1
-    return Sweep(SweepSpec.model_validate(data), sweep.source, sweep.file, smoke=True)
+    return Sweep(SweepSpec.model_validate(data), sweep.source, sweep.file, smoke=True, overrides=sweep.overrides)
 
 
 def _smoke_models(sweep: Sweep, width: float | None = None) -> list[TrialConfig]:

@@ -40,7 +40,7 @@ def _assert_each_epoch_once(client, run, epochs):
 
 def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "quickstart", "--smoke-test"]) == 0
+    assert main(["run", "quickstart", "--smoke-test", "--set", "trial.bn_recalibrate_batches=2"]) == 0
     out = capsys.readouterr().out
     assert "best trial" in out and "mlflow ui --backend-store-uri sqlite:///mlruns.db " in out
     # the console: Tune's trial table with the searched values, one line per trial epoch, no per-trial config boxes
@@ -54,6 +54,11 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     assert len(parents) == 1 and len(children) == 4  # smoke test: <= 4 trials
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["smoke_test"] == "true"
+    # the --set override reached every trial, and the parent records it and the file as overridden
+    assert parent.data.tags["overrides"] == "trial.bn_recalibrate_batches=2"
+    recorded = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))).read())
+    assert recorded["trial"]["bn_recalibrate_batches"] == 2 and recorded["name"] == "quickstart"
+    assert {c.data.params["bn_recalibrate_batches"] for c in children} == {"2"}
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "best_config.yaml", "sweep.yaml",
                                                                            "parallel_coordinates.png"}
     for child in children:

@@ -5,9 +5,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.cli import main
-from search_spaces.schema import PRESET_DIR, load_sweep
+from search_spaces.schema import PRESET_DIR, load_sweep, parse_sweep
 
 GOOD = """
 name: tiny
@@ -140,3 +141,31 @@ def test_the_smoke_form_keeps_searcher_and_space_and_shrinks_the_rest(preset):
     # a wide VanillaNet trains at width 0.25 (same sites, narrower); a space with another model keeps the file's width
     models = sweep.spec.space["model"].choices if "model" in sweep.spec.space else [sweep.base.model]
     assert base.width == (0.25 if all(m.startswith("vanillanet") for m in models) else sweep.base.width)
+
+
+def test_set_overrides_are_validated_like_the_file_and_recorded_in_its_source(capsys):
+    sweep = load_sweep("quickstart", ["trial.epochs=3", "search.num_samples=5"])
+    assert sweep.base.epochs == 3 and sweep.spec.search.num_samples == 5
+    assert sweep.overrides == ("trial.epochs=3", "search.num_samples=5")
+    assert sweep.source.startswith("# --set trial.epochs=3\n# --set search.num_samples=5\n")
+    again = load_sweep("quickstart")  # the file itself is left as it was
+    assert again.base.epochs == 6 and again.overrides == () and again.source == (PRESET_DIR / "quickstart.yaml").read_text()
+    # the recorded source is the overridden file: parsed back, it is the same sweep (what resume starts from)
+    reparsed = parse_sweep(yaml.safe_load(sweep.source), sweep.source, sweep.file)
+    assert reparsed.base == sweep.base and reparsed.spec == sweep.spec
+    # each refused naming the key and what was expected, before anything runs
+    for items, message in ((["trial.epoch=2"], "trial.epoch: unknown key"),
+                           (["trial.epochs=two"], "trial.epochs: Input should be a valid integer"),
+                           (["trial"], "--set: expected KEY=VALUE"),
+                           (["name.x=1"], "name.x: --set cannot set a key inside name"),
+                           (["search.seed=[1"], "search.seed: --set value '[1' is not valid YAML")):
+        assert main(["validate", "quickstart", *[a for item in items for a in ("--set", item)]]) == 2
+        assert message in capsys.readouterr().err, items
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"lslu-sweep {version('lslu-sweep')}"
