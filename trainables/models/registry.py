@@ -75,12 +75,12 @@ def model_source(name: str) -> str:
 def unknown_model_message(name: str) -> str:
     from trainables.models.external import timm_names
 
-    close = difflib.get_close_matches(name, list_models() + timm_names(), n=5, cutoff=0.6)
+    names = list(dict.fromkeys(list_models() + timm_names()))
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"unknown model {name!r}: not a project model ({', '.join(list_models())}), not a timm model "
-            f"(`lslu-sweep models PATTERN` lists them) and not an import path package.module:factory{hint} "
-            "(a model registered with register_model in a notebook or the driver's script exists only there: "
-            "register it in a module the workers import, or give its import path)")
+    return (f"unknown model {name!r}; valid choices: {', '.join(list_models())}, any timm name (`lslu-sweep models "
+            f"PATTERN` lists them) or an import path package.module:factory{hint} (a register_model call made in a "
+            "notebook or the driver's script reaches no worker: put it in a module they import, or give its import path)")
 
 
 def model_arguments(name: str) -> list[str]:
