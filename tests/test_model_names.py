@@ -85,7 +85,8 @@ def test_an_import_path_names_the_missing_module_or_attribute():
 def test_pretrained_weights_come_only_from_a_file_or_the_cache(tmp_path):
     with pytest.raises(ConfigError) as err:
         TrialConfig.from_flat({"model": USER, "pretrained": True})
-    assert err.value.key == "pretrained" and "never downloaded" in err.value.message and "pretrained_file" in err.value.message
+    assert err.value.key == "pretrained"
+    assert "never downloaded" in err.value.message and "pretrained_file" in err.value.message
     with pytest.raises(ConfigError, match="pretrained is false"):
         TrialConfig.from_flat({"model": USER, "pretrained_file": str(tmp_path / "w.pth")})
     source = build_model(USER, num_classes=3)
@@ -96,7 +97,8 @@ def test_pretrained_weights_come_only_from_a_file_or_the_cache(tmp_path):
     assert loaded.head.weight.shape == (5, 16)
     timm_source = build_model("regnetx_002", num_classes=10)
     torch.save(timm_source.state_dict(), tmp_path / "regnet.pth")
-    timm_loaded = build_model("regnetx_002", num_classes=10, pretrained=True, pretrained_file=str(tmp_path / "regnet.pth"))
+    timm_loaded = build_model("regnetx_002", num_classes=10, pretrained=True,
+                              pretrained_file=str(tmp_path / "regnet.pth"))
     assert torch.equal(timm_loaded.stem.conv.weight, timm_source.stem.conv.weight)
 
 

@@ -11,8 +11,8 @@ class TinyNet(nn.Module):
         c = max(1, round(16 * width))
         self.width, self.depth = width, depth
         self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.SiLU())
-                                      for _ in range(depth)])
+        block = lambda: nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.SiLU())  # noqa: E731
+        self.blocks = nn.Sequential(*[block() for _ in range(depth)])
         self.head = nn.Linear(c, num_classes)
 
     def forward(self, x):

@@ -44,7 +44,7 @@ class TrialConfig:
 
     # what is trained
     model: str = "digits_cnn"  # a project model (`lslu-sweep models`), a timm name, or package.module:factory
-    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # the constructor's own keywords (timm / factory)
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # the constructor's own keywords
     pretrained: bool = False  # load weights: from pretrained_file, else timm's local cache (never downloaded)
     pretrained_file: str = ""  # a state dict (.pth / .safetensors) to start from
     cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs

@@ -121,7 +121,7 @@ for _name in TIMM_MODELS:
 # ---- import paths --------------------------------------------------------------------------------------------------
 
 def import_factory(path: str) -> Callable[..., nn.Module]:
-    """The callable ``package.module:factory`` names; a ``ValueError`` naming the module or attribute that is missing."""
+    """The callable ``package.module:factory`` names; a ``ValueError`` naming a missing module or attribute."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"model {path!r}: an import path is package.module:factory")

@@ -80,7 +80,8 @@ def unknown_model_message(name: str) -> str:
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return (f"unknown model {name!r}; valid choices: {', '.join(list_models())}, any timm name (`lslu-sweep models "
             f"PATTERN` lists them) or an import path package.module:factory{hint} (a register_model call made in a "
-            "notebook or the driver's script reaches no worker: put it in a module they import, or give its import path)")
+            "notebook or the driver's script reaches no worker: put it in a module they import, or give its "
+            "import path)")
 
 
 def model_arguments(name: str) -> list[str]:

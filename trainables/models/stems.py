@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-FAMILIES = "ResNet (conv1 + maxpool), RegNet (stem.conv), ConvNeXt (patchify stem), EfficientNet/MobileNet (conv_stem), " \
-           "ShuffleNetV2 (conv1[0] + maxpool)"
+FAMILIES = ("ResNet (conv1 + maxpool), RegNet (stem.conv), ConvNeXt (patchify stem), "
+            "EfficientNet/MobileNet (conv_stem), ShuffleNetV2 (conv1[0] + maxpool)")
 
 
 def stride_one(conv: nn.Conv2d, kernel: int | None = None) -> nn.Conv2d:
