@@ -6,6 +6,7 @@
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep report NAME [--tracking-uri URI]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
+    lslu-sweep models [PATTERN]
     lslu-sweep ui [--tracking-uri URI] [--port P]
 
 A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     sites.add_argument("model")
     sites.add_argument("--policy", default="all", help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)")
     sites.add_argument("--cifar-stem", action="store_true", help="the model with its 3×3 stride-1 stem")
+
+    models = sub.add_parser("models", help="list the model names `model:` accepts: the project's and timm's (besides "
+                                           "an import path package.module:factory)")
+    models.add_argument("pattern", nargs="?", default="*", help="an fnmatch pattern, e.g. 'convnext*' (default: all)")
 
     res = sub.add_parser("resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
     res.add_argument("name")
@@ -109,6 +114,21 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
                       f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}"])
 
 
+def models_listing(pattern: str = "*") -> str:
+    """The project's model names and timm's that match the fnmatch ``pattern``, one block each."""
+    import fnmatch
+
+    from trainables.models import list_models
+    from trainables.models.external import timm_names
+
+    ours = [m for m in list_models() if fnmatch.fnmatch(m, pattern)]
+    theirs = [m for m in timm_names() if fnmatch.fnmatch(m, pattern) and m not in ours]
+    lines = [f"project models matching {pattern!r} ({len(ours)}):", *(f"  {m}" for m in ours),
+             f"timm models matching {pattern!r} ({len(theirs)}):", *(f"  {m}" for m in theirs),
+             "any other network: model: package.module:factory (e.g. torchvision.models:resnet18)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     prepare_env()  # before the driver imports Ray
@@ -129,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
                   f"searching {', '.join(sweep.spec.space) or 'nothing'}"
                   + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
+            return 0
+        if args.command == "models":
+            print(models_listing(args.pattern))
             return 0
         if args.command == "sites":
             print(sites_table(args.model, args.policy, args.cifar_stem))

@@ -10,7 +10,7 @@ from typing import Any
 
 from search_spaces.model_checks import model_sites, point_mask
 from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import MAPPING_FIELDS, ConfigError, TrialConfig
 from trainables.metrics import OBJECTIVES
 from trainables.policy import CONFIG_KEYS
 
@@ -32,8 +32,12 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
     sites: list = []
     for key, dist in spec.space.items():
         where = f"space.{key}"
-        if key not in fields:
-            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))}")
+        mapping, dot, entry = key.partition(".")
+        if key not in fields and not (dot and entry and mapping in MAPPING_FIELDS):
+            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} (one entry "
+                                         f"of a mapping: {', '.join(f'{m}.<key>' for m in MAPPING_FIELDS)})")
+        if dot and isinstance(spec.trial.get(mapping), dict) and entry in spec.trial[mapping]:
+            raise SpecError(file, where, f"also fixed in trial.{mapping}.{entry}; an entry is either fixed or searched")
         if key in spec.trial and not getattr(dist, "when", None):
             raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
                                          f"under a `when` condition, trial.{key} being its value elsewhere)")

@@ -37,6 +37,9 @@ class SpecError(ValueError):
         super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
         self.file, self.key, self.message = file, key, message
 
+    def __reduce__(self):  # picklable (Ray carries errors between processes): rebuilt from its own arguments
+        return type(self), (self.file, self.key, self.message)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -5,7 +5,9 @@ searcher picked. ``TrialConfig.from_flat`` validates it before any work starts: 
 types and names outside the registries are ``ConfigError``s that name the key.
 
 A searched insertion mask arrives as one key per site, ``site_0 … site_{k-1}`` (0/1, DESIGN.md §6);
-``from_flat`` folds them into ``policy="mask"`` and ``mask="0101…"``.
+``from_flat`` folds them into ``policy="mask"`` and ``mask="0101…"``. A mapping field (``model_args``) may arrive as
+dotted keys, one per entry (``model_args.width``: an entry searched on its own); ``from_flat`` folds them back into the
+mapping, and ``flat_params`` gives the config with its mappings as those dotted keys (MLflow params, summary columns).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from trainables.activations import (check_config, config_fields, config_kwargs, 
                                     list_acts)
 from trainables.data import NEEDS_DIR
 from trainables.errors import ConfigError
-from trainables.models import is_registered_model, list_models, model_arguments
+from trainables.models import model_arguments
+from trainables.models.checks import check_model
 from trainables.policy import KINDS as POLICY_KINDS, Policy
 
 SITE_KEY = re.compile(r"^site_(\d+)$")
@@ -40,7 +43,10 @@ class TrialConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     # what is trained
-    model: str = "digits_cnn"  # a name from trainables.models.list_models()
+    model: str = "digits_cnn"  # a project model (`lslu-sweep models`), a timm name, or package.module:factory
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # the constructor's own keywords
+    pretrained: bool = False  # load weights: from pretrained_file, else timm's local cache (never downloaded)
+    pretrained_file: str = ""  # a state dict (.pth / .safetensors) to start from
     cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs
     width: Annotated[float, Field(gt=0.0)] = 1.0  # channel multiplier (VanillaNet's x0_25 = 0.25; digits_cnn)
     deep_train_epochs: Annotated[int, Field(ge=0)] = 0  # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
@@ -94,7 +100,7 @@ class TrialConfig:
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
-        values = _fold_site_keys(dict(flat))
+        values = _fold_mapping_keys(_fold_site_keys(dict(flat)))
         try:
             cfg = _adapter(cls).validate_python(values)
         except ValidationError as exc:
@@ -110,8 +116,7 @@ class TrialConfig:
 
     def check(self) -> None:
         """Checks that span fields or registries (types and ranges are checked by pydantic)."""
-        if not is_registered_model(self.model):
-            raise ConfigError("model", f"unknown model {self.model!r}; valid choices: {', '.join(list_models())}")
+        check_model(self)
         if self.act != "native" and not is_registered_act(self.act):
             raise ConfigError("act", _unknown_act(self.act, "native, "))
         if not is_registered_act(self.insert_act):
@@ -151,6 +156,31 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, Any]:
+        """``to_dict`` with each mapping field as one dotted key per entry (``model_args.width``); ``from_flat``
+        folds them back."""
+        flat: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if key in MAPPING_FIELDS:
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+
+MAPPING_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.default_factory is dict)
+
+
+def _fold_mapping_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``model_args.width: 0.5`` → ``model_args: {width: 0.5}``, merged into a ``model_args`` mapping given beside."""
+    for key in [k for k in values if "." in k and k.partition(".")[0] in MAPPING_FIELDS]:
+        mapping, _, entry = key.partition(".")
+        given = values.get(mapping, {})
+        if not isinstance(given, dict):
+            raise ConfigError(mapping, f"expected a mapping of keyword → value, got {given!r}")
+        values[mapping] = {**given, entry: values.pop(key)}
+    return values
 
 
 def _unknown_act(name: str, also: str = "") -> str:

@@ -1,4 +1,8 @@
-"""The error a bad trial config value raises, below ``config`` and ``policy`` (both raise it)."""
+"""The error a bad trial config value raises, below ``config`` and ``policy`` (both raise it).
+
+Raised inside a trial, it travels back to the driver pickled by Ray: ``__reduce__`` rebuilds it from its own
+arguments (an exception pickles its ``args``, here the one formatted message, which ``__init__`` cannot take).
+"""
 from __future__ import annotations
 
 
@@ -8,3 +12,6 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key, self.message = key, message
+
+    def __reduce__(self):
+        return type(self), (self.key, self.message)

@@ -59,6 +59,7 @@ def insert_kwargs(cfg: TrialConfig) -> dict:
 def model_kwargs(cfg: TrialConfig) -> dict:
     """Constructor arguments for the trial's model: the common ones and the trial-config fields its registration names."""
     return {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout,
+            "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file, "model_args": cfg.model_args,
             **model_config_kwargs(cfg.model, cfg)}
 
 
