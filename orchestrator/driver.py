@@ -208,6 +208,7 @@ def _summary_lines(sweep: Sweep, name: str, path: str, ctx: SweepContext, client
     lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
     lines.append(f"trials: {len(ranked)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
                  + (f"; {closed} run(s) left open were marked failed" if closed else ""))
+    lines += summary.failed_lines(ranked)
     if best:
         lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
         searched = [f"{k[7:]}={best[k]}" for k in best

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -12,6 +13,7 @@ import yaml
 from search_spaces.schema import Sweep
 from trainables.config import TrialConfig
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS, record_of
+from trainables.tracking import error_line
 
 
 def trial_rows(result_grid) -> list[dict[str, Any]]:
@@ -21,18 +23,30 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
     for result in result_grid:
         metrics = result.metrics or {}
         config = TrialConfig.from_flat(result.config).flat_params()  # model_args as model_args.<key> columns
-        status = metrics.get("status")
+        status, reason = metrics.get("status"), metrics.get("reason", "")
         if result.error is not None:
-            status = "failed"
+            status, reason = "failed", failure_line(result.error)
         elif status in (None, "running"):
             status = "stopped_early"
-        row = {"trial_id": metrics.get("trial_id", ""), "status": status, "epochs_run": metrics.get("epoch", 0),
+        # a trial that failed before its first report has no metrics: its id is the end of its directory's name
+        trial_id = metrics.get("trial_id") or (Path(result.path).name.rsplit("_", 1)[-1] if result.path else "")
+        row = {"trial_id": trial_id, "status": status, "reason": reason, "epochs_run": metrics.get("epoch", 0),
                "mlflow_run_id": metrics.get("mlflow_run_id", ""), "mask": metrics.get("mask", "")}
         row.update({f"config.{k}": v for k, v in config.items()})
         row.update({m: metrics.get(m) for m in EPOCH_METRICS + EMA_METRICS + FINAL_METRICS})
         row.update(record_of(metrics))
         rows.append(row)
     return rows
+
+
+def failure_line(error: BaseException) -> str:
+    """A failed trial's error in one line: the trial's own exception (Ray wraps it in a RayTaskError)."""
+    return error_line(getattr(error, "cause", None) or error)
+
+
+def failed_lines(rows: list[dict]) -> list[str]:
+    """The console's line per failed trial: its id and why."""
+    return [f"  trial {r['trial_id']} failed: {r['reason']}" for r in rows if r["status"] == "failed"]
 
 
 def finished(rows: list[dict], *metrics: str) -> list[dict]:

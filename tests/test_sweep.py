@@ -260,3 +260,30 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path
         else:
             assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch", "train_s_per_epoch"} <= set(child.data.metrics)
             assert "model_summary.txt" in {a.path for a in client.list_artifacts(child.info.run_id)}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA: the cuda trial must fail there")
+def test_a_failing_trial_gets_a_failed_run_with_its_error_and_the_console_says_why(ray_local, tmp_path, tracking_uri):
+    text = textwrap.dedent("""
+        name: failing
+        trial: {epochs: 1, n: 1, train_samples: 128, val_samples: 64}
+        space: {device: [cpu, cuda]}
+        search: {algorithm: grid, max_concurrent: 2, scheduler: none}
+    """)
+    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "failing.yaml"), tracking_uri=tracking_uri,
+                        storage=str(tmp_path / "ray"))
+    statuses = {r["config.device"]: r for r in outcome.rows}
+    assert {d: r["status"] for d, r in statuses.items()} == {"cpu": "completed", "cuda": "failed"}
+    failed = statuses["cuda"]
+    reason = "RuntimeError: device: cuda was asked for, but this trial sees no CUDA device"
+    assert failed["reason"] == reason and failed["trial_id"]
+    # the console summary names the trial and the reason in one line
+    assert f"  trial {failed['trial_id']} failed: {reason}" in outcome.text.splitlines()
+    client, parents, children = _runs(tracking_uri, "failing")
+    assert len(children) == 2
+    child = next(c for c in children if c.data.params["device"] == "cuda")
+    assert child.info.status == "FAILED" and child.data.tags["status"] == "failed"
+    assert child.data.tags["trial_id"] == failed["trial_id"] and child.data.tags["error"] == reason
+    error_txt = open(client.download_artifacts(child.info.run_id, "error.txt", str(tmp_path))).read()
+    assert error_txt.startswith("Traceback") and error_txt.rstrip().endswith(reason)
+    assert "sites.csv" not in {a.path for a in client.list_artifacts(child.info.run_id)}  # no network was built

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class TrialRun:
         self.logged_keys = logged_keys
 
     @classmethod
-    def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
+    def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str | None,
              run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None,
              record: dict[str, float] | None = None, summary: str | None = None) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
@@ -97,7 +98,7 @@ class TrialRun:
         return run
 
     @classmethod
-    def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str,
+    def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str | None,
                extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None,
                summary: str | None = None) -> "TrialRun":
         client = mlflow_client(ctx.tracking_uri)
@@ -126,7 +127,8 @@ class TrialRun:
                   budget_s=wait, what="logging params")
         with tempfile.TemporaryDirectory() as files:
             (Path(files) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            (Path(files) / "sites.csv").write_text(sites_csv, encoding="utf-8")
+            if sites_csv is not None:  # None: the network was never built (the trial failed before)
+                (Path(files) / "sites.csv").write_text(sites_csv, encoding="utf-8")
             if summary is not None:
                 (Path(files) / "model_summary.txt").write_text(summary, encoding="utf-8")
             run.log_files(files, wait)
@@ -263,11 +265,26 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags: 
             client.log_batch(run_id, metrics=metrics[i : i + per_call], tags=list(tags) if last else [])
 
 
-def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metrics: list[Metric] = ()) -> None:
+def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metrics: list[Metric] = (),
+        tags: dict[str, str] | None = None) -> None:
     """The run's last metrics (if any) with its status tags in one batch, then its MLflow status."""
-    tags = [RunTag("status", status)] + ([RunTag("status_reason", reason[:5000])] if reason else [])
+    tags = ([RunTag("status", status)] + ([RunTag("status_reason", reason[:5000])] if reason else [])
+            + [RunTag(k, v) for k, v in (tags or {}).items()])
     log_metrics(client, run_id, list(metrics), tags)
     client.set_terminated(run_id, RUN_STATUS[status])
 
 
-__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "find_trial_run", "record_metrics", "run_name"]
+def error_line(exc: BaseException) -> str:
+    """An exception in one line, as the console summary and the run's ``error`` tag show it."""
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return lines[0][:1000] if lines else type(exc).__name__
+
+
+def fail(client: MlflowClient, run_id: str, exc: BaseException) -> None:
+    """End a trial's run as FAILED because of ``exc``: tag ``error`` (one line) and ``error.txt`` (the traceback)."""
+    client.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+    line = error_line(exc)
+    end(client, run_id, "failed", line, tags={"error": line})
+
+
+__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "error_line", "fail", "find_trial_run", "record_metrics", "run_name"]

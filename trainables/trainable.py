@@ -15,7 +15,6 @@ import io
 import logging
 import math
 import tempfile
-import traceback
 from pathlib import Path
 
 import ray
@@ -28,7 +27,8 @@ from trainables.insertion import format_site_table, list_sites
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
 from trainables.retry import fail_fast_http
-from trainables.tracking import SweepContext, TrialRun, end, run_name
+from trainables.mlflow_client import mlflow_client
+from trainables.tracking import SweepContext, TrialRun, fail, run_name
 
 STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
@@ -42,7 +42,11 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     context = tune.get_context()
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
-    training = Training(cfg)
+    try:
+        training = Training(cfg)
+    except Exception as exc:  # the model or the data could not be built (often the user's code): a FAILED run says why
+        _fail(lambda: TrialRun.open(sweep, cfg, trial_id, "", None).run_id, sweep, exc)
+        raise
     run_id, unsent = _restore(training)
     node_id = ray.get_runtime_context().get_node_id()
     title = run_name(cfg, training.mask, trial_id)
@@ -53,12 +57,17 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
              **training.stats}
     try:
         _train(training, run, trial_id, fixed)
-    except Exception:
-        try:
-            end(run.client, run.run_id, "failed", traceback.format_exc())
-        except Exception as exc:  # the server may be what failed: the trial's own error is the one to raise
-            log.warning("could not mark run %s failed: %s", run.run_id, exc)
+    except Exception as exc:
+        _fail(lambda: run.run_id, sweep, exc)
         raise
+
+
+def _fail(run_id, sweep: SweepContext, exc: Exception) -> None:
+    """Mark the trial's run (``run_id()`` finds or opens it) FAILED with ``exc``; the trial then raises it."""
+    try:
+        fail(mlflow_client(sweep.tracking_uri), run_id(), exc)
+    except Exception as mlflow_exc:  # the server may be what failed: the trial's own error is the one to raise
+        log.warning("could not mark the trial's run failed: %s", mlflow_exc)
 
 
 def _restore(training: Training) -> tuple[str | None, list | None]:
