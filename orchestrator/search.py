@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -184,12 +185,27 @@ class TuneGridSampler(optuna.samplers.GridSampler):
         pass
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: from Optuna 5.1 its genetic-algorithm base holds a ``threading.Lock``, which
+    cannot be pickled, and Tune pickles the searcher (with its sampler) into the experiment state. The lock is left
+    out and made anew on load; nothing else changes."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     s = sweep.spec.search
     if s.algorithm == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, max(2, s.num_samples // 3)))
     if s.algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=sweep.population_size, seed=s.seed)
+        return PicklableNSGAIISampler(population_size=sweep.population_size, seed=s.seed)
     if s.algorithm == "grid":
         return TuneGridSampler(sweep.grid(), seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)
