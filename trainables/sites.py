@@ -21,8 +21,9 @@ first Linear's width). Each site records the shape of its first call's input. Fr
 - ``stage``: the *stem* is stage 0: the sites in the model's top-level children (or top-level sites) that run before
   the first top-level child holding two or more sites. After the stem the stage starts at 1 and goes up by one at
   each resolution drop (a site whose spatial resolution (H, W) is smaller than the previous spatial site's), from
-  the first site of the largest module around that site which does not hold the previous one (ResNet-50's
-  ``layer2.0.act1``, before the strided conv, is in stage 2 with the rest of ``layer2``), else from the site itself.
+  the first site of the largest module around that site whose input has the old resolution and output the new one
+  (ResNet-50's ``layer2.0.act1``, before the strided conv, is in stage 2 with the rest of ``layer2``; RegNet's
+  ``s1.b1.conv1.act`` is in stage 1 with ``s1``), else from the site itself.
   Flat / token sites after the
   last spatial site are the head, one stage of its own after the last. A model that declares its stage modules
   (``lslu_stage_paths``) gets those instead: stage i holds the sites inside the i-th module, earlier sites are 0,
@@ -274,20 +275,32 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
     order = [p for p, *_ in rows]
     res = {p: _resolution(shape, layout) for p, shape, layout, _ in rows}
     stem = _stem(model, order, calls)
-    down, starts = {stem[-1]} if stem else set(), set()
-    previous = None
+    down = {stem[-1]} if stem else set()
+    stages = {p: 0 for p in stem}
+    stage, stage_first, previous = 1, None, None
     for i, p in enumerate(order):
-        if res[p] is None:
+        if p in stages:
+            previous = p if res[p] is not None else previous
             continue
-        if previous is not None and _smaller(res[p], res[previous]):
-            starts.add(_first_of_new_part(p, previous, order))
+        if res[p] is not None and previous is not None and _smaller(res[p], res[previous]):
+            part = _new_part(p, res[previous], res[p], calls)
+            first = next(q for q in order if within(q, part)) if part else p
+            if first != stage_first and previous not in stem:
+                stage, stage_first = stage + 1, first
+                stages.update({q: stage for q in order[order.index(first):i] if q not in stem})
             block = _downsampling_block(p, calls)
             if block is not None:
                 down.add([q for q in order if within(q, block)][-1])
             elif res[p] != (1, 1):
                 down.add(order[i - 1])
-        previous = p
-    stages = _declared_stages(model, order, calls) or _resolution_stages(order, res, stem, starts)
+        stage_first = stage_first or p
+        stages[p] = stage
+        previous = p if res[p] is not None else previous
+    spatial = [i for i, p in enumerate(order) if res[p] is not None]
+    for i, p in enumerate(order):  # the head: flat / token sites after the last spatial one
+        if spatial and i > spatial[-1]:
+            stages[p] = stage + 1
+    stages = _declared_stages(model, order, calls) or stages
     last = max(len(order) - 1, 1)
     out = []
     for i, (p, shape, layout, n) in enumerate(rows):
@@ -311,21 +324,6 @@ def _stem(model: nn.Module, order: list[str], calls: dict) -> list[str]:
     return [p for p in order if calls[p][0] < calls[first_block][0]]
 
 
-def _resolution_stages(order: list[str], res: dict, stem: list[str], starts: set[str]) -> dict[str, int]:
-    """Stem 0; then 1, one more at each site that starts a new resolution (the first site of the block that
-    downsamples); flat / token sites after the last spatial one: the head, one more."""
-    stages, stage, begun = {p: 0 for p in stem}, 1, False
-    spatial = [i for i, p in enumerate(order) if res[p] is not None]
-    for i, p in enumerate(order):
-        if p in stages:
-            continue
-        if p in starts and begun:
-            stage += 1
-        begun = True
-        stages[p] = stage + 1 if spatial and i > spatial[-1] else stage
-    return stages
-
-
 def _declared_stages(model: nn.Module, order: list[str], calls: dict) -> dict[str, int] | None:
     declared = getattr(model, "lslu_stage_paths", None)
     if not declared:
@@ -338,14 +336,16 @@ def _declared_stages(model: nn.Module, order: list[str], calls: dict) -> dict[st
     return stages
 
 
-def _first_of_new_part(path: str, previous: str, order: list[str]) -> str:
-    """The first site of the largest module around ``path`` that does not hold ``previous`` (``path`` if none)."""
+def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None:
+    """The largest module around ``path`` whose (N, C, H, W) input has resolution ``before`` and output ``after``
+    (the stage or block that made the drop, with its sites before the strided layer), or None."""
     parts = path.split(".")
     for k in range(1, len(parts)):
-        prefix = ".".join(parts[:k])
-        if not within(previous, prefix):
-            return next(q for q in order if within(q, prefix))
-    return path
+        record = calls.get(".".join(parts[:k]))
+        if record and record[1] and record[2] and len(record[1]) == len(record[2]) == 4 \
+                and record[1][2:4] == before and record[2][2:4] == after:
+            return ".".join(parts[:k])
+    return None
 
 
 def _downsampling_block(path: str, calls: dict) -> str | None:
