@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from trainables.activations import LSLU, ChannelsLast, create_act
+from trainables.activations import LSLU, ChannelsLast
 from trainables.insertion import apply_policy, list_sites, select_sites, trace_sites
 
 NETS = {

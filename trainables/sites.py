@@ -300,7 +300,10 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
     for i, p in enumerate(order):  # the head: flat / token sites after the last spatial one
         if spatial and i > spatial[-1]:
             stages[p] = stage + 1
-    stages = _declared_stages(model, order, calls) or stages
+    declared = _declared_stages(model, order, calls)
+    if declared:  # the model's own stages; its stem: the sites before the first of them
+        stages, declared_stem = declared, [p for p in order if declared[p] == 0]
+        down = (down - set(stem)) | ({declared_stem[-1]} if declared_stem else set())
     last = max(len(order) - 1, 1)
     out = []
     for i, (p, shape, layout, n) in enumerate(rows):
