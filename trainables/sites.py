@@ -60,7 +60,8 @@ def _timm_activation_types() -> tuple[type, ...]:
         return ()
     names = ("GELU", "GELUTanh", "QuickGELU", "Swish", "Mish", "HardSwish", "HardMish", "PReLU", "SwishMe", "MishMe",
              "HardSwishMe", "HardMishMe")
-    return tuple(c for mod in (activations, activations_me) for n in names if isinstance(c := getattr(mod, n, None), type))
+    found = (getattr(mod, n, None) for mod in (activations, activations_me) for n in names)
+    return tuple(c for c in found if isinstance(c, type))
 
 
 ACTIVATION_TYPES: tuple[type, ...] = act_module_types() + (

@@ -16,6 +16,6 @@ from trainables.activations.pwlu import PWLU, realign_pending
 from trainables.activations.introspect import learnable_act_state, start_epoch
 from trainables.activations.channels_last import ChannelsLast
 
-__all__ = ["ChannelsLast", "LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "check_config", "config_fields", "config_kwargs",
-           "create_act", "inserts", "is_registered_act", "learnable_act_state", "list_acts", "needs_spatial_map", "realign_pending",
-           "register_act", "start_epoch", "trial_config"]
+__all__ = ["ChannelsLast", "LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "check_config", "config_fields",
+           "config_kwargs", "create_act", "inserts", "is_registered_act", "learnable_act_state", "list_acts",
+           "needs_spatial_map", "realign_pending", "register_act", "start_epoch", "trial_config"]
