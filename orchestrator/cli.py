@@ -99,19 +99,21 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
     """The site table of ``model_name`` with the sites ``policy`` selects marked, and the mask to copy."""
     import torch
 
-    from trainables.insertion import format_site_table, list_sites, mask_of
+    from trainables.insertion import format_site_table, functional_note, mask_of, trace_sites
     from trainables.models import build_model
     from trainables.policy import Policy
 
     try:
         with torch.device("meta"):  # the module graph is enough: nothing is allocated
             model = build_model(model_name, num_classes=1000, cifar_stem=cifar_stem)
-        sites = list_sites(model)
+        trace = trace_sites(model)
+        sites = trace.sites
         mask = mask_of(sites, Policy.parse(policy).select(sites))
     except ValueError as exc:
         raise SitesError(str(exc)) from None
     return "\n".join([format_site_table(sites, mask, "selected"),
-                      f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}"])
+                      f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}",
+                      functional_note(trace)])
 
 
 def models_listing(pattern: str = "*") -> str:

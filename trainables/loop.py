@@ -25,7 +25,7 @@ from torch import nn
 from trainables.activations import config_kwargs, learnable_act_state, start_epoch, trial_config
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
-from trainables.insertion import apply_policy, list_sites, mask_of, select_sites
+from trainables.insertion import apply_policy, list_sites
 from trainables.metrics import lslu_sites
 from trainables.models import build_model, model_config_kwargs
 from trainables.models.stats import architecture_stats
@@ -67,13 +67,12 @@ def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn
     """The trial's model with the policy applied, and the resulting insertion mask (one bit per site)."""
     with trial_config(cfg):  # activations the model builds by name (`act`) take their trial-config fields too
         model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg))
+    model.lslu_input_size = (in_chans, cfg.image_size, cfg.image_size)  # what list_sites traces it with from now on
     sites = list_sites(model)
     if not cfg.inserts:
         return model, "0" * len(sites)
-    policy = cfg.insertion_policy
-    selected = select_sites(sites, policy)
-    apply_policy(model, policy, cfg.insert_act, **insert_kwargs(cfg))
-    return model, mask_of(sites, selected)
+    replaced = set(apply_policy(model, cfg.insertion_policy, cfg.insert_act, **insert_kwargs(cfg)))
+    return model, "".join("1" if s.path in replaced else "0" for s in sites)
 
 
 class Training:

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from trainables.activations.channels_last import ChannelsLast
+
 
 def learnable_act_state(model: nn.Module) -> dict[str, dict[str, float]]:
     """``{path: module.learnable_state()}`` for every module that reports its learnable state, e.g.
     ``{"layer1.0.act1": {"theta/1": 1.02, "omega/1": 0.01}}``."""
-    return {path: module.learnable_state() for path, module in model.named_modules()
+    adapters = {path for path, module in model.named_modules() if isinstance(module, ChannelsLast)}
+    return {_site_path(path, adapters): module.learnable_state() for path, module in model.named_modules()
             if callable(getattr(module, "learnable_state", None))}
+
+
+def _site_path(path: str, adapters: set[str]) -> str:
+    """The site an activation belongs to: a permuting adapter's ``inner`` reports under the adapter's path."""
+    parent, _, name = path.rpartition(".")
+    return parent if name == "inner" and parent in adapters else path
 
 
 def start_epoch(model: nn.Module, epoch: int, epochs: int) -> list[str]:

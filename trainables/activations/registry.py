@@ -82,6 +82,12 @@ def act_module_types() -> tuple[type, ...]:
     return tuple(dict.fromkeys(c for entry in entries for c in entry.builds))
 
 
+def needs_spatial_map(name: str) -> bool:
+    """Whether activation ``name`` needs a (B, C, H, W) map (its class says ``needs_spatial_map = True``, as LSLU's
+    depthwise conv does): it goes only to sites with a spatial layout."""
+    return any(getattr(c, "needs_spatial_map", False) for c in _entry(name).builds)
+
+
 def config_fields(name: str) -> dict[str, str]:
     """The factory keyword → trial-config attribute table of activation ``name`` (empty for a plain class)."""
     return dict(_entry(name).config)
