@@ -20,7 +20,7 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
-        config = TrialConfig.from_flat(result.config).to_dict()
+        config = TrialConfig.from_flat(result.config).params()  # a mapping: config.data_args.<key>
         status = metrics.get("status")
         if result.error is not None:
             status = "failed"

@@ -11,6 +11,7 @@ from typing import Any
 from search_spaces.model_checks import model_sites, point_mask
 from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
 from trainables.config import ConfigError, TrialConfig
+from trainables.data import DataError, check_data_source
 from trainables.metrics import OBJECTIVES
 from trainables.policy import CONFIG_KEYS
 
@@ -20,9 +21,22 @@ RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasi
 
 def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
     try:
-        return TrialConfig.from_flat(spec.trial_values())
+        cfg = TrialConfig.from_flat(spec.trial_values())
     except ConfigError as exc:
         raise SpecError(file, f"trial.{exc.key}", exc.message) from None
+    if "dataset" not in spec.space and "data_dir" not in spec.space:
+        try:  # the files are where data_dir says, before Ray starts (not again in each trial)
+            check_data_source(cfg.dataset, cfg.data_dir, cfg.download, cfg.data_args)
+        except DataError as exc:
+            raise SpecError(file, "trial.data_dir" if ":" not in cfg.dataset or cfg.data_dir else "trial.dataset",
+                            str(exc)) from None
+    return cfg
+
+
+def _fixed(spec: SweepSpec, key: str) -> bool:
+    """Whether the trial section fixes ``key`` (a mapping's entry ``data_args.x`` inside its mapping, or dotted)."""
+    field, dot, entry = key.partition(".")
+    return key in spec.trial or bool(dot) and entry in (spec.trial.get(field) or {})
 
 
 def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
@@ -32,9 +46,10 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
     sites: list = []
     for key, dist in spec.space.items():
         where = f"space.{key}"
-        if key not in fields:
-            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))}")
-        if key in spec.trial and not getattr(dist, "when", None):
+        if not TrialConfig.is_key(key):
+            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} (a mapping's "
+                                         f"entry: {', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})")
+        if _fixed(spec, key) and not getattr(dist, "when", None):
             raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
                                          f"under a `when` condition, trial.{key} being its value elsewhere)")
         if isinstance(dist, SitesDist):
