@@ -53,6 +53,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
               smoke_test: bool = False, callbacks: tuple = (), echo=print) -> SweepOutcome:
     if smoke_test:
         sweep = sweep.shrunk()
+    else:
+        sweep.check_data()  # a data_dir without the data: refused before Ray starts
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_path = st.resolve_storage(storage)
     ray_description = connect(address, runtime_env=sweep.spec.runtime_env)

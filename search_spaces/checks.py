@@ -21,16 +21,25 @@ RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasi
 
 def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
     try:
-        cfg = TrialConfig.from_flat(spec.trial_values())
+        return TrialConfig.from_flat(spec.trial_values())
     except ConfigError as exc:
         raise SpecError(file, f"trial.{exc.key}", exc.message) from None
-    if "dataset" not in spec.space and "data_dir" not in spec.space:
-        try:  # the files are where data_dir says, before Ray starts (not again in each trial)
+
+
+def check_data(spec: SweepSpec, base: TrialConfig, file: str) -> None:
+    """``data_dir`` holds what the dataset reads (download off), for the fixed dataset and each searched choice of
+    ``dataset`` / ``data_dir``: before Ray starts, not in each trial. Not part of parsing: a ``--smoke-test`` trains
+    on digits and needs no files."""
+    variants = [{}] + [{key: c} for key in ("dataset", "data_dir") if getattr(spec.space.get(key), "type", "") ==
+                       "categorical" for c in spec.space[key].choices]
+    for values in variants:
+        cfg = TrialConfig.from_flat(spec.trial_values(values)) if values else base
+        where = f"space.{next(iter(values))}" if values else "trial"
+        try:
             check_data_source(cfg.dataset, cfg.data_dir, cfg.download, cfg.data_args)
         except DataError as exc:
-            raise SpecError(file, "trial.data_dir" if ":" not in cfg.dataset or cfg.data_dir else "trial.dataset",
-                            str(exc)) from None
-    return cfg
+            key = "data_dir" if ":" not in cfg.dataset or cfg.data_dir else "dataset"
+            raise SpecError(file, f"{where}.{key}" if not values else where, str(exc)) from None
 
 
 def _fixed(spec: SweepSpec, key: str) -> bool:

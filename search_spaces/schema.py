@@ -163,6 +163,12 @@ class Sweep:
     def name(self) -> str:
         return self.spec.name
 
+    def check_data(self) -> None:
+        """The data is where ``data_dir`` says (``checks.check_data``); ``validate`` and ``run`` ask this before Ray."""
+        from search_spaces.checks import check_data
+
+        check_data(self.spec, self.base, self.file)
+
     @property
     def metric(self) -> str:
         """The first objective: what ranks trials, picks the best config and colours the plots."""
