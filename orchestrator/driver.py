@@ -98,7 +98,8 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     ctx = SweepContext(**manifest["context"])
     if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
-    where = _where(connect(address, runtime_env=sweep.spec.runtime_env), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
+    ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
+    where = _where(ray_description, check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     if manifest["smoke_test"]:
         sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)

@@ -2,7 +2,8 @@
 
 A sweep file has the sections ``name``, ``trial`` (fixed trial values), ``space`` (searched values),
 ``search`` (searcher, objectives, budget, scheduler), ``resources`` (per trial) and ``runtime_env`` (Ray's own:
-the user's code and packages on every worker; its local paths relative to the sweep file, resolved here). ``load_sweep`` validates
+the user's code and packages on every worker; its local paths relative to the sweep file, resolved here).
+``load_sweep`` validates
 it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming the file, the
 key path and what was expected.
 

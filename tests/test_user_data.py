@@ -42,7 +42,8 @@ def test_a_fashion_mnist_trial_trains_a_one_channel_network(tmp_path):
 def test_a_user_factory_gets_data_args_and_gives_the_classes(tmp_path, monkeypatch):
     write_factory_package(tmp_path / "user", "lslu_test_factory_a")
     monkeypatch.syspath_prepend(str(tmp_path / "user"))
-    cfg = TrialConfig.from_flat({"dataset": "lslu_test_factory_a.data:build", "data_args.n": 30, "data_args.classes": 5})
+    cfg = TrialConfig.from_flat({"dataset": "lslu_test_factory_a.data:build", "data_args.n": 30,
+                                 "data_args.classes": 5})
     assert cfg.data_args == {"n": 30, "classes": 5}
     assert cfg.params()["data_args.n"] == 30 and "data_args" not in cfg.params()
     data = load_dataset(cfg.dataset, 8, data_args=cfg.data_args)

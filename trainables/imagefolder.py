@@ -34,7 +34,8 @@ class ImageFolderData(LoaderData):
 def check_folders(data_dir: str) -> Path:
     """``data_dir`` as a path, once it holds ``train/`` and ``val/`` with a folder per class; else a ``DataError``."""
     if not data_dir:
-        raise DataError("dataset imagefolder needs data_dir: a folder with train/<class>/ and val/<class>/ image folders")
+        raise DataError("dataset imagefolder needs data_dir: a folder with train/<class>/ and val/<class>/ image "
+                        "folders")
     root = Path(data_dir).expanduser()
     for split in ("train", "val"):
         folder = root / split

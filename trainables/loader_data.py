@@ -47,8 +47,9 @@ class LoaderData:
             dataset = self.train_set if train else self.val_set
             size = self.n_train if train else self.n_val
             view = Transformed(Subset(dataset, range(size)), self.transform(train and augment))
-            self._loaders[key] = DataLoader(view, batch_size=batch_size, shuffle=train, generator=generator if train else None,
-                                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            self._loaders[key] = DataLoader(view, batch_size=batch_size, shuffle=train,
+                                            generator=generator if train else None, num_workers=self.workers,
+                                            pin_memory=self.device.type == "cuda",
                                             persistent_workers=self.workers > 0, drop_last=False)
         return self._loaders[key]
 
@@ -63,7 +64,8 @@ class LoaderData:
         non_blocking = self.device.type == "cuda"
         for x, y in loader:
             x = x.to(self.device, non_blocking=non_blocking)
-            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y.to(self.device, non_blocking=non_blocking)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            yield x, y.to(self.device, non_blocking=non_blocking)
 
 
 class Transformed(torch.utils.data.Dataset):
