@@ -32,11 +32,13 @@ def prepare_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+def connect(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> str:
     """Start or join Ray; returns a description of where the sweep runs.
 
     Without an address (and without ``RAY_ADDRESS``) an embedded local Ray starts: ``address="local"``,
     because a bare ``ray.init()`` can try to join a stale cluster recorded in /tmp/ray.
+    ``runtime_env`` (the sweep file's, paths absolute) is Ray's: the user's code and packages on every worker.
+    A Ray already running in this process keeps the runtime_env it was started with.
     """
     global _embedded
     prepare_env()
@@ -44,14 +46,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
-        return EMBEDDED if _embedded else "the Ray instance already running in this process"
+        where = EMBEDDED if _embedded else "the Ray instance already running in this process"
+        return where + (" (started before: the sweep file's runtime_env is not applied to it)" if runtime_env else "")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         _embedded = False
         return f"the Ray cluster at {address}"
     # No dashboard, so nothing reads the metrics Ray's processes would export: their collection only takes CPU
     # from the trials (~1 s of the dashboard agent's per 32 short trials, benchmarks/README.md).
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
              _system_config={"enable_metrics_collection": False})
     _embedded = True
     return EMBEDDED

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             sweep = load_sweep(args.file, args.overrides)
+            sweep.check_data()
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
             print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
                   f"searching {', '.join(sweep.spec.space) or 'nothing'}"

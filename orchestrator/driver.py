@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import yaml
 from ray import tune
@@ -52,9 +53,11 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
               smoke_test: bool = False, callbacks: tuple = (), echo=print) -> SweepOutcome:
     if smoke_test:
         sweep = sweep.shrunk()
+    else:
+        sweep.check_data()  # a data_dir without the data: refused before Ray starts
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_path = st.resolve_storage(storage)
-    ray_description = connect(address)
+    ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
     nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
     where = _where(ray_description, nodes)
     if smoke_test:
@@ -67,7 +70,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
     exp_dir = st.join(storage_path, name)
-    manifest = {"name": name, "sweep_file": sweep.file, "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}
+    manifest = {"name": name, "sweep_file": sweep.file, "sweep_dir": str(Path(sweep.file).parent.resolve()),
+                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}  # sweep_dir: runtime_env paths
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
@@ -87,13 +91,15 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks; runs are reused."""
     exp_dir = find_experiment(name, storage)
     manifest = json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
-    sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"])
+    sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"],
+                        base_dir=manifest.get("sweep_dir"))  # relative paths as in the run, from any directory
     if manifest["smoke_test"]:
         sweep = sweep.shrunk()
     ctx = SweepContext(**manifest["context"])
     if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
-    where = _where(connect(address), check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
+    ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
+    where = _where(ray_description, check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
     if manifest["smoke_test"]:
         sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)

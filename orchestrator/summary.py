@@ -22,7 +22,7 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
-        config = TrialConfig.from_flat(result.config).flat_params()  # model_args as model_args.<key> columns
+        config = TrialConfig.from_flat(result.config).params()  # a mapping: config.data_args.<key>
         status, reason = metrics.get("status"), metrics.get("reason", "")
         if result.error is not None:
             status, reason = "failed", failure_line(result.error)

@@ -10,7 +10,8 @@ from typing import Any
 
 from search_spaces.model_checks import model_sites, point_mask
 from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
-from trainables.config import MAPPING_FIELDS, ConfigError, TrialConfig
+from trainables.config import ConfigError, TrialConfig
+from trainables.data import DataError, check_data_source
 from trainables.metrics import OBJECTIVES
 from trainables.policy import CONFIG_KEYS
 
@@ -25,6 +26,28 @@ def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
         raise SpecError(file, f"trial.{exc.key}", exc.message) from None
 
 
+def check_data(spec: SweepSpec, base: TrialConfig, file: str) -> None:
+    """``data_dir`` holds what the dataset reads (download off), for the fixed dataset and each searched choice of
+    ``dataset`` / ``data_dir``: before Ray starts, not in each trial. Not part of parsing: a ``--smoke-test`` trains
+    on digits and needs no files."""
+    variants = [{}] + [{key: c} for key in ("dataset", "data_dir") if getattr(spec.space.get(key), "type", "") ==
+                       "categorical" for c in spec.space[key].choices]
+    for values in variants:
+        cfg = TrialConfig.from_flat(spec.trial_values(values)) if values else base
+        where = f"space.{next(iter(values))}" if values else "trial"
+        try:
+            check_data_source(cfg.dataset, cfg.data_dir, cfg.download, cfg.data_args)
+        except DataError as exc:
+            key = "data_dir" if ":" not in cfg.dataset or cfg.data_dir else "dataset"
+            raise SpecError(file, f"{where}.{key}" if not values else where, str(exc)) from None
+
+
+def _fixed(spec: SweepSpec, key: str) -> bool:
+    """Whether the trial section fixes ``key`` (a mapping's entry ``data_args.x`` inside its mapping, or dotted)."""
+    field, dot, entry = key.partition(".")
+    return key in spec.trial or bool(dot) and entry in (spec.trial.get(field) or {})
+
+
 def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
     """Check every searched key and the edges of its range as trial values; return the model's sites if the mask is
     searched."""
@@ -32,13 +55,10 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
     sites: list = []
     for key, dist in spec.space.items():
         where = f"space.{key}"
-        mapping, dot, entry = key.partition(".")
-        if key not in fields and not (dot and entry and mapping in MAPPING_FIELDS):
-            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} (one entry "
-                                         f"of a mapping: {', '.join(f'{m}.<key>' for m in MAPPING_FIELDS)})")
-        if dot and isinstance(spec.trial.get(mapping), dict) and entry in spec.trial[mapping]:
-            raise SpecError(file, where, f"also fixed in trial.{mapping}.{entry}; an entry is either fixed or searched")
-        if key in spec.trial and not getattr(dist, "when", None):
+        if not TrialConfig.is_key(key):
+            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
+                                         f"(a mapping's entry: {', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})")
+        if _fixed(spec, key) and not getattr(dist, "when", None):
             raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
                                          f"under a `when` condition, trial.{key} being its value elsewhere)")
         if isinstance(dist, SitesDist):

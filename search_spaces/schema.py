@@ -1,7 +1,9 @@
 """The sweep file: its schema and its validation (DESIGN.md §6).
 
 A sweep file has the sections ``name``, ``trial`` (fixed trial values), ``space`` (searched values),
-``search`` (searcher, objectives, budget, scheduler) and ``resources`` (per trial). ``load_sweep`` validates
+``search`` (searcher, objectives, budget, scheduler), ``resources`` (per trial) and ``runtime_env`` (Ray's own:
+the user's code and packages on every worker; its local paths relative to the sweep file, resolved here).
+``load_sweep`` validates
 it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming the file, the
 key path and what was expected.
 
@@ -117,6 +119,7 @@ class SweepSpec(_Strict):
     space: dict[str, Distribution] = Field(default_factory=dict)
     search: SearchSection = Field(default_factory=SearchSection)
     resources: Resources = Field(default_factory=Resources)
+    runtime_env: dict[str, Any] | None = None  # Ray's runtime_env (working_dir, py_modules, pip, env_vars, ...)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +167,12 @@ class Sweep:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def check_data(self) -> None:
+        """The data is where ``data_dir`` says (``checks.check_data``); ``validate`` and ``run`` ask this before Ray."""
+        from search_spaces.checks import check_data
+
+        check_data(self.spec, self.base, self.file)
 
     @property
     def metric(self) -> str:
@@ -253,13 +262,21 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = ()) -> Sweep:
     return parse_sweep(data, source, file, tuple(overrides))
 
 
-def parse_sweep(data: Any, source: str, file: str, overrides: tuple[str, ...] = ()) -> Sweep:
+def parse_sweep(data: Any, source: str, file: str, overrides: tuple[str, ...] = (), base_dir: str | None = None
+                ) -> Sweep:
+    """The validated sweep; ``base_dir``: where the file's relative paths start (default: the file's folder)."""
     if not isinstance(data, dict):
         raise SpecError(file, "", f"expected a mapping with the sections name, trial, space, search, resources; got {type(data).__name__}")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(file, exc) from None
+    if spec.runtime_env:
+        from search_spaces.runtime_env import importable, resolve_runtime_env
+
+        env = resolve_runtime_env(spec.runtime_env, Path(base_dir or Path(file).parent), file)
+        spec = spec.model_copy(update={"runtime_env": env})
+        importable(env)  # the driver validates the user's code (a factory, a model) before Ray, as the workers see it
     return Sweep(spec, source, file, overrides=overrides)
 
 

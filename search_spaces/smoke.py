@@ -30,7 +30,7 @@ def shrink(sweep: Sweep) -> Sweep:
     width = _smoke_width(sweep, size)
     train = _smoke_samples(sweep, size, width)
     base = sweep.base
-    shrunk = {**({"width": width} if width else {}), "dataset": "digits", "image_size": size,
+    shrunk = {**({"width": width} if width else {}), "dataset": "digits", "data_args": {}, "image_size": size,
               "epochs": min(base.epochs, 2), "warmup_epochs": min(base.warmup_epochs, 1),
               "pwlu_warmup_epochs": min(base.pwlu_warmup_epochs, 1), "train_samples": train,
               "val_samples": min(SMOKE_VAL, train // 2)}

@@ -49,10 +49,10 @@ def test_import_paths_build_torchvision_and_a_users_factory_with_model_args():
     assert (mine.width, mine.depth, mine.stem[0].in_channels, mine.stem[0].out_channels) == (0.5, 3, 2, 8)
     cfg = TrialConfig.from_flat({"model": USER, "model_args.width": 0.25, "model_args": {"depth": 1}, "n": 0})
     assert cfg.model_args == {"depth": 1, "width": 0.25}
-    assert cfg.flat_params()["model_args.width"] == 0.25 and "model_args" not in cfg.flat_params()
+    assert cfg.params()["model_args.width"] == 0.25 and "model_args" not in cfg.params()
     net, _ = build_network(cfg, num_classes=3, in_chans=3)
     assert (net.width, net.depth) == (0.25, 1)
-    assert TrialConfig.from_flat(cfg.flat_params()) == cfg  # the flat form folds back
+    assert TrialConfig.from_flat(cfg.params()) == cfg  # the flat form folds back
 
 
 def test_model_args_reach_a_timm_constructor():

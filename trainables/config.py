@@ -4,10 +4,12 @@ Ray Tune hands a trial a flat dict: the sweep file's fixed ``trial`` values merg
 searcher picked. ``TrialConfig.from_flat`` validates it before any work starts: unknown keys, wrong
 types and names outside the registries are ``ConfigError``s that name the key.
 
+A mapping field (``model_args``, ``data_args``) may arrive whole or one entry per key, ``model_args.<key>`` (an
+entry searched on its own); ``from_flat`` folds those keys into the mapping, and ``params`` flattens it the same way
+(MLflow params, summary columns).
+
 A searched insertion mask arrives as one key per site, ``site_0 … site_{k-1}`` (0/1, DESIGN.md §6);
-``from_flat`` folds them into ``policy="mask"`` and ``mask="0101…"``. A mapping field (``model_args``) may arrive as
-dotted keys, one per entry (``model_args.width``: an entry searched on its own); ``from_flat`` folds them back into the
-mapping, and ``flat_params`` gives the config with its mappings as those dotted keys (MLflow params, summary columns).
+``from_flat`` folds them into ``policy="mask"`` and ``mask="0101…"``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from trainables.activations import (check_config, config_fields, config_kwargs, create_act, inserts, is_registered_act,
                                     list_acts)
-from trainables.data import NEEDS_DIR
+from trainables.data import DATASETS, NEEDS_DIR, DataError
 from trainables.errors import ConfigError
 from trainables.models import model_arguments
 from trainables.models.checks import check_model
@@ -50,9 +52,11 @@ class TrialConfig:
     cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs
     width: Annotated[float, Field(gt=0.0)] = 1.0  # channel multiplier (VanillaNet's x0_25 = 0.25; digits_cnn)
     deep_train_epochs: Annotated[int, Field(ge=0)] = 0  # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = "digits"  # trainables/data.py
-    data_dir: str = ""  # cifar10/cifar100: folder with torchvision's pickle batches; imagefolder: train/ and val/ class folders
-    download: bool = False  # cifar: fetch into data_dir if it is missing (needs network)
+    dataset: str = "digits"  # a name in trainables/data.py DATASETS, or package.module:Class / package.module:build
+    data_dir: str = ""  # cifar10/cifar100: folder with torchvision's pickle batches; imagefolder: train/ and val/ class
+    # folders; a dataset class: its root
+    download: bool = False  # cifar, a dataset class: fetch into data_dir if it is missing (needs network)
+    data_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # a dataset by import path: its keyword args
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16  # side of the (square) input images
     augment: bool = True  # the data set's standard augmentation (CIFAR: pad-4 crop + flip; ImageFolder: resized crop + flip)
     workers: Annotated[int, Field(ge=0)] = 2  # imagefolder: DataLoader worker processes
@@ -100,7 +104,7 @@ class TrialConfig:
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "TrialConfig":
-        values = _fold_mapping_keys(_fold_site_keys(dict(flat)))
+        values = _fold_site_keys(_fold_mapping_keys(dict(flat)))
         try:
             cfg = _adapter(cls).validate_python(values)
         except ValidationError as exc:
@@ -114,6 +118,27 @@ class TrialConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
+    @classmethod
+    def mapping_fields(cls) -> list[str]:
+        """The fields that hold a mapping (``data_args``): their entries are keys of their own, ``<field>.<key>``."""
+        return [f.name for f in dataclasses.fields(cls) if f.default_factory is dict]
+
+    @classmethod
+    def is_key(cls, key: str) -> bool:
+        """Whether ``key`` names a field or one entry of a mapping field (``data_args.root_subset``)."""
+        field, dot, entry = key.partition(".")
+        return key in cls.field_names() or bool(dot and entry and field in cls.mapping_fields())
+
+    def params(self) -> dict[str, Any]:
+        """The config as MLflow params: one per field, a mapping field one per entry (``data_args.<key>``)."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if key in self.mapping_fields():
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
     def check(self) -> None:
         """Checks that span fields or registries (types and ranges are checked by pydantic)."""
         check_model(self)
@@ -126,6 +151,7 @@ class TrialConfig:
         if self.width != 1.0 and "width" not in model_arguments(self.model):
             raise ConfigError("width", f"model {self.model!r} has no width multiplier; leave width at 1.0")
         Policy.from_config(self)  # policy and its argument (mask / stages / k / paths)
+        _check_dataset(self)
         if self.dataset in NEEDS_DIR and not self.data_dir:
             raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
@@ -157,31 +183,6 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def flat_params(self) -> dict[str, Any]:
-        """``to_dict`` with each mapping field as one dotted key per entry (``model_args.width``); ``from_flat``
-        folds them back."""
-        flat: dict[str, Any] = {}
-        for key, value in self.to_dict().items():
-            if key in MAPPING_FIELDS:
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                flat[key] = value
-        return flat
-
-
-MAPPING_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig) if f.default_factory is dict)
-
-
-def _fold_mapping_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """``model_args.width: 0.5`` → ``model_args: {width: 0.5}``, merged into a ``model_args`` mapping given beside."""
-    for key in [k for k in values if "." in k and k.partition(".")[0] in MAPPING_FIELDS]:
-        mapping, _, entry = key.partition(".")
-        given = values.get(mapping, {})
-        if not isinstance(given, dict):
-            raise ConfigError(mapping, f"expected a mapping of keyword → value, got {given!r}")
-        values[mapping] = {**given, entry: values.pop(key)}
-    return values
-
 
 def _unknown_act(name: str, also: str = "") -> str:
     """Why ``name`` names no activation: the valid names, or what went wrong importing ``package.module:Class``."""
@@ -210,6 +211,36 @@ def _check_act_arguments(name: str, cfg: TrialConfig) -> None:
     broken = check_config(name, cfg)
     if broken:
         raise ConfigError(*broken)
+
+
+def _check_dataset(cfg: TrialConfig) -> None:
+    """A dataset name the project has, or an import path that imports (a typo fails here, in the driver, before Ray)."""
+    if ":" not in cfg.dataset:
+        if cfg.dataset not in DATASETS:
+            raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; valid choices: {', '.join(DATASETS)}, or a "
+                                         "dataset class / factory by import path (package.module:Name)")
+        if cfg.data_args:
+            raise ConfigError("data_args", f"only a dataset given by import path takes arguments; {cfg.dataset} takes "
+                                           f"none, got {sorted(cfg.data_args)}")
+        return
+    from trainables.import_data import resolve
+
+    try:
+        resolve(cfg.dataset)
+    except DataError as err:
+        raise ConfigError("dataset", str(err)) from None
+
+
+def _fold_mapping_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``data_args.x: 1`` → ``data_args: {x: 1}``, merged over a ``data_args`` given whole."""
+    for key in [k for k in values if "." in k]:
+        field, _, entry = key.partition(".")
+        if field in TrialConfig.mapping_fields() and entry:
+            whole = values.get(field) or {}
+            if not isinstance(whole, dict):
+                raise ConfigError(field, f"expected a mapping, got {whole!r}")
+            values[field] = {**whole, entry: values.pop(key)}
+    return values
 
 
 def _fold_site_keys(values: dict[str, Any]) -> dict[str, Any]:

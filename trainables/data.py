@@ -8,6 +8,8 @@
 - ``imagefolder``: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (e.g. the Silkworm set), read by a
   DataLoader with workers; augmentation: random resized crop and flip.
 - ``synthetic``: random images and labels of a given size, for benchmarks (nothing to learn).
+- ``package.module:Class`` (``torchvision.datasets:FashionMNIST``) or a user's factory ``package.module:build``
+  (``trainables/import_data.py``), read by a DataLoader; channels, classes and size come from the data.
 
 Small sets (digits, CIFAR, synthetic) live on the trial's device as tensors at their native resolution; each
 batch is augmented, resized to ``image_size`` and normalized there, with no DataLoader worker overhead.
@@ -124,8 +126,13 @@ def _replace(data: TensorData, **changes) -> TensorData:
 
 
 def load_dataset(name: str, image_size: int, data_dir: str = "", download: bool = False, train_samples: int = 0,
-                 val_samples: int = 0):
-    """The data set ``name``: a ``TensorData`` (digits, CIFAR, synthetic) or an ``ImageFolderData``."""
+                 val_samples: int = 0, data_args: dict | None = None):
+    """The data set ``name``: a ``TensorData`` (digits, CIFAR, synthetic), an ``ImageFolderData`` or, for an import
+    path, an ``ImportedData``."""
+    if ":" in name:
+        from trainables.import_data import ImportedData
+
+        return ImportedData(name, data_dir, download, dict(data_args or {}), image_size)
     if name == "digits":
         return _digits()
     if name in CIFAR_LAYOUT:
@@ -137,6 +144,21 @@ def load_dataset(name: str, image_size: int, data_dir: str = "", download: bool 
     if name == "synthetic":
         return _synthetic(image_size, train_samples or 1024, val_samples or 256)
     raise DataError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
+
+
+def check_data_source(name: str, data_dir: str = "", download: bool = False, data_args: dict | None = None) -> None:
+    """Before Ray starts: ``data_dir`` holds what ``name`` reads (unless it may be downloaded), and an import path
+    imports. A ``DataError`` names the path and what was expected there."""
+    if ":" in name:
+        from trainables.import_data import check_source
+
+        check_source(name, data_dir, download, dict(data_args or {}))
+    elif name in CIFAR_LAYOUT and not download:
+        _cifar_folder(name, data_dir, download)
+    elif name == "imagefolder":
+        from trainables.imagefolder import check_folders
+
+        check_folders(data_dir)
 
 
 @functools.lru_cache(maxsize=2)  # once per worker process: reused actors skip the reload
@@ -175,6 +197,23 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 @functools.lru_cache(maxsize=2)
 def _cifar(name: str, data_dir: str, download: bool) -> TensorData:
     folder_name, train_files, test_files, label_key = CIFAR_LAYOUT[name]
+    folder = _cifar_folder(name, data_dir, download)
+    root = Path(data_dir).expanduser()
+    train = [_cifar_batch(folder / f, label_key) for f in train_files]
+    test = [_cifar_batch(folder / f, label_key) for f in test_files]
+    num_classes = 10 if name == "cifar10" else 100
+    to_x = lambda parts: torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255)  # noqa: E731
+    to_y = lambda parts: torch.from_numpy(np.concatenate([p[1] for p in parts])).long()  # noqa: E731
+    train_y, val_y = to_y(train), to_y(test)
+    if int(max(train_y.max(), val_y.max())) >= num_classes or int(min(train_y.min(), val_y.min())) < 0:
+        raise DataError(f"data_dir {root}: {name} labels must lie in 0..{num_classes - 1}")
+    mean, std = CIFAR_STATS[name]
+    return TensorData(to_x(train), train_y, to_x(test), val_y, num_classes, mean, std, crop_pad=4, flip=True)
+
+
+def _cifar_folder(name: str, data_dir: str, download: bool) -> Path:
+    """The folder that holds the CIFAR batches (downloaded there first where asked); a ``DataError`` if it does not."""
+    folder_name, train_files, test_files, _ = CIFAR_LAYOUT[name]
     if not data_dir:
         raise DataError(f"dataset {name} needs data_dir: a folder holding {folder_name}/ (torchvision's python-pickle layout)")
     root = Path(data_dir).expanduser()
@@ -186,16 +225,7 @@ def _cifar(name: str, data_dir: str, download: bool) -> TensorData:
     if missing:
         raise DataError(f"data_dir {root}: expected {folder_name}/ with {', '.join(expected)} (torchvision's python-pickle "
                         f"layout); missing: {', '.join(missing)}" + ("" if download else ". Set download: true to fetch it"))
-    train = [_cifar_batch(folder / f, label_key) for f in train_files]
-    test = [_cifar_batch(folder / f, label_key) for f in test_files]
-    num_classes = 10 if name == "cifar10" else 100
-    to_x = lambda parts: torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255)  # noqa: E731
-    to_y = lambda parts: torch.from_numpy(np.concatenate([p[1] for p in parts])).long()  # noqa: E731
-    train_y, val_y = to_y(train), to_y(test)
-    if int(max(train_y.max(), val_y.max())) >= num_classes or int(min(train_y.min(), val_y.min())) < 0:
-        raise DataError(f"data_dir {root}: {name} labels must lie in 0..{num_classes - 1}")
-    mean, std = CIFAR_STATS[name]
-    return TensorData(to_x(train), train_y, to_x(test), val_y, num_classes, mean, std, crop_pad=4, flip=True)
+    return folder
 
 
 def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from trainables.activations import config_kwargs, learnable_act_state, start_epo
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
 from trainables.insertion import apply_policy, list_sites
+from trainables.loader_data import LoaderData
 from trainables.metrics import lslu_sites
 from trainables.models import build_model, model_config_kwargs
 from trainables.models.stats import architecture_stats
@@ -86,8 +87,9 @@ class Training:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # a trial's shapes are fixed: let cuDNN pick its fastest convolutions
         _seed_everything(cfg.seed)
-        data = load_dataset(cfg.dataset, cfg.image_size, cfg.data_dir, cfg.download, cfg.train_samples, cfg.val_samples)
-        if cfg.dataset == "imagefolder":
+        data = load_dataset(cfg.dataset, cfg.image_size, cfg.data_dir, cfg.download, cfg.train_samples, cfg.val_samples,
+                            cfg.data_args)
+        if isinstance(data, LoaderData):
             data.workers = cfg.workers
         self.data = data.head(cfg.train_samples, cfg.val_samples).to(self.device)
         self.model, self.mask = build_network(cfg, self.data.num_classes, self.data.in_chans)

@@ -119,7 +119,7 @@ class TrialRun:
         wait = outage_wait_s()
         run_id, artifact_uri = retry(create_once, budget_s=wait, what="creating the trial's run")
         run = cls(client, run_id, logged_through=0, logged_keys=set(), artifact_uri=artifact_uri)  # new: it holds nothing yet
-        params = [Param(k, str(v)) for k, v in cfg.flat_params().items()]  # model_args as model_args.<key>
+        params = [Param(k, str(v)) for k, v in cfg.params().items()]
         metrics = run._not_yet_logged(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
             last = i + _BATCH >= len(params)
