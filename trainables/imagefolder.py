@@ -17,12 +17,14 @@ class ImageFolderData:
         import torchvision
 
         if not data_dir:
-            raise DataError("dataset imagefolder needs data_dir: a folder with train/<class>/ and val/<class>/ image folders")
+            raise DataError("dataset imagefolder needs data_dir: "
+                            "a folder with train/<class>/ and val/<class>/ image folders")
         root = Path(data_dir).expanduser()
         for split in ("train", "val"):
             folder = root / split
             if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-                raise DataError(f"data_dir {root}: expected {split}/ with one folder of images per class (train/<class>/*.jpg, val/<class>/*.jpg)")
+                raise DataError(f"data_dir {root}: expected {split}/ with one folder of images per class "
+                                "(train/<class>/*.jpg, val/<class>/*.jpg)")
         try:
             self.train_set = torchvision.datasets.ImageFolder(str(root / "train"))
             self.val_set = torchvision.datasets.ImageFolder(str(root / "val"))
@@ -62,8 +64,9 @@ class ImageFolderData:
             dataset = self.train_set if train else self.val_set
             size = self.n_train if train else self.n_val
             view = _Transformed(Subset(dataset, range(size)), _transform(self.image_size, train and augment))
-            self._loaders[key] = DataLoader(view, batch_size=batch_size, shuffle=train, generator=generator if train else None,
-                                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            self._loaders[key] = DataLoader(view, batch_size=batch_size, shuffle=train,
+                                            generator=generator if train else None, num_workers=self.workers,
+                                            pin_memory=self.device.type == "cuda",
                                             persistent_workers=self.workers > 0, drop_last=False)
         return self._loaders[key]
 
@@ -78,7 +81,8 @@ class ImageFolderData:
         non_blocking = self.device.type == "cuda"
         for x, y in loader:
             x = x.to(self.device, non_blocking=non_blocking)
-            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y.to(self.device, non_blocking=non_blocking)
+            yield ((x.contiguous(memory_format=torch.channels_last) if channels_last else x),
+                   y.to(self.device, non_blocking=non_blocking))
 
 
 class _Transformed(torch.utils.data.Dataset):

@@ -112,7 +112,8 @@ def _failure(exc: Exception, cfg: TrialConfig) -> tuple[str, str]:
     if isinstance(exc, Diverged):
         return "diverged", str(exc)
     first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
-    return "oom", f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): {first_line}"
+    return "oom", (f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): "
+                   f"{first_line}")
 
 
 def _no_result(training: Training) -> dict:
@@ -132,15 +133,18 @@ def model_summary(training: Training, title: str) -> str:
     """``model_summary.txt``: the config, the mask, the site table and the network. Architecture only, so the run
     gets it when it opens, whether the trial completes or the scheduler stops it."""
     sites = list_sites(training.model)
-    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False), f"mask: {training.mask}", "",
-                      format_site_table(sites, training.mask, "inserted"), "", repr(training.model)])
+    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
+                      f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"), "",
+                      repr(training.model)])
 
 
 def write_final_weights(training: Training, folder: str) -> None:
     """The weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
-    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()}, Path(folder) / "model_final.pt")
+    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()},
+               Path(folder) / "model_final.pt")
     if training.ema is not None:
-        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()}, Path(folder) / "model_ema_final.pt")
+        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()},
+                   Path(folder) / "model_ema_final.pt")
 
 
 def weights_from_checkpoint(checkpoint_dir: str) -> dict:
@@ -156,5 +160,6 @@ def sites_csv(training: Training) -> str:
     writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "module", "inserted"])
     for site, bit in zip(list_sites(training.model), training.mask):
         module = type(training.model.get_submodule(site.path)).__name__
-        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling, f"{site.depth_fraction:.3f}", module, bit])
+        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling,
+                         f"{site.depth_fraction:.3f}", module, bit])
     return out.getvalue()
