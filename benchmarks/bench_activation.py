@@ -83,7 +83,9 @@ class WithKernel(nn.Module):
 
 
 def kernel_env(module: nn.Module):
-    return mock.patch.dict(os.environ, LSLU_KERNEL=module.kernel) if isinstance(module, WithKernel) else contextlib.nullcontext()
+    if isinstance(module, WithKernel):
+        return mock.patch.dict(os.environ, LSLU_KERNEL=module.kernel)
+    return contextlib.nullcontext()
 
 
 def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda: bool = False):
@@ -103,8 +105,8 @@ def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda:
         yield "  batchnorm alone", SitePart(lslu, "bn")
 
 
-def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype, rounds: int,
-            parts: bool = False):
+def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype,
+            rounds: int, parts: bool = False):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
     g = torch.randn_like(x)

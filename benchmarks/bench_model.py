@@ -39,7 +39,8 @@ def network(name: str, policy: str, width: float):
     return model
 
 
-def measure(name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float, rounds: int):
+def measure(name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float,
+            rounds: int):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -107,7 +108,8 @@ def main(argv=None):
             for name in args.models:
                 width = 0.25 if dev == "cpu" else 1.0
                 rows += measure(name, device, args.batch, args.size, channels_last, amp, width, args.rounds)
-            print(f"\n{device_name(device)} | batch {args.batch} at {args.size}² | {'channels_last' if channels_last else 'NCHW'}"
+            print(f"\n{device_name(device)} | batch {args.batch} at {args.size}²"
+                  f" | {'channels_last' if channels_last else 'NCHW'}"
                   f" | {'bf16 autocast' if amp else 'float32'} | VanillaNet width {0.25 if dev == 'cpu' else 1.0}")
             graph = ["graph_ms", "graph_x"] if dev == "cuda" else []
             print(table(rows, ["model", "policy", "train_ms", "±", "train_x", "latency_ms", "latency_x", *graph,

@@ -1,7 +1,9 @@
 """bench_sweep.py: what the orchestration costs each trial, and how many short trials an hour a sweep runs.
 
-    python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with actor reuse, 8 without
-    python benchmarks/bench_sweep.py --repeat 3 --fresh-trials 0    # the two sizes three times, alternately: median and range
+    python benchmarks/bench_sweep.py                # digits sweeps on the embedded local Ray: 8 and 32 trials with
+                                                    # actor reuse, 8 without
+    python benchmarks/bench_sweep.py --repeat 3 --fresh-trials 0    # the two sizes three times, alternately: median
+                                                                    # and range
     python benchmarks/bench_sweep.py --packing 1 2 4    # on a GPU machine: 1, 2 and 4 trials per GPU; GPU busy time
     python benchmarks/bench_sweep.py --packing 1 4 --trial epochs=3 batch_size=256    # ... with the small model changed
 
@@ -43,7 +45,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import GpuBusy, nvml, table  # noqa: E402
 
-DIGITS_TRIAL = {"model": "digits_cnn", "n": 1, "epochs": 1, "warmup_epochs": 0, "train_samples": 512, "val_samples": 256}
+DIGITS_TRIAL = {"model": "digits_cnn", "n": 1, "epochs": 1, "warmup_epochs": 0, "train_samples": 512,
+                "val_samples": 256}
 # --packing's small model: a few seconds of GPU work a trial, so that packing, not start-up, decides the busy time
 SMALL_MODEL = {"model": "resnet18", "cifar_stem": True, "dataset": "synthetic", "image_size": 32, "train_samples": 8192,
                "val_samples": 1024, "batch_size": 128, "epochs": 2}
@@ -81,8 +84,10 @@ def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial
             "idle_slot_s": wall * slots - train,
             "overhead_s_per_trial": (wall * slots - train) / trials,
             "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, checkpoints: the trainable's own
-            "outside_s": (wall * slots - in_trial) / trials,  # actor start, Tune's scheduling, the driver's figures, idle slots
-            "figures_cpu_s": figures_cpu / trials,  # the driver's figure thread, per trial (it shares the machine's cores)
+            # actor start, Tune's scheduling, the driver's figures, idle slots
+            "outside_s": (wall * slots - in_trial) / trials,
+            # the driver's figure thread, per trial (it shares the machine's cores)
+            "figures_cpu_s": figures_cpu / trials,
             "trials_per_hour": 3600 * trials / wall, "completed": sum(r["status"] == "completed" for r in outcome.rows),
             "gpu_busy_%": gpus.busy_pct, "gpu_active_%": gpus.active_pct}
 
@@ -117,12 +122,17 @@ def main(argv=None):
                    help="GPU machine: a sweep of small models with K trials per GPU, for each K; reports GPU busy time")
     p.add_argument("--packing-trials", type=int, default=16, help="trials of each --packing sweep")
     p.add_argument("--trial", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="trial config keys over the sweep's own (digits; with --packing the small model), values in YAML")
-    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one sweep of this many trials here, print its row as JSON
+                   help="trial config keys over the sweep's own (digits; with --packing the small model), "
+                        "values in YAML")
+    # run one sweep of this many trials here, print its row as JSON
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--trial-json", help=argparse.SUPPRESS)  # --one: the trial's keys, as the parent resolved them
     args = p.parse_args(argv)
-    args.trial = json.loads(args.trial_json) if args.trial_json else trial_overrides(args.trial, SMALL_MODEL if args.packing else {})
+    if args.trial_json:
+        args.trial = json.loads(args.trial_json)
+    else:
+        args.trial = trial_overrides(args.trial, SMALL_MODEL if args.packing else {})
     if args.one:
         from cluster.local import connect
 
@@ -139,13 +149,14 @@ def main(argv=None):
     rows = [row for pair in pairs for row in pair]
     if args.fresh_trials:
         rows.append(run_apart(args.fresh_trials, args, reuse=False))
-    print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial", "in_trial_s",
-                       "outside_s", "figures_cpu_s", "trials_per_hour"]))
+    print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial",
+                       "in_trial_s", "outside_s", "figures_cpu_s", "trials_per_hour"]))
     fixed, marginal = split_fixed_marginal(*(median_row([pair[k] for pair in pairs]) for k in (0, 1)))
     singles = [split_fixed_marginal(*pair) for pair in pairs]
     figures = statistics.median(pair[1]["figures_cpu_s"] for pair in pairs)
     print(f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
-          f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; the driver's figures take {figures:.2f} s CPU a trial")
+          f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; "
+          f"the driver's figures take {figures:.2f} s CPU a trial")
 
 
 def trial_overrides(pairs: list[str], base: dict) -> dict:
@@ -187,11 +198,12 @@ def packing(args) -> None:
     for row in rows:
         row["speed-up"] = row["trials_per_hour"] / base
     print(f"{gpus} GPU(s); each trial: {', '.join(f'{k}={v}' for k, v in args.trial.items())}")
-    print(table(rows, ["trials per GPU", "trials", "completed", "wall_s", "train_s", "overhead_s_per_trial", "trials_per_hour",
-                       "speed-up", "gpu_busy_%", "gpu_active_%"]))
+    print(table(rows, ["trials per GPU", "trials", "completed", "wall_s", "train_s", "overhead_s_per_trial",
+                       "trials_per_hour", "speed-up", "gpu_busy_%", "gpu_active_%"]))
     best = max(rows, key=lambda r: r["gpu_active_%"] or 0)
-    print(f"GPU busy {best['gpu_active_%']:.0f} % from the first kernel to the last ({best['gpu_busy_%']:.0f} % of the whole "
-          f"sweep) with {best['trials per GPU']} trials per GPU (target ≥ 85 %), {best['speed-up']:.2f}× the trials an hour of "
+    print(f"GPU busy {best['gpu_active_%']:.0f} % from the first kernel to the last "
+          f"({best['gpu_busy_%']:.0f} % of the whole sweep) with {best['trials per GPU']} trials per GPU "
+          f"(target ≥ 85 %), {best['speed-up']:.2f}× the trials an hour of "
           f"{rows[0]['trials per GPU']} per GPU (first row; {args.packing_trials} trials per sweep)")
 
 
@@ -205,7 +217,8 @@ def spread(singles: list[tuple[float, float]]) -> str:
     if len(singles) < 2:
         return ""
     fixed, marginal = zip(*singles)
-    return (f" — from the medians of {len(singles)} sweeps of each size; single pairs give {min(marginal):.2f}–{max(marginal):.2f} s "
+    return (f" — from the medians of {len(singles)} sweeps of each size; "
+            f"single pairs give {min(marginal):.2f}–{max(marginal):.2f} s "
             f"per trial and {min(fixed):.1f}–{max(fixed):.1f} s fixed")
 
 

@@ -1,4 +1,5 @@
-"""Shared measuring tools for the benchmarks: timing with warm-up and medians, the bytes autograd saves, GPU busy time."""
+"""Shared measuring tools for the benchmarks: timing with warm-up and medians, the bytes autograd saves,
+GPU busy time."""
 from __future__ import annotations
 
 import platform
@@ -21,7 +22,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(fns: dict[str, object], device: torch.device, rounds: int = 5, runs: int = 4, warmup: int = 3) -> dict[str, tuple[float, float]]:
+def interleaved_times(fns: dict[str, object], device: torch.device, rounds: int = 5, runs: int = 4,
+                      warmup: int = 3) -> dict[str, tuple[float, float]]:
     """Median and interquartile half-range (ms) of each function, measured in interleaved rounds.
 
     One variant after another, round after round: a drift in the machine's load (other processes) falls on every
@@ -160,7 +162,8 @@ class GpuBusy:
 
 
 def busy_share(samples: list[float]) -> tuple[float | None, float | None]:
-    """(mean of all utilization samples, mean of those from the first to the last non-zero one); None without samples."""
+    """(mean of all utilization samples, mean of those from the first to the last non-zero one);
+    None without samples."""
     if not samples:
         return None, None
     busy = [i for i, s in enumerate(samples) if s > 0]

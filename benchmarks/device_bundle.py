@@ -1,6 +1,7 @@
 """device_bundle.py: one archive with what a lent GPU machine lacks to run sweeps, for benchmarks/on_device.sh.
 
-    python3 benchmarks/device_bundle.py                          # .devicepkgs/site.tar.xz for the GPU image's Python 3.12
+    python3 benchmarks/device_bundle.py                          # .devicepkgs/site.tar.xz for the GPU image's
+                                                                 # Python 3.12
     python3 benchmarks/device_bundle.py --python-version 3.11    # the same for this machine's Python (to try it here)
 
 The GPU machine has no package index, and its tool carries at most 64 MiB of untracked files. Its image has torch,
@@ -35,10 +36,12 @@ PACKAGES: list[tuple[str, str, str]] = [
     # --- the four the project imports
     ("ray", "2.60.0", "Ray Tune: the scheduler of every sweep (Tuner, ASHA, ConcurrencyLimiter, checkpoints)"),
     ("optuna", "5.0.0", "the searcher (SweepSearcher's study: ask-and-tell, samplers) and fANOVA importance"),
-    ("mlflow", "3.17.2", "tracking: every metric, figure and checkpoint; the full package is the one with the SQL store"),
+    ("mlflow", "3.17.2", "tracking: every metric, figure and checkpoint; "
+                         "the full package is the one with the SQL store"),
     ("mlflow-skinny", "3.17.2", "mlflow's core (client, tracking API); mlflow requires it"),
     ("mlflow-tracing", "3.17.2", "mlflow's tracing part; mlflow and mlflow-skinny import it"),
-    ("pydantic", "2.14.3", "search_spaces/schema.py validates sweep files with it; Ray, MLflow and FastAPI need it too"),
+    ("pydantic", "2.14.3", "search_spaces/schema.py validates sweep files with it; "
+                           "Ray, MLflow and FastAPI need it too"),
     # --- pydantic's
     ("pydantic-core", "2.50.4", "pydantic's compiled core"),
     ("annotated-types", "0.8.0", "pydantic"),
@@ -76,7 +79,8 @@ PACKAGES: list[tuple[str, str, str]] = [
     # --- Optuna's
     ("alembic", "1.20.1", "optuna's RDB storage; mlflow's SQL store migrations"),
     ("mako", "1.4.3", "alembic"),
-    ("sqlalchemy", "2.1.9", "mlflow's SQLite tracking store (trainables/mlflow_client.py hooks into it); optuna; alembic"),
+    ("sqlalchemy", "2.1.9", "mlflow's SQLite tracking store (trainables/mlflow_client.py hooks into it); "
+                            "optuna; alembic"),
     ("colorlog", "6.12.0", "optuna's logging"),
     # --- MLflow's (full and skinny)
     ("databricks-sdk", "0.156.0", "mlflow-skinny (imported by its tracking utilities)"),
@@ -190,7 +194,8 @@ def strip(site: Path) -> int:
         elif p.is_file() and p.suffix == ".pyc":
             removed += p.stat().st_size
             p.unlink()
-    # google/ is a namespace package shared with the image's protobuf (google.protobuf): an __init__.py here would hide it
+    # google/ is a namespace package shared with the image's protobuf (google.protobuf):
+    # an __init__.py here would hide it
     init = site / "google" / "__init__.py"
     if init.exists():
         init.unlink()

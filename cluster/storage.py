@@ -67,5 +67,6 @@ def dirs_holding(root: str, filename: str) -> list[tuple[str, float]]:
         return []
     dirs = [e.path for e in entries if e.type == pafs.FileType.Directory]
     found = [(d.rsplit("/", 1)[-1], info.mtime.timestamp() if info.mtime else 0.0)
-             for d, info in zip(dirs, fs.get_file_info([f"{d}/{filename}" for d in dirs])) if info.type == pafs.FileType.File]
+             for d, info in zip(dirs, fs.get_file_info([f"{d}/{filename}" for d in dirs]))
+             if info.type == pafs.FileType.File]
     return sorted(found, key=lambda item: item[1])

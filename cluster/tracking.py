@@ -43,7 +43,8 @@ def ui_command(tracking_uri: str) -> str:
 
 
 SERVER_HINT = ("start an MLflow server on PostgreSQL that every node can reach, e.g. "
-               "`MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@DBHOST:5432/mlflow cluster/mlflow_server.sh --host 0.0.0.0` "
+               "`MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@DBHOST:5432/mlflow "
+               "cluster/mlflow_server.sh --host 0.0.0.0` "
                "(see the README, 'MLflow tracking server'), then pass `--tracking-uri http://SERVER_HOST:5000` "
                "(or set MLFLOW_TRACKING_URI)")
 

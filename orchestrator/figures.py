@@ -61,7 +61,8 @@ def act_history(history: dict[str, list[tuple[int, float]]]) -> list[dict]:
 
 
 def log_figure(client: MlflowClient, run_id: str, fig, name: str) -> None:
-    """Log a matplotlib figure as the PNG artifact ``name`` (written by ``plots.png_bytes``, as the trials' are) and free it."""
+    """Log a matplotlib figure as the PNG artifact ``name`` (written by ``plots.png_bytes``, as the trials' are) and
+    free it."""
     try:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d, name)
@@ -83,7 +84,8 @@ def sites_png(sites_csv: str) -> bytes:
 
 
 def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
-    """``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` of one trial, from its run, logged in one call."""
+    """``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` of one trial, from its run, logged in
+    one call."""
     run = client.get_run(run_id)
     title, history = run.info.run_name, run_history(client, run)
     rows = plots.theta_omega_rows(act_history(history))
@@ -117,7 +119,8 @@ class FigureQueue:
     def _draw(self, run_id: str) -> None:
         start = time.thread_time()
         try:
-            retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60, what=f"drawing the figures of run {run_id}")
+            retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60,
+                  what=f"drawing the figures of run {run_id}")
         except Exception as exc:  # the end of the sweep draws what is missing
             log.warning("could not draw the figures of run %s: %s", run_id, exc)
         finally:
@@ -141,7 +144,8 @@ def figure_queue(tracking_uri: str) -> FigureQueue:
 
 
 def complete_figures(ctx: SweepContext) -> int:
-    """Wait for the queue, then draw the figures of every trial run of the sweep that still lacks them; returns how many."""
+    """Wait for the queue, then draw the figures of every trial run of the sweep that still lacks them; returns how
+    many."""
     figure_queue(ctx.tracking_uri).drain()
     client = mlflow_client(ctx.tracking_uri)
     drawn = 0

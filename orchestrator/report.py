@@ -47,7 +47,8 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
     records = []
     for row in finished(rows, sweep.metric):
         sampled = set(sweep.active_keys(config_of(row)))
-        records.append({**{k: row[f"config.{k}"] if k in sampled else OFF for k in keys}, **{m: row.get(m) for m in metrics}})
+        records.append({**{k: row[f"config.{k}"] if k in sampled else OFF for k in keys},
+                        **{m: row.get(m) for m in metrics}})
     if not records:
         return pd.DataFrame(columns=[*keys, "trials"])
     frame = pd.DataFrame(records)
@@ -58,7 +59,8 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
         values = values if isinstance(values, tuple) else (values,)
         entry = {**dict(zip(keys, values)), "trials": len(group)}
         for m in metrics:
-            entry[f"{m}_mean"], entry[f"{m}_std"] = group[m].mean(), group[m].std(ddof=1) if len(group) > 1 else math.nan
+            entry[f"{m}_mean"] = group[m].mean()
+            entry[f"{m}_std"] = group[m].std(ddof=1) if len(group) > 1 else math.nan
         out.append(entry)
     return pd.DataFrame(sorted(out, key=lambda e: [_order(sweep, k, e[k]) for k in keys]))
 
@@ -68,12 +70,14 @@ def report_metrics(sweep: Sweep) -> list[str]:
 
 
 def report_markdown(sweep: Sweep, table: pd.DataFrame, title: str) -> str:
-    """The table as Markdown, each value ``mean ± std`` (the mean alone where the group's trials agree or there is one)."""
+    """The table as Markdown, each value ``mean ± std`` (the mean alone where the group's trials agree or there is
+    one)."""
     keys, metrics = group_keys(sweep), report_metrics(sweep)
     header = [*keys, "trials", *metrics]
     lines = [f"# {title}", "", _caption(sweep, table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, e in table.iterrows():
-        cells = [str(e[k]) for k in keys] + [str(int(e["trials"]))] + [_mean_std(e[f"{m}_mean"], e[f"{m}_std"]) for m in metrics]
+        cells = ([str(e[k]) for k in keys] + [str(int(e["trials"]))]
+                 + [_mean_std(e[f"{m}_mean"], e[f"{m}_std"]) for m in metrics])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -90,7 +94,8 @@ def site_importance_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame | None
     importances = param_importances(sweep, rows) or {}
     on = lambda trials, i: sum(r["config.mask"][i] == "1" for r in trials) / len(trials)  # noqa: E731
     return pd.DataFrame([{"site": f"site_{s.index}", "path": s.path, "stage": s.stage, "channels": s.channels,
-                          "downsampling": s.downsampling, "on_in_top_quartile": on(top, s.index), "on_in_all": on(done, s.index),
+                          "downsampling": s.downsampling, "on_in_top_quartile": on(top, s.index),
+                          "on_in_all": on(done, s.index),
                           "importance": importances.get(f"site_{s.index}", math.nan), "top_quartile_trials": len(top),
                           "trials": len(done)} for s in sweep.sites])
 
@@ -107,10 +112,13 @@ def pareto_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame(front)[list(dict.fromkeys(c for c in columns if c in front[0]))]
 
 
-def log_sweep_tables(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict], title: str) -> dict[str, pd.DataFrame]:
-    """Log report.md/.csv, pareto.csv and site_importance.csv (those this sweep has) on the parent run; returns them by name."""
+def log_sweep_tables(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict],
+                     title: str) -> dict[str, pd.DataFrame]:
+    """Log report.md/.csv, pareto.csv and site_importance.csv (those this sweep has) on the parent run; returns them by
+    name."""
     table = report_frame(sweep, rows)
-    tables = {"report.csv": table, "pareto.csv": pareto_frame(sweep, rows), "site_importance.csv": site_importance_frame(sweep, rows)}
+    tables = {"report.csv": table, "pareto.csv": pareto_frame(sweep, rows),
+              "site_importance.csv": site_importance_frame(sweep, rows)}
     tables = {name: t for name, t in tables.items() if t is not None}
     for name, frame in tables.items():
         client.log_text(run_id, frame_csv(frame), name)
@@ -121,7 +129,8 @@ def log_sweep_tables(client: MlflowClient, run_id: str, sweep: Sweep, rows: list
 def report_sweep(name: str, tracking_uri: str) -> str:
     """``lslu-sweep report NAME``: the paper-style table of a finished sweep, logged again on its parent run."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        raise ReportError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; name the sweeps' store with --tracking-uri")
+        raise ReportError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; "
+                          "name the sweeps' store with --tracking-uri")
     client = mlflow_client(tracking_uri)
     run = find_sweep_run(client, name, tracking_uri)
     run_id = run.info.run_id
@@ -158,14 +167,16 @@ def find_sweep_run(client: MlflowClient, name: str, tracking_uri: str) -> Run:
         return parents[0]
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        runs = client.search_runs([exp.experiment_id], "tags.sweep_status = 'finished'", order_by=["attributes.start_time DESC"])
+        runs = client.search_runs([exp.experiment_id], "tags.sweep_status = 'finished'",
+                                  order_by=["attributes.start_time DESC"])
         runs = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
                       key=lambda r: r.data.tags.get("smoke_test") == "true")  # stable: newest first within each
         if runs:
             return runs[0]
         raise ReportError(f"sweep {name} has no finished run in {tracking_uri} (resume an interrupted one first)")
     known = sorted({e.name for e in client.search_experiments()} - {"Default"})
-    raise ReportError(f"no sweep or sweep run named {name!r} in {tracking_uri}; sweeps there: {', '.join(known) or 'none'}")
+    raise ReportError(f"no sweep or sweep run named {name!r} in {tracking_uri}; "
+                      f"sweeps there: {', '.join(known) or 'none'}")
 
 
 def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
@@ -173,8 +184,10 @@ def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
     by = f"grouped by {', '.join(keys)}" if keys else "all trials together"
     seeds = " (the seeds)" if AVERAGED in sweep.spec.space else ""
     objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
-    conditional = f" {OFF}: not sampled (a conditional key)." if any(getattr(d, "when", None) for d in sweep.spec.space.values()) else ""
-    return (f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; mean ± std over each group's trials{seeds}. "
+    has_conditional = any(getattr(d, "when", None) for d in sweep.spec.space.values())
+    conditional = f" {OFF}: not sampled (a conditional key)." if has_conditional else ""
+    return (f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; "
+            f"mean ± std over each group's trials{seeds}. "
             f"Objectives: {objectives}.{conditional}")
 
 
@@ -185,7 +198,8 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def _order(sweep: Sweep, key: str, value) -> tuple:
-    """Sort groups as the sweep file lists a categorical's choices (ReLU, SiLU, GELU as in Table 2), numbers ascending."""
+    """Sort groups as the sweep file lists a categorical's choices (ReLU, SiLU, GELU as in Table 2), numbers
+    ascending."""
     if value == OFF:
         return (2, 0, "")
     dist = sweep.spec.space[key]

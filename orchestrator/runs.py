@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def git_commit() -> str | None:
     """The commit of the lslu-sweep checkout the driver runs from, if it is one."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -50,19 +51,23 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
     commit = git_commit()
     if commit:
         shared_tags["mlflow.source.git.commit"] = commit
-    tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name, "smoke_test": str(smoke_test).lower(),
-            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: `results.csv` (one row per trial, "
-                                   "best first), `report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
-                                   "`param_importance.png`, `best_config.yaml`; with two objectives `pareto.png` and `pareto.csv`; "
+    tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name,
+            "smoke_test": str(smoke_test).lower(),
+            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: "
+                                   "`results.csv` (one row per trial, best first), "
+                                   "`report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
+                                   "`param_importance.png`, `best_config.yaml`; "
+                                   "with two objectives `pareto.png` and `pareto.csv`; "
                                    "with a searched mask `site_importance.csv`."}
     if sweep.overrides:
         tags["overrides"] = " ".join(sweep.overrides)  # the --set items; sweep.yaml holds the file as overridden
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     s = sweep.spec.search
     params = {"algorithm": s.algorithm, "metric": ",".join(m for m, _ in sweep.objectives),
-              "mode": ",".join(mode for _, mode in sweep.objectives), "num_samples": s.num_samples, "max_sites": s.max_sites,
-              "max_concurrent": s.max_concurrent, "scheduler": s.scheduler, "seed": s.seed, "searched": ",".join(sweep.spec.space),
-              "site_count": sweep.site_count, "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
+              "mode": ",".join(mode for _, mode in sweep.objectives), "num_samples": s.num_samples,
+              "max_sites": s.max_sites, "max_concurrent": s.max_concurrent, "scheduler": s.scheduler, "seed": s.seed,
+              "searched": ",".join(sweep.spec.space), "site_count": sweep.site_count,
+              "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_text(run.info.run_id, sweep.source, "sweep.yaml")
     save_sweep_view(client, exp_id, run_name, sweep, run.info.run_id)
@@ -88,7 +93,8 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
 def close_leftover_runs(ctx: SweepContext) -> int:
     """Mark every child run still RUNNING at the end of the sweep as failed; returns how many."""
     client = mlflow_client(ctx.tracking_uri)
-    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'")
+    runs = client.search_runs([ctx.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'")
     for run in runs:
         end(client, run.info.run_id, "failed", "the sweep ended while this trial's run was still open")
     return len(runs)

@@ -51,7 +51,8 @@ def failed_lines(rows: list[dict]) -> list[str]:
 
 def finished(rows: list[dict], *metrics: str) -> list[dict]:
     """The trials whose ``metrics`` count: completed or stopped by the scheduler, with a finite value of each."""
-    return [r for r in rows if r["status"] in ("completed", "stopped_early") and all(_finite(r.get(m)) for m in metrics)]
+    return [r for r in rows
+            if r["status"] in ("completed", "stopped_early") and all(_finite(r.get(m)) for m in metrics)]
 
 
 def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:

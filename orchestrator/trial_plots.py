@@ -1,8 +1,8 @@
 """A trial's figures: θ/ω against epoch (papers/000 Fig. 5), learning curves, and the network's sites.
 
 Each figure is drawn from plain rows (what the trial's MLflow run holds), so a trial that finishes and a
-trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver (orchestrator/figures.py);
-no trial draws them, so they live in the orchestrator (DESIGN.md §1).
+trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver
+(orchestrator/figures.py); no trial draws them, so they live in the orchestrator (DESIGN.md §1).
 """
 from __future__ import annotations
 
@@ -32,10 +32,12 @@ SITE_FIELDS = ("index", "path", "channels", "module", "inserted")
 KEPT_COLOR = "#c8c8c8"  # a site that kept the network's own activation
 SITES_PER_ROW = 16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-LAID_OUT_PER_THREAD = 8  # empty figures kept for reuse by each drawing thread (one per layout: number of panels, title or not)
+# empty figures kept for reuse by each drawing thread (one per layout: number of panels, title or not)
+LAID_OUT_PER_THREAD = 8
 
 
-def fixed_margins(fig, *, left: float, right: float, bottom: float, top: float, wgap: float = 0.0, hgap: float = 0.0) -> None:
+def fixed_margins(fig, *, left: float, right: float, bottom: float, top: float, wgap: float = 0.0,
+                  hgap: float = 0.0) -> None:
     """Place a figure's subplot grid with margins and gaps given in inches. ``tight_layout`` would measure every
     label instead, and drawing twice (layout, then the PNG) is most of a trial's figure time on the driver."""
     width, height = fig.get_size_inches()
@@ -56,8 +58,8 @@ def pin_axis_labels(ax) -> None:
     labelpad), and fix the empty y label, so drawing does not measure every tick label to place them: a quarter of
     a panel's drawing time. Same pixels as matplotlib's own placement (tests/test_plots.py)."""
     rc = matplotlib.rcParams
-    below = rc["xtick.major.size"] + rc["xtick.major.pad"] + FontProperties(size=rc["xtick.labelsize"]).get_size_in_points() \
-        + rc["axes.labelpad"]
+    below = rc["xtick.major.size"] + rc["xtick.major.pad"] \
+        + FontProperties(size=rc["xtick.labelsize"]).get_size_in_points() + rc["axes.labelpad"]
     ax.xaxis.set_label_coords(0.5, 0, ax.transAxes + ScaledTranslation(0, -below / 72, ax.figure.dpi_scale_trans))
     if not ax.get_ylabel():  # a y label's place depends on the tick labels' width: only an empty one is pinned
         ax.yaxis.set_label_coords(0, 0.5)
@@ -101,7 +103,8 @@ def theta_omega_csv(rows: list[dict]) -> str:
 def theta_omega_figure(rows: list[dict], title: str = ""):
     """θ_i (solid) and ω_i (dashed, same colour) against epoch, one panel per LSLU site.
 
-    Each legend entry carries the convergence value, mean ± std over the last 10 epochs (shaded), as papers/000 Fig. 5 annotates it.
+    Each legend entry carries the convergence value, mean ± std over the last 10 epochs (shaded), as papers/000 Fig. 5
+    annotates it.
     """
     fig = _theta_omega_layout(len(_sites_of(rows)))
     _draw_theta_omega(fig, rows, title)
@@ -227,7 +230,8 @@ _LAID_OUT = threading.local()
 def _laid_out(key: tuple, layout):
     """This thread's empty figure for ``key``, made by ``layout(*key[1:])`` the first time. A new figure's axes make
     their tick marks and labels at the first draw; a figure emptied and drawn on again keeps them, and its renderer:
-    0.6× the time for the learning curves, 0.7× for θ/ω (tests/test_plots.py checks the pixels against a new figure's)."""
+    0.6× the time for the learning curves, 0.7× for θ/ω (tests/test_plots.py checks the pixels against a new
+    figure's)."""
     figures = _LAID_OUT.__dict__.setdefault("figures", OrderedDict())
     fig = figures.pop(key, None)
     if fig is None:
@@ -267,7 +271,8 @@ def png_bytes(fig) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits per channel, RGBA, no interlace
     ppm = round(fig.dpi / 0.0254)
     return PNG_SIGNATURE + b"".join(_png_chunk(kind, data) for kind, data in (
-        (b"IHDR", header), (b"pHYs", struct.pack(">IIB", ppm, ppm, 1)), (b"IDAT", zlib.compress(rows, 1)), (b"IEND", b"")))
+        (b"IHDR", header), (b"pHYs", struct.pack(">IIB", ppm, ppm, 1)), (b"IDAT", zlib.compress(rows, 1)),
+        (b"IEND", b"")))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -300,17 +305,21 @@ def sites_figure(sites: list[dict], title: str = ""):
         if site.get("channels") not in (None, "", "None"):
             ax.text(x + 0.5, y + 0.88, f"{site['channels']}ch", ha="center", va="bottom", fontsize=7, color="0.3")
         if labelled:
-            ax.text(x + 0.6, y - 0.1, site["path"], ha="right", va="top", fontsize=7, rotation=35, rotation_mode="anchor")
+            ax.text(x + 0.6, y - 0.1, site["path"], ha="right", va="top", fontsize=7, rotation=35,
+                    rotation_mode="anchor")
         if k % per_row:
             ax.plot([x - 0.1, x + 0.1], [y + 0.4, y + 0.4], color="0.4", linewidth=0.8)
     ax.set_xlim(left, left + width)
     ax.set_ylim(bottom, bottom + height)
     ax.set_axis_off()
     kept = sorted({s["module"] for s in sites if str(s["inserted"]) != "1"})
-    handles = [Patch(facecolor=colours[m], edgecolor="black", label=f"{m} (inserted) ×{_count(sites, m, '1')}") for m in inserted_types]
-    handles += [Patch(facecolor=KEPT_COLOR, edgecolor="black", label=f"{m} (kept) ×{_count(sites, m, '0')}") for m in kept]
+    handles = [Patch(facecolor=colours[m], edgecolor="black", label=f"{m} (inserted) ×{_count(sites, m, '1')}")
+               for m in inserted_types]
+    handles += [Patch(facecolor=KEPT_COLOR, edgecolor="black", label=f"{m} (kept) ×{_count(sites, m, '0')}")
+                for m in kept]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=8,
+                  frameon=False)
     else:
         ax.text(0.5, 0.5, "no activation sites", ha="center", va="center", transform=ax.transAxes)
     mask = "".join("1" if str(s["inserted"]) == "1" else "0" for s in sites)

@@ -32,7 +32,8 @@ def sweep_view_state(sweep: Sweep, parent_run_id: str) -> dict:
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         "orderByKey": f"metrics.`{sweep.metric}`",
         "orderByAsc": sweep.mode == "min",
-        "selectedColumns": ["tags.`status`", *(f"metrics.`{m}`" for m in metrics), *(f"params.`{k}`" for k in sweep.spec.space)],
+        "selectedColumns": ["tags.`status`", *(f"metrics.`{m}`" for m in metrics),
+                            *(f"params.`{k}`" for k in sweep.spec.space)],
     }
 
 
@@ -72,7 +73,8 @@ def newest_sweep(client: MlflowClient) -> Run | None:
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
-    runs = client.search_runs(experiments, "tags.sweep_file LIKE '%'", order_by=["attributes.start_time DESC"], max_results=5)
+    runs = client.search_runs(experiments, "tags.sweep_file LIKE '%'", order_by=["attributes.start_time DESC"],
+                              max_results=5)
     return next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
 
 
@@ -95,10 +97,12 @@ def serve(tracking_uri: str | None, port: int, echo=print) -> int:
         _print_newest(uri, ui_base(uri), echo)
         return 0
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UiError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first (make demo, or lslu-sweep run quickstart), "
+        raise UiError(f"no MLflow store at {uri[len('sqlite:///'):]}: "
+                      "run a sweep first (make demo, or lslu-sweep run quickstart), "
                       "or name the store with --tracking-uri")
     server = UiServer(uri, port).start()
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}  # stop it as Ctrl+C does
+    # stop it as Ctrl+C does
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         echo(f"MLflow UI on {uri}: {server.url}   (Ctrl+C stops it; server log: {server.log})")
         _print_newest(uri, server.url, echo)
@@ -123,6 +127,7 @@ def _print_newest(uri: str, base: str, echo) -> None:
     if parent is None:
         echo(f"no sweep in {uri} yet; run one with: lslu-sweep run quickstart")
         return
-    echo(f"newest sweep {parent.info.run_name} (experiment {parent.data.tags.get('sweep', parent.info.experiment_id)}):")
+    experiment = parent.data.tags.get("sweep", parent.info.experiment_id)
+    echo(f"newest sweep {parent.info.run_name} (experiment {experiment}):")
     for line in sweep_links(base, parent):
         echo(line)

@@ -23,7 +23,8 @@ import sys
 from cluster.local import prepare_env
 
 # Notice a dead node within seconds (Ray's default allows it half a minute).
-FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                      "health_check_failure_threshold": 3}
 
 
 def main() -> None:

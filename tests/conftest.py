@@ -27,13 +27,16 @@ def tracking_uri(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A throwaway PostgreSQL on 127.0.0.1 and a free port (Debian's postgresql; `make test` installs it where apt works)."""
+    """A throwaway PostgreSQL on 127.0.0.1 and a free port (Debian's postgresql; `make test` installs it where apt
+    works)."""
     from services import Postgres, postgres_bindir
 
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed and could not be (`make test` runs `apt-get install postgresql` where apt works)")
-    pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver of the MLflow server, is not installed (pip install -e .)")
+        pytest.skip("PostgreSQL is not installed and could not be "
+                    "(`make test` runs `apt-get install postgresql` where apt works)")
+    pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver of the MLflow server, is not installed "
+                                          "(pip install -e .)")
     pg = Postgres(bindir)
     try:
         yield pg.start()

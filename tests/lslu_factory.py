@@ -7,7 +7,8 @@ from trainables.activations import LSLU
 def randomized_lslu(base: str = "relu", granularity: str = "layer", n: int = 3, channels: int = 3, seed: int = 0,
                     theta: tuple[float, float] = (0.5, 1.5)) -> LSLU:
     """float64; θ uniform in ``theta`` (spanning 0 for the ReLU closed form's bound swaps), ω in [−0.5, 0.5], the
-    depthwise kernel N(0, 0.3²), BatchNorm's γ in [0.5, 2], β in [−1, 1], running mean in [−0.5, 0.5], variance in [0.5, 2]."""
+    depthwise kernel N(0, 0.3²), BatchNorm's γ in [0.5, 2], β in [−1, 1], running mean in [−0.5, 0.5], variance in
+    [0.5, 2]."""
     torch.manual_seed(seed)
     act = LSLU(channels, n=n, base=base, granularity=granularity).double()
     with torch.no_grad():

@@ -171,7 +171,8 @@ def test_pwlu_phase_one_is_relu_and_collects_eq5_statistics():
     assert act.running_mean.item() == pytest.approx(_ema(means), rel=1e-12)
     assert act.running_std.item() == pytest.approx(_ema(stds), rel=1e-12)
     assert int(act.stats_batches) == 60 and int(act.phase) == 1 and not act.realigned
-    assert act.running_mean.item() == pytest.approx(mu, abs=0.03) and act.running_std.item() == pytest.approx(sigma, abs=0.03)
+    assert act.running_mean.item() == pytest.approx(mu, abs=0.03)
+    assert act.running_std.item() == pytest.approx(sigma, abs=0.03)
     x = batches[0]
     assert torch.equal(act.train()(x), torch.relu(x)) and torch.equal(act.eval()(x), torch.relu(x))
     assert int(act.stats_batches) == 61  # the training-mode call counted, the eval one did not
@@ -198,7 +199,8 @@ def test_pwlu_realignment_recovers_the_input_distribution(granularity):
         mu = _ema([b.numpy().mean() for b in batches])
         sd = _ema([b.numpy().std(ddof=1) for b in batches])
         pooled = torch.cat(batches)
-        assert mu == pytest.approx(pooled.mean().item(), abs=0.02) and sd == pytest.approx(pooled.std().item(), abs=0.02)
+        assert mu == pytest.approx(pooled.mean().item(), abs=0.02)
+        assert sd == pytest.approx(pooled.std().item(), abs=0.02)
     np.testing.assert_allclose(act.left.detach().numpy(), mu - 3 * sd, rtol=1e-12)
     np.testing.assert_allclose(act.right.detach().numpy(), mu + 3 * sd, rtol=1e-12)
     assert torch.all(act.slope_left == 0) and torch.all(act.slope_right == 1)
@@ -241,11 +243,13 @@ def test_pwlu_state_dict_round_trips_phase_and_statistics():
 
 def test_pwlu_gets_no_gradient_in_phase_one_and_one_in_phase_two():
     act = create_act("pwlu", channels=3, granularity="channel")
-    x = torch.randn(4, 3, 5, 5, requires_grad=True)  # as inside a network: the graph exists, PWLU's parameters are not in it
+    # as inside a network: the graph exists, PWLU's parameters are not in it
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
     act.train()(x).square().sum().backward()
     assert all(p.grad is None for p in act.parameters()) and x.grad is not None
     act.realign()
-    (act(4 * x) * torch.randn_like(x)).sum().backward()  # 4x: some inputs beyond [B_L, B_R], so K_L and K_R get gradient
+    # 4x: some inputs beyond [B_L, B_R], so K_L and K_R get gradient
+    (act(4 * x) * torch.randn_like(x)).sum().backward()
     for name, p in act.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -267,7 +271,8 @@ def layeract_reference(y, alpha, scale):
 @pytest.mark.parametrize("alpha", [1e-5, 0.1])
 def test_layeract_matches_eq_6(name, scale, alpha):
     torch.manual_seed(0)
-    y = torch.randn(4, 3, 5, 6, dtype=torch.float64) * torch.tensor([0.5, 1.0, 3.0, 6.0], dtype=torch.float64).view(4, 1, 1, 1)
+    y = (torch.randn(4, 3, 5, 6, dtype=torch.float64)
+         * torch.tensor([0.5, 1.0, 3.0, 6.0], dtype=torch.float64).view(4, 1, 1, 1))
     y = y + torch.tensor([-2.0, 0.0, 1.0, 4.0], dtype=torch.float64).view(4, 1, 1, 1)  # every sample its own μ, σ
     act = create_act(name, channels=3, alpha=alpha)
     expected = layeract_reference(y.numpy(), alpha, scale)
@@ -337,7 +342,8 @@ def test_every_activation_takes_channels_and_inplace(name):
 
 
 @pytest.mark.parametrize("name, kwargs, match", [
-    ("swish9", {}, r"unknown activation 'swish9'; valid choices: gelu, la_hardsilu, la_silu, leaky_relu, lslu, prelu, pwlu, relu, silu"),
+    ("swish9", {}, r"unknown activation 'swish9'; valid choices: "
+                   r"gelu, la_hardsilu, la_silu, leaky_relu, lslu, prelu, pwlu, relu, silu"),
     ("pwlu", {"n": 3}, r"'pwlu' got unknown argument\(s\) n; valid arguments: intervals, granularity"),
     ("la_silu", {"eps": 1e-5}, r"valid arguments: alpha"),
     ("prelu", {"slope": 0.1}, r"valid arguments: init"),

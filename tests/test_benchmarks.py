@@ -12,19 +12,23 @@ from search_spaces.schema import parse_sweep
 
 def test_activation_benchmark_counts_what_autograd_keeps():
     shape = [2, 8, 8, 8]  # 8 channels: the CPU kernel serves shipped
-    rows = bench_activation.measure(torch.device("cpu"), shape, "relu", [1], channels_last=False, dtype=torch.float32, rounds=1)
+    rows = bench_activation.measure(torch.device("cpu"), shape, "relu", [1], channels_last=False, dtype=torch.float32,
+                                    rounds=1)
     by = {r["variant"]: r for r in rows}
-    assert list(by) == ["relu", "lslu n=1 naive", "lslu n=1 shipped", "lslu n=1 ops only"]  # ops only: LSLU_KERNEL=eager
+    # ops only: LSLU_KERNEL=eager
+    assert list(by) == ["relu", "lslu n=1 naive", "lslu n=1 shipped", "lslu n=1 ops only"]
     assert by["relu"]["saved_mb"] * 2**20 == 2 * 8 * 8 * 8 * 4  # ReLU keeps its output for backward: one fp32 tensor
     assert by["relu"]["time_x_relu"] == 1 and by["relu"]["saved_x_relu"] == 1
     for row in rows:
         assert row["ms"] > 0 and row["time_x_relu"] == pytest.approx(row["ms"] / by["relu"]["ms"])
     assert by["lslu n=1 shipped"]["saved_x_relu"] > 1  # the series, the depthwise conv and its BatchNorm keep more
-    assert by["lslu n=1 ops only"]["saved_mb"] == by["lslu n=1 shipped"]["saved_mb"]  # the kernel changes no saved tensor
+    # the kernel changes no saved tensor
+    assert by["lslu n=1 ops only"]["saved_mb"] == by["lslu n=1 shipped"]["saved_mb"]
 
 
 def test_model_benchmark_measures_every_policy_against_none():
-    rows = bench_model.measure("digits_cnn", torch.device("cpu"), batch=2, size=8, channels_last=False, amp=False, width=1.0, rounds=1)
+    rows = bench_model.measure("digits_cnn", torch.device("cpu"), batch=2, size=8, channels_last=False, amp=False,
+                               width=1.0, rounds=1)
     assert [r["policy"] for r in rows] == list(bench_model.POLICIES)
     none = rows[0]
     assert none["train_x"] == none["latency_x"] == none["saved_x"] == 1
@@ -45,8 +49,10 @@ def test_repeated_sweeps_are_split_at_the_median_of_each_size():
     smalls = [{"trials": 8, "slots": 2, "idle_slot_s": v} for v in (40.0, 42.0, 38.0)]
     larges = [{"trials": 32, "slots": 2, "idle_slot_s": v} for v in (50.0, 56.0, 52.0)]
     assert bench_sweep.median_row(smalls)["idle_slot_s"] == 40.0 and bench_sweep.median_row(larges)["trials"] == 32
-    singles = [bench_sweep.split_fixed_marginal(s, l) for s, l in zip(smalls, larges)]  # per trial 10/24, 14/24, 14/24 s; fixed (idle − 8 × that) / 2
-    assert bench_sweep.spread(singles) == " — from the medians of 3 sweeps of each size; single pairs give 0.42–0.58 s per trial and 16.7–18.7 s fixed"
+    # per trial 10/24, 14/24, 14/24 s; fixed (idle − 8 × that) / 2
+    singles = [bench_sweep.split_fixed_marginal(small, large) for small, large in zip(smalls, larges)]
+    assert bench_sweep.spread(singles) == (" — from the medians of 3 sweeps of each size; "
+                                           "single pairs give 0.42–0.58 s per trial and 16.7–18.7 s fixed")
     assert bench_sweep.spread(singles[:1]) == ""
 
 
@@ -83,7 +89,8 @@ def test_packing_sweep_is_a_valid_sweep_with_the_trial_keys_given():
     assert sweep.spec.trial["model"] == "resnet18" and sweep.spec.trial["epochs"] == 3 and sweep.spec.trial["n"] == 1
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench_sweep.trial_overrides(["epochs"], {})
-    with pytest.raises(SystemExit, match="space.lr: also fixed in trial.lr"):  # lr is the searched key: before any sweep starts
+    # lr is the searched key: before any sweep starts
+    with pytest.raises(SystemExit, match="space.lr: also fixed in trial.lr"):
         bench_sweep.main(["--packing", "1", "--trial", "lr=0.01"])
 
 

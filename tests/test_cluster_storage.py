@@ -19,7 +19,8 @@ def test_paths_become_absolute_and_bucket_uris_stay(tmp_path, monkeypatch):
 
 def test_text_round_trips_and_sweeps_are_found_newest_last(tmp_path):
     root = str(tmp_path / "storage")
-    for name, mtime in (("quick-20260101-000000", 100), ("quick-20260102-000000", 300), ("quickstart-20260101-000000", 200)):
+    for name, mtime in (("quick-20260101-000000", 100), ("quick-20260102-000000", 300),
+                        ("quickstart-20260101-000000", 200)):
         st.write_text(st.join(root, name, MANIFEST), f'{{"name": "{name}"}}')
         os.utime(tmp_path / "storage" / name / MANIFEST, (mtime, mtime))
     (tmp_path / "storage" / "not-a-sweep").mkdir()
@@ -38,5 +39,6 @@ def test_text_round_trips_and_sweeps_are_found_newest_last(tmp_path):
 
 
 def test_which_tracking_stores_are_local(tmp_path):
-    assert is_local_store(f"sqlite:///{tmp_path}/mlruns.db") and is_local_store(tmp_path.as_uri()) and is_local_store("mlruns")
+    assert is_local_store(f"sqlite:///{tmp_path}/mlruns.db") and is_local_store(tmp_path.as_uri())
+    assert is_local_store("mlruns")
     assert not is_local_store("http://mlflow:5000") and not is_local_store("postgresql://db/mlflow")

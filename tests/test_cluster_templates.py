@@ -48,7 +48,8 @@ def test_kuberay_manifests(name, kind):
         assert container["resources"]["limits"] == container["resources"]["requests"], group
     assert images == {"REGISTRY/lslu-sweep:0.1.0"}  # the image cluster/templates/Dockerfile builds
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    gpu_groups = [g for g in spec["workerGroupSpecs"] if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
     assert gpu_groups and all(g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] for g in gpu_groups)
     if kind == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
@@ -89,8 +90,10 @@ def test_aws_launcher_config_passes_rays_own_validation():
     assert raw["provider"]["type"] == "aws"
     workers = [t for name, t in raw["available_node_types"].items() if name != raw["head_node_type"]]
     assert workers and all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers)  # GPU families
-    assert any("pip install -e ~/lslu-sweep" in c for c in raw["setup_commands"]) and raw["file_mounts"] == {"~/lslu-sweep": "."}
-    (command,) = re.findall(r'ray exec \S+ "cd lslu-sweep && (lslu-sweep run [^"]+)"', (TEMPLATES / "aws-gpu.yaml").read_text())
+    assert any("pip install -e ~/lslu-sweep" in c for c in raw["setup_commands"])
+    assert raw["file_mounts"] == {"~/lslu-sweep": "."}
+    (command,) = re.findall(r'ray exec \S+ "cd lslu-sweep && (lslu-sweep run [^"]+)"',
+                            (TEMPLATES / "aws-gpu.yaml").read_text())
     _parses_as_cli(command)
     assert "--storage s3://" in command
 
@@ -108,7 +111,8 @@ def test_compose_file_runs_the_server_script_on_postgres():
     assert (TEMPLATES / source).resolve() == SCRIPT and target in mlflow["command"][-1]
     assert "--host 0.0.0.0" in mlflow["command"][-1]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert set(doc["volumes"]) == {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")}
+    assert set(doc["volumes"]) == {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
+                                   if not v.startswith(".")}
 
 
 def test_every_template_has_a_readme_section_with_its_command():
@@ -119,7 +123,8 @@ def test_every_template_has_a_readme_section_with_its_command():
 
 
 # a key naming a credential, with a value on the same line: `KEY: value`, `KEY=value`, `--from-literal=KEY=value`
-SECRET_KEY = re.compile(r"(?im)(?:^|[\s,=])[\"']?(\w*(?:password|secret|token|access_key)\w*)[\"']?[ \t]*[:=][ \t]*(\S+)")
+SECRET_KEY = re.compile(r"(?im)(?:^|[\s,=])[\"']?(\w*(?:password|secret|token|access_key)\w*)[\"']?"
+                        r"[ \t]*[:=][ \t]*(\S+)")
 URI_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
 
 
@@ -160,7 +165,8 @@ def test_server_script_refuses_a_missing_or_local_backend(tmp_path):
 
 
 def test_server_script_starts_mlflow_with_proxied_artifacts_on_loopback(tmp_path):
-    """With ``echo`` as the mlflow binary the script prints the command it would run (the real start is in test_multinode)."""
+    """With ``echo`` as the mlflow binary the script prints the command it would run (the real start is in
+    test_multinode)."""
     out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, cwd=tmp_path,
                          env={"PATH": "/usr/bin:/bin", "MLFLOW_BIN": "echo",
                               "MLFLOW_BACKEND_STORE_URI": "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow"})
@@ -168,7 +174,8 @@ def test_server_script_starts_mlflow_with_proxied_artifacts_on_loopback(tmp_path
     assert out.stdout.split() == ["server", "--backend-store-uri", "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow",
                                   "--serve-artifacts", "--artifacts-destination", "./mlartifacts",
                                   "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
-    assert "not-a-secret" not in out.stderr and "postgresql://db.internal:5432/mlflow" in out.stderr  # the banner hides it
+    # the banner hides it
+    assert "not-a-secret" not in out.stderr and "postgresql://db.internal:5432/mlflow" in out.stderr
     wide = subprocess.run(["bash", str(SCRIPT), "--host", "0.0.0.0", "--allowed-hosts", "mlflow.internal:5000", "--",
                            "--static-prefix", "/mlflow"], capture_output=True, text=True, cwd=tmp_path,
                           env={"PATH": "/usr/bin:/bin", "MLFLOW_BIN": "echo", "MLFLOW_BACKEND_STORE_URI": "postgresql://db/mlflow"})

@@ -62,8 +62,8 @@ def test_every_activation_agrees_on_cuda_and_cpu(name, train):
 
 def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
     # 45 steps an epoch: BatchNorm's running statistics need some hundred steps before eval mode matches training
-    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=5, batch_size=32,
-                      lr=1e-3, warmup_epochs=1, ema_decay=0.9)
+    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=5,
+                      batch_size=32, lr=1e-3, warmup_epochs=1, ema_decay=0.9)
     training = Training(cfg)
     assert training.device.type == "cuda" and training.amp and training.channels_last
     assert training.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -83,8 +83,8 @@ def test_pwlu_realigns_and_learns_on_cuda():
 
 
 def test_out_of_memory_raises_the_error_the_trainable_reports_as_oom():
-    cfg = TrialConfig(model="resnet50", dataset="synthetic", image_size=224, train_samples=4096, val_samples=8, batch_size=4096,
-                      epochs=1, warmup_epochs=0, policy="none")
+    cfg = TrialConfig(model="resnet50", dataset="synthetic", image_size=224, train_samples=4096, val_samples=8,
+                      batch_size=4096, epochs=1, warmup_epochs=0, policy="none")
     training = Training(cfg)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         training.run_epoch()
@@ -93,7 +93,8 @@ def test_out_of_memory_raises_the_error_the_trainable_reports_as_oom():
 @pytest.mark.parametrize("policy", ["downsampling", "all"])
 def test_the_deploy_form_replays_from_a_cuda_graph(policy):
     """The fused network (LSLU's Triton series, its folded depthwise conv) neither syncs with the host nor branches on
-    data there: it captures in a CUDA graph, and a replay on new input equals the eager forward (bench_model's graph_ms)."""
+    data there: it captures in a CUDA graph, and a replay on new input equals the eager forward (bench_model's
+    graph_ms)."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=10, cifar_stem=True)
     apply_policy(model, policy, "lslu", n=3)

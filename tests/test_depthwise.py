@@ -44,7 +44,8 @@ def test_depthwise_grads_equal_autograd_by_each_route(fmt, padding, height, widt
 
 
 def test_training_routes_by_kernel_size():
-    """A 3×3 kernel keeps PyTorch's autograd node (its backward is the faster one); 5×5 and up take the two convolutions."""
+    """A 3×3 kernel keeps PyTorch's autograd node (its backward is the faster one); 5×5 and up take the two
+    convolutions."""
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     for k in (3, TWO_CONV_KERNEL, 7):
         out = depthwise_conv(x, torch.randn(3, 1, k, k), None, k // 2)

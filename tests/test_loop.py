@@ -80,8 +80,8 @@ def test_no_weight_decay_on_norms_biases_theta_omega():
 
 
 def test_vanillanet_deep_training_lambda_rises_each_epoch_and_the_record_is_fused():
-    cfg = TrialConfig(model="vanillanet_5", width=0.25, cifar_stem=True, epochs=3, deep_train_epochs=2, n=2, policy="stages:1",
-                      train_samples=128, val_samples=64, batch_size=64)
+    cfg = TrialConfig(model="vanillanet_5", width=0.25, cifar_stem=True, epochs=3, deep_train_epochs=2, n=2,
+                      policy="stages:1", train_samples=128, val_samples=64, batch_size=64)
     training = Training(cfg)
     seen = []
     for _ in range(3):
@@ -90,7 +90,8 @@ def test_vanillanet_deep_training_lambda_rises_each_epoch_and_the_record_is_fuse
     assert seen == [0.0, 0.5, 1.0]  # set before each epoch: epoch / deep_train_epochs, capped at 1
     assert training.mask == "0100" and training.lslu_sites == 1
     record = training.summary()
-    assert record["params_m"] < sum(p.numel() for p in training.model.parameters()) / 1e6  # deploy form: 1×1 convs merged
+    # deploy form: 1×1 convs merged
+    assert record["params_m"] < sum(p.numel() for p in training.model.parameters()) / 1e6
     assert record["flops_g"] > 0 and record["latency_ms"] > 0
 
 
@@ -119,8 +120,8 @@ def test_ema_and_augmentation_continue_exactly_after_a_restore(tmp_path):
     from tests.test_data import write_cifar
 
     root = write_cifar(tmp_path, n_train=40, n_test=20)
-    cfg = TrialConfig(dataset="cifar10", data_dir=str(root), image_size=32, epochs=3, batch_size=50, n=1, policy="last_k", k=2,
-                      ema_decay=0.8, seed=5, warmup_epochs=0)
+    cfg = TrialConfig(dataset="cifar10", data_dir=str(root), image_size=32, epochs=3, batch_size=50, n=1,
+                      policy="last_k", k=2, ema_decay=0.8, seed=5, warmup_epochs=0)
     straight = Training(cfg)
     expected = [straight.run_epoch() for _ in range(3)][-1]
     first = Training(cfg)
@@ -155,7 +156,8 @@ def test_convergence_value_is_the_mean_and_std_of_the_last_ten_epochs():
 def test_oom_is_reported_with_the_batch_size():
     from trainables.trainable import _failure
 
-    status, reason = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), TrialConfig(batch_size=4096))
+    status, reason = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                              TrialConfig(batch_size=4096))
     assert status == "oom" and "batch_size 4096" in reason and "Tried to allocate 2.00 GiB" in reason
 
 
@@ -177,8 +179,10 @@ def test_insert_kwargs_come_from_the_trial_config():
     cases = [
         ({"insert_act": "pwlu", "pwlu_intervals": 8, "granularity": "channel"},
          lambda m: isinstance(m, PWLU) and m.intervals == 8 and m.points.shape == (m.channels, 9)),
-        ({"insert_act": "la_hardsilu", "la_alpha": 0.1}, lambda m: isinstance(m, LayerAct) and m.alpha == 0.1 and m.scale == "hardsigmoid"),
-        ({"insert_act": "prelu"}, lambda m: isinstance(m, PReLU) and m.weight.shape == (m.num_parameters,) and m.num_parameters > 1),
+        ({"insert_act": "la_hardsilu", "la_alpha": 0.1},
+         lambda m: isinstance(m, LayerAct) and m.alpha == 0.1 and m.scale == "hardsigmoid"),
+        ({"insert_act": "prelu"},
+         lambda m: isinstance(m, PReLU) and m.weight.shape == (m.num_parameters,) and m.num_parameters > 1),
         ({"insert_act": "lslu", "n": 2, "act": "silu", "granularity": "channel"},
          lambda m: isinstance(m, LSLU) and m.n == 2 and m.base == "silu" and m.theta.shape == (2, m.channels)),
     ]
@@ -221,7 +225,8 @@ def pwlu_straight_run():
     return metrics, {path: _params(m) for path, m in _pwlu_units(training).items()}
 
 
-@pytest.mark.parametrize("saved_after", [1, 2])  # saved in phase I (realign still due) / in phase II (must not realign again)
+# saved in phase I (realign still due) / in phase II (must not realign again)
+@pytest.mark.parametrize("saved_after", [1, 2])
 def test_pwlu_phase_survives_a_checkpoint_restore(pwlu_straight_run, saved_after):
     expected, expected_params = pwlu_straight_run
     first = Training(TrialConfig(**PWLU_FAST))

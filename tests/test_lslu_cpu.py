@@ -295,7 +295,11 @@ BUILD = textwrap.dedent("""
 def test_it_is_built_once_per_cache_and_without_a_compiler_inference_keeps_the_conv(tmp_path):
     env = {**os.environ, "LSLU_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     env.pop("LSLU_KERNEL", None)
-    run = lambda env: subprocess.run([sys.executable, "-c", BUILD], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    def run(env):
+        return subprocess.run([sys.executable, "-c", BUILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+
     first = run(env)
     assert first.returncode == 0 and first.stdout.splitlines()[0] == "built", first.stderr
     (built,) = (tmp_path / "cache").glob("lslu_cpu-*.so")

@@ -48,7 +48,8 @@ SCRIPT = textwrap.dedent("""
             assert a.shape == e.shape and a.dtype == e.dtype, (name, a.shape, e.shape)
             assert torch.allclose(a, e, rtol=1e-4, atol=1e-4), (base, channel, fmt, k, name, (a - e).abs().max())
     # an expanded gradient (all strides 0, as ``.sum()`` gives it) reaches the kernels as it is
-    out, ref = S.series_conv(x, theta, omega, w, None, base, channel), F.conv2d(series_forward(x, theta, omega, base, channel), w, None, padding=k // 2, groups=c)
+    out = S.series_conv(x, theta, omega, w, None, base, channel)
+    ref = F.conv2d(series_forward(x, theta, omega, base, channel), w, None, padding=k // 2, groups=c)
     for a, e in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
         assert torch.allclose(a, e, rtol=1e-4, atol=1e-4), "expanded gradient"
 
@@ -86,8 +87,8 @@ SCRIPT = textwrap.dedent("""
                 big = [t for t in out.grad_fn.saved_tensors if t.shape == x.shape]
                 assert type(out.grad_fn).__name__ == "SeriesConvBatchNormBackward", out.grad_fn
                 assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), "only x is kept, not the conv's output"
-            results[site] = [out, *torch.autograd.grad((out * g).sum(), (x, *m.parameters())), m.bn.running_mean.clone(),
-                             m.bn.running_var.clone(), m.bn.num_batches_tracked.clone()]
+            results[site] = [out, *torch.autograd.grad((out * g).sum(), (x, *m.parameters())),
+                             m.bn.running_mean.clone(), m.bn.running_var.clone(), m.bn.num_batches_tracked.clone()]
             m.eval().fuse()
             with torch.no_grad():
                 results[site].append(m(x))
@@ -130,9 +131,11 @@ def test_triton_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
     grad_ptrs = dict(x_ptr=data, g_ptr=data, part_ptr=params, theta_ptr=params, omega_ptr=params)
     kernels = []
     for blocks in layouts:
-        kernels += [(S._dw_conv, conv_ptrs, dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, MODE=mode, **blocks))
+        kernels += [(S._dw_conv, conv_ptrs,
+                     dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, MODE=mode, **blocks))
                     for bias in (False, True) for mode in (0, 2)]
-        kernels.append((S._dw_conv, conv_ptrs, dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, MODE=0, **blocks)))
+        kernels.append((S._dw_conv, conv_ptrs,
+                        dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, MODE=0, **blocks)))
         kernels.append((S._dw_weight_grad, grad_ptrs, dict(K=5, N_TERMS=2, BASE=2, MODE=2, **blocks)))
     # the series' own pair, which shares the series' steps (lslu_triton._terms) with the site kernels
     series_ptrs = dict(x_ptr=data, out_ptr=data, g_ptr=data, dx_ptr=data, theta_ptr=params, omega_ptr=params,

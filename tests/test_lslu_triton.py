@@ -21,9 +21,12 @@ SCRIPT = textwrap.dedent("""
                 shape = (n, c) if channel else (n,)
                 theta, omega = torch.rand(shape) + 0.5, torch.rand(shape) - 0.5
                 assert T.layout(x) is not None
-                out, ref = T.series_forward(x, theta, omega, base, channel), series_forward(x, theta, omega, base, channel)
+                out = T.series_forward(x, theta, omega, base, channel)
+                ref = series_forward(x, theta, omega, base, channel)
                 assert torch.allclose(out, ref, atol=1e-5), (base, channel, fmt)
-                for got, want in zip(T.series_backward(x, theta, omega, g, base, channel), series_backward(x, theta, omega, g, base, channel)):
+                got_grads = T.series_backward(x, theta, omega, g, base, channel)
+                want_grads = series_backward(x, theta, omega, g, base, channel)
+                for got, want in zip(got_grads, want_grads):
                     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (base, channel, fmt)
                 checked += 1
     print("checked", checked)

@@ -70,7 +70,8 @@ def _finish(proc, timeout=600):
 
 def test_local_tracking_store_is_refused_before_any_trial(cluster, tmp_path):
     # no --tracking-uri: the default, sqlite:///mlruns.db in the working directory, is what users forget
-    rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "local"), "--address", cluster.address, "--storage", "ray"))
+    rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "local"), "--address", cluster.address,
+                                "--storage", "ray"))
     assert rc == 2, (out, err)
     assert f"error: --tracking-uri: sqlite:///{tmp_path / 'mlruns.db'} is a local store" in err
     assert "this Ray cluster has 3 nodes and trials on the others cannot write to it" in err
@@ -79,7 +80,8 @@ def test_local_tracking_store_is_refused_before_any_trial(cluster, tmp_path):
 
 
 def test_storage_a_node_cannot_see_is_refused(cluster, server, tmp_path):
-    """A worker in its own mount namespace, with an empty tmpfs over the storage path: it cannot see the driver's files."""
+    """A worker in its own mount namespace, with an empty tmpfs over the storage path: it cannot see the driver's
+    files."""
     if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("hiding the storage from one node needs a private mount namespace (unshare -m, as root)")
     storage = tmp_path / "storage"

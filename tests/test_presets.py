@@ -30,7 +30,8 @@ def _text(client, run_id, path, tmp_path):
 
 @pytest.fixture
 def smoke_run(ray_local, tmp_path, monkeypatch, capsys):
-    """Run a preset with --smoke-test in a fresh directory (its own mlruns.db and ray_results); return what it logged."""
+    """Run a preset with --smoke-test in a fresh directory (its own mlruns.db and ray_results); return what it
+    logged."""
     monkeypatch.chdir(tmp_path)
 
     def run(preset):
@@ -81,7 +82,8 @@ def _check_smoke_outputs(preset, client, parent, children, out, tmp_path):
     # the report groups by the varied keys (seed averaged) and counts every finished trial once
     report = pd.read_csv(io.StringIO(_text(client, run_id, "report.csv", tmp_path)))
     assert report["trials"].sum() == sum(r["status"] in ("completed", "stopped_early") for r in rows)
-    assert [c for c in report.columns if not c.endswith(("_mean", "_std"))] == [k for k in sweep.spec.space if k != "seed"] + ["trials"]
+    grouped_by = [k for k in sweep.spec.space if k != "seed"]
+    assert [c for c in report.columns if not c.endswith(("_mean", "_std"))] == grouped_by + ["trials"]
 
     best = yaml.safe_load(_text(client, run_id, "best_config.yaml", tmp_path))
     assert best["trial"]["dataset"] == "digits" and best["search"]["num_samples"] == 1
@@ -104,18 +106,22 @@ def test_insertion_resnet18_smoke_finds_masks_a_pareto_front_and_a_runnable_best
     assert {"pareto.png", "pareto.csv", "site_importance.csv"} <= artifacts
     rows = read_results(client.download_artifacts(run_id, "results.csv", str(tmp_path)))
     done = [r for r in rows if r["status"] in ("completed", "stopped_early")]
-    # Optuna's importance needs the first objective to vary: a smoke run's trials can all sit at the same chance accuracy
+    # Optuna's importance needs the first objective to vary: a smoke run's trials can all sit at the same chance
+    # accuracy
     assert ("param_importance.png" in artifacts) == (len(done) >= 3 and len({r["best_val_acc"] for r in done}) > 1)
-    # the Pareto front, recomputed here: no finished trial is at least as accurate and at least as fast, and better in one
+    # the Pareto front, recomputed here: no finished trial is at least as accurate and at least as fast, and better
+    # in one
     front = {r["trial_id"] for r in done
              if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
                         and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"]) for o in done)}
-    pareto = pd.read_csv(io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)), dtype={"mask": str, "trial_id": str})
+    pareto = pd.read_csv(io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)),
+                         dtype={"mask": str, "trial_id": str})
     assert set(pareto["trial_id"]) == front
     importance = pd.read_csv(io.StringIO(_text(client, run_id, "site_importance.csv", tmp_path)))
     assert list(importance["site"]) == [f"site_{i}" for i in range(17)]
     top = sorted(done, key=lambda r: -r["best_val_acc"])[: -(-len(done) // 4)]
-    assert list(importance["on_in_top_quartile"]) == [sum(r["mask"][i] == "1" for r in top) / len(top) for i in range(17)]
+    assert list(importance["on_in_top_quartile"]) == [sum(r["mask"][i] == "1" for r in top) / len(top)
+                                                      for i in range(17)]
 
     # best_config.yaml is a sweep file that `lslu-sweep run` accepts and runs: one trial, the best trial's mask
     best_file = tmp_path / "best_config.yaml"

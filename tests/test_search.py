@@ -27,7 +27,8 @@ def _mask(config, site_count):
 
 
 def _drive(sweep, objective, trials=None):
-    """Ask the searcher for ``trials`` configs (default: the sweep's budget), telling it ``objective(config)`` each time."""
+    """Ask the searcher for ``trials`` configs (default: the sweep's budget), telling it ``objective(config)`` each
+    time."""
     searcher = make_searcher(sweep)
     configs = []
     for i in range(trials or sweep.spec.search.num_samples):
@@ -155,7 +156,8 @@ def test_masks_over_max_sites_are_rejected_before_they_train(algorithm):
         space: {{mask: {{type: sites}}}}
         search: {{algorithm: {algorithm}, metric: [best_val_acc, lslu_sites], num_samples: 24, max_sites: 4, seed: 0}}
     """)
-    searcher, configs = _drive(sweep, lambda c: {"best_val_acc": random.random(), "lslu_sites": _mask(c, 17).count("1")})
+    searcher, configs = _drive(sweep,
+                               lambda c: {"best_val_acc": random.random(), "lslu_sites": _mask(c, 17).count("1")})
     assert all(_mask(c, 17).count("1") <= 4 for c in configs)
     # random draws of 17 bits are rarely within 4 (P = 0.025): many were told to the study as infeasible, none ran
     trials = searcher.study.trials
@@ -190,7 +192,8 @@ def test_nsga2_optimizes_two_objectives_and_the_pareto_front_is_the_non_dominate
             for t in searcher.study.trials]
     front = pareto_rows(rows, sweep.objectives)
     brute = [r for r in rows if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
-                                        and o is not r and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
+                                        and o is not r
+                                        and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
                                         for o in rows)]
     assert {r["trial_id"] for r in front} == {r["trial_id"] for r in brute} and len(front) >= 3
     assert [r["best_val_acc"] for r in front] == sorted((r["best_val_acc"] for r in front), reverse=True)

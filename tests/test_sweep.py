@@ -66,7 +66,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         assert child.info.status == "FINISHED"  # completed, or stopped by ASHA (tags.status tells which)
         assert child.data.tags["status"] in ("completed", "stopped_early")
         assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS
-        weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)), weights_only=True)
+        weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)),
+                             weights_only=True)
         assert weights["fc.weight"].shape == (10, 64)  # digits_cnn's classifier
         for key in ("params_m", "flops_g", "latency_ms", "lslu_sites"):  # known before training: every trial has them
             assert key in child.data.metrics and len(client.get_metric_history(child.info.run_id, key)) == 1
@@ -94,7 +95,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
         for key in theta_keys:  # θ_i's convergence value: the mean over its (at most 10) epochs, papers/000 §4.2
             values = [m.value for m in client.get_metric_history(child.info.run_id, key)]
             assert child.data.metrics["theta_conv" + key[5:]] == pytest.approx(sum(values) / len(values))
-        sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read()
+        sites_csv = client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))
+        sites = open(sites_csv).read()
         inserted = {line.split(",")[6] for line in sites.splitlines()[1:] if line.endswith(",1")}  # the module column
         assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
 
@@ -111,8 +113,10 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"
     assert parent.data.tags["best_trial_run_id"] in {c.info.run_id for c in children}
     # the sweep's saved UI view lists exactly its trials, best first
-    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{parent.info.run_name}"])
-    listed = client.search_runs([parent.info.experiment_id], view["searchFilter"], order_by=[f"{view['orderByKey']} DESC"])
+    experiment_tags = client.get_experiment(parent.info.experiment_id).tags
+    view = json.loads(experiment_tags[f"mlflow.sharedViewState.{parent.info.run_name}"])
+    listed = client.search_runs([parent.info.experiment_id], view["searchFilter"],
+                                order_by=[f"{view['orderByKey']} DESC"])
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
     accs = [r.data.metrics["best_val_acc"] for r in listed]
     assert accs == sorted(accs, reverse=True)
@@ -134,7 +138,8 @@ def _sweep(tmp_path, name, samples):
     return parse_sweep(yaml.safe_load(text), text, str(tmp_path / f"{name}.yaml"))
 
 
-@pytest.mark.parametrize("resources, asks", [("{cpu: 1, gpu: 1}", "1 CPU and 1 GPU"), ("{cpu: 1, gpu: 0.5}", "1 CPU and 0.5 GPU"),
+@pytest.mark.parametrize("resources, asks", [("{cpu: 1, gpu: 1}", "1 CPU and 1 GPU"),
+                                              ("{cpu: 1, gpu: 0.5}", "1 CPU and 0.5 GPU"),
                                               ("{cpu: 3}", "3 CPU and 0 GPU")])
 def test_a_trial_no_node_can_hold_is_refused_before_mlflow(ray_local, tmp_path, tracking_uri, resources, asks):
     """The embedded Ray (2 CPUs, no GPU, as ray_local starts it) never grows: Tune would keep such trials pending."""
@@ -142,14 +147,15 @@ def test_a_trial_no_node_can_hold_is_refused_before_mlflow(ray_local, tmp_path, 
     sweep = parse_sweep(yaml.safe_load(text), text, str(tmp_path / "toobig.yaml"))
     with pytest.raises(SpecError) as refused:
         run_sweep(sweep, tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
-    assert str(refused.value).startswith(f"{tmp_path / 'toobig.yaml'}: resources: each trial asks {asks}, but no node of "
-                                         "an embedded local Ray has that (2 CPU, 0 GPU)")
+    assert str(refused.value).startswith(f"{tmp_path / 'toobig.yaml'}: resources: each trial asks {asks}, "
+                                         "but no node of an embedded local Ray has that (2 CPU, 0 GPU)")
     assert MlflowClient(tracking_uri).get_experiment_by_name("toobig") is None  # refused before MLflow
     assert not (tmp_path / "ray").exists()
 
 
 class KillTrialProcess(Callback):
-    """SIGKILLs the worker process of the first trial whose epoch-2 checkpoint Tune has registered: a real crash, once."""
+    """SIGKILLs the worker process of the first trial whose epoch-2 checkpoint Tune has registered: a real crash,
+    once."""
 
     def __init__(self, marker):
         self.marker, self.recovered = str(marker), []
@@ -166,7 +172,8 @@ class KillTrialProcess(Callback):
 
 def test_killed_trial_continues_from_its_checkpoint_in_the_same_run(ray_local, tmp_path, tracking_uri):
     killer = KillTrialProcess(tmp_path / "killed")
-    outcome = run_sweep(_sweep(tmp_path, "crash", 2), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"), callbacks=(killer,))
+    outcome = run_sweep(_sweep(tmp_path, "crash", 2), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"),
+                        callbacks=(killer,))
     killed = (tmp_path / "killed").read_text()
     assert killer.recovered == [killed]
     assert [r["status"] for r in outcome.rows] == ["completed", "completed"]
@@ -240,11 +247,13 @@ def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp
 def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path, tracking_uri):
     text = textwrap.dedent("""
         name: diverge
-        trial: {optimizer: sgd, weight_decay: 0.0, epochs: 3, warmup_epochs: 0, n: 1, train_samples: 256, val_samples: 128}
+        trial: {optimizer: sgd, weight_decay: 0.0, epochs: 3, warmup_epochs: 0, n: 1, train_samples: 256,
+                val_samples: 128}
         space: {lr: [0.01, 1.0e+8]}
         search: {algorithm: random, num_samples: 4, max_concurrent: 2, scheduler: none, seed: 7}
     """)
-    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "diverge.yaml"), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
+    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "diverge.yaml"), tracking_uri=tracking_uri,
+                        storage=str(tmp_path / "ray"))
     by_lr = {}
     for row in outcome.rows:
         by_lr.setdefault(row["config.lr"], set()).add(row["status"])
@@ -256,9 +265,11 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path
         assert child.data.tags["status"] == ("diverged" if diverged else "completed")
         assert child.info.status == ("FAILED" if diverged else "FINISHED")
         if diverged:
-            assert "loss became nan" in child.data.tags["status_reason"] or "loss became inf" in child.data.tags["status_reason"]
+            reason = child.data.tags["status_reason"]
+            assert "loss became nan" in reason or "loss became inf" in reason
         else:
-            assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch", "train_s_per_epoch"} <= set(child.data.metrics)
+            assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch",
+                    "train_s_per_epoch"} <= set(child.data.metrics)
             assert "model_summary.txt" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 

@@ -36,7 +36,8 @@ def _rows(count, seed=0):
     rows = []
     for k in range(count):
         lr = 10 ** rng.uniform(-3, -2)
-        rows.append({"trial_id": f"t{k}", "status": "completed" if k % 3 else "stopped_early", "config.n": rng.randint(1, 3),
+        rows.append({"trial_id": f"t{k}", "status": "completed" if k % 3 else "stopped_early",
+                     "config.n": rng.randint(1, 3),
                      "config.dropout": rng.uniform(0, 0.3), "config.lr": lr,
                      "config.mask": "".join(rng.choice("01") for _ in range(4)),
                      "best_val_acc": 99.0 - 30 * abs(math.log10(lr) - math.log10(3e-3)) + rng.uniform(0, 0.01)})
@@ -49,8 +50,8 @@ def test_parallel_coordinates_places_each_trial_on_every_searched_axis(quickstar
     fig = sweep_plots.parallel_coordinates_figure(quickstart, rows)
     try:
         ax = fig.axes[0]
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["n", "dropout", "lr", "site_0", "site_1", "site_2", "site_3",
-                                                               "best_val_acc"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["n", "dropout", "lr", "site_0", "site_1", "site_2",
+                                                               "site_3", "best_val_acc"]
         trials = [line for line in ax.get_lines() if len(line.get_xdata()) == 8]  # not the axes' own vertical lines
         red = [line for line in trials if to_rgba(line.get_color()) == to_rgba("red")]
         assert len(red) == 1 and len(trials) == 6 + 1  # one line per finished trial, the best one underlined in red
@@ -91,4 +92,5 @@ def test_sweep_plots_are_logged_on_the_parent_run(tracking_uri, quickstart):
     client = MlflowClient(tracking_uri)
     assert sweep_plots.log_sweep_plots(client, ctx.parent_run_id, quickstart, _rows(8)) == ["parallel_coordinates.png",
                                                                                              "param_importance.png"]
-    assert {"parallel_coordinates.png", "param_importance.png"} <= {a.path for a in client.list_artifacts(ctx.parent_run_id)}
+    logged = {a.path for a in client.list_artifacts(ctx.parent_run_id)}
+    assert {"parallel_coordinates.png", "param_importance.png"} <= logged

@@ -74,7 +74,8 @@ def test_a_sqlite_store_is_kept_in_write_ahead_log_mode(tracking_uri, tmp_path):
 
 
 def test_a_read_only_sqlite_store_is_read_in_the_mode_it_has(tmp_path):
-    """A store someone can only read (an archived sweep, a colleague's file) cannot be switched to WAL: it is read as it is."""
+    """A store someone can only read (an archived sweep, a colleague's file) cannot be switched to WAL: it is read as
+    it is."""
     path = tmp_path / "archived.db"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE runs (run_uuid TEXT)")
@@ -101,10 +102,12 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv"}  # the trial draws nothing
+    # the trial draws nothing
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv"}
     draw_trial_figures(client, run.run_id)  # what the driver's figure queue does once Tune reports the trial ended
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv",
-                                                                  "theta_omega.png", "learning_curves.png"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png",
+                                                                  "theta_omega.csv", "theta_omega.png",
+                                                                  "learning_curves.png"}
     csv_text = open(client.download_artifacts(run.run_id, "theta_omega.csv", str(tmp_path))).read().splitlines()
     assert csv_text[0] == "epoch,site,i,theta,omega"
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2
@@ -118,7 +121,8 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
 
 def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_uri, tmp_path, monkeypatch):
     """The artifact location comes with ``create_run``'s answer: the trial's files (config.yaml and sites.csv at the
-    start, the final files at the end) go to it without a ``get_run``; a reopened run asks once for it and its metrics."""
+    start, the final files at the end) go to it without a ``get_run``; a reopened run asks once for it and its
+    metrics."""
     ctx = _context(tracking_uri)
     asked, get_run = [], SqlAlchemyStore.get_run
     monkeypatch.setattr(SqlAlchemyStore, "get_run", lambda self, run_id: asked.append(run_id) or get_run(self, run_id))
@@ -137,7 +141,8 @@ def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_
     asked.clear()
     reopened.finish("completed", {"best_val_acc": 90.0, "min_val_loss": 0.4}, files=str(files))
     assert asked == [run.run_id]  # one look-up: the artifact location and the metric keys the run holds
-    assert open(client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))).read() == "the network, again"
+    summary = client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))
+    assert open(summary).read() == "the network, again"
     assert [m.step for m in client.get_metric_history(run.run_id, "best_val_acc")] == [0]  # not logged twice
     assert [m.step for m in client.get_metric_history(run.run_id, "min_val_loss")] == [0]
 
@@ -145,7 +150,8 @@ def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_
 def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):
     ctx = _context(tracking_uri)
     other = SITES.replace(",LSLU,1", ",ReLU,0")  # the same network with its site kept
-    runs = [TrialRun.create(ctx, TrialConfig(), f"trial_{k}", "1", sites) for k, sites in enumerate((SITES, SITES, other))]
+    runs = [TrialRun.create(ctx, TrialConfig(), f"trial_{k}", "1", sites)
+            for k, sites in enumerate((SITES, SITES, other))]
     client = MlflowClient(tracking_uri)
     sites_png.cache_clear()
     pictures = []
@@ -192,7 +198,8 @@ def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri)
     assert got.info.run_name == "digits_cnn-pwlu-all-trial_5"  # n is LSLU's: not in a PWLU trial's name
     assert [m.value for m in client.get_metric_history(run.run_id, "pwlu_right/stages.1.act")] == [3.0, 4.0]
     assert act_history(run_history(client, client.get_run(run.run_id))) == history
-    assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]  # only LSLU sites have θ/ω rows
+    # only LSLU sites have θ/ω rows
+    assert [r["site"] for r in theta_omega_rows(history)] == ["stages.0.act", "stages.0.act"]
 
 
 def test_only_transient_failures_are_retried(tracking_uri, monkeypatch):
@@ -214,7 +221,8 @@ def test_only_transient_failures_are_retried(tracking_uri, monkeypatch):
         return "sent"
 
     assert retry(refused_twice, budget_s=5, what="test", first_delay_s=0.05) == "sent"
-    assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1  # doubling delays
+    # doubling delays
+    assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1
     start = time.monotonic()
     with pytest.raises(MlflowException):
         retry(lambda: client.get_run("0" * 32), budget_s=30, what="test")  # a client error: raised at once
@@ -243,9 +251,11 @@ def test_epochs_logged_during_an_outage_are_queued_then_sent_once(tracking_uri, 
     # the first process sends its copy too (as if the answer to its request had been lost): no second row
     run.client = store
     assert run.flush(0) and run.unsent == []
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0), (2, 0.5),
+                                                                                                  (3, 0.25)]
     # a restore whose checkpoint queued epochs the run already holds sends nothing again
-    again = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id, unsent=[(2, [("train_loss", 9.0, 1, 2)])])
+    again = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id,
+                          unsent=[(2, [("train_loss", 9.0, 1, 2)])])
     assert again.unsent == [] and again.logged_through == 3
     assert len(client.get_metric_history(run.run_id, "train_loss")) == 3
 
@@ -286,7 +296,8 @@ def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracki
     assert got.data.tags["status"] == "stopped_early" and got.data.tags["status_reason"] == "asha"
     assert got.info.status == "FINISHED" and got.data.params["n"] == str(TrialConfig().n)
     # restored from a checkpoint: the record is not logged twice
-    TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id, record={"params_m": 0.1, "lslu_sites": 4})
+    TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id,
+                  record={"params_m": 0.1, "lslu_sites": 4})
     assert points("params_m") == [(0, 0.1)] and points("lslu_sites") == [(0, 4.0)]
 
 
@@ -298,10 +309,12 @@ def test_the_driver_closes_a_stopped_trials_run_with_its_record_and_summary(trac
     from orchestrator.runs import RunCloser
 
     ctx = _context(tracking_uri)
-    run = TrialRun.open(ctx, TrialConfig(), "trial_8", "1111", "index,path\n", record={"params_m": 0.1}, summary="the network")
+    run = TrialRun.open(ctx, TrialConfig(), "trial_8", "1111", "index,path\n", record={"params_m": 0.1},
+                        summary="the network")
     run.log_epoch(1, {"train_loss": 1.0, "best_val_acc": 40.0})
     last_result = {"mlflow_run_id": run.run_id, "epoch": 1, "train_loss": 1.0, "best_val_acc": 40.0, "params_m": 0.1,
-                   "train_s_per_epoch": 2.5, "best_epoch": 1, "theta_conv/stages.0.act/1": 1.1, "theta_conv_std/stages.0.act/1": 0.0}
+                   "train_s_per_epoch": 2.5, "best_epoch": 1, "theta_conv/stages.0.act/1": 1.1,
+                   "theta_conv_std/stages.0.act/1": 0.0}
     RunCloser(tracking_uri).on_trial_complete(0, [], SimpleNamespace(last_result=last_result, checkpoint=None))
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)
@@ -309,6 +322,7 @@ def test_the_driver_closes_a_stopped_trials_run_with_its_record_and_summary(trac
     for key in ("train_s_per_epoch", "best_epoch", "theta_conv/stages.0.act/1", "theta_conv_std/stages.0.act/1"):
         assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, key)] == [(0, last_result[key])]
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "params_m")] == [(0, 0.1)]  # not twice
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0)]  # no epoch metric
+    # no epoch metric
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0)]
     summary = client.download_artifacts(run.run_id, "model_summary.txt", str(tmp_path))
     assert open(summary).read() == "the network"

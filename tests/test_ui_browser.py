@@ -20,7 +20,8 @@ from orchestrator.ui import artifact_url, sweep_url
 from search_spaces.schema import load_sweep
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `make test` installs "
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None,
+                                                   reason="Chromium is not installed: `make test` installs "
                                                    "Debian's chromium where apt works (apt-get install chromium)")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--hide-scrollbars", "--window-size=1920,1080", "--virtual-time-budget=20000"]
@@ -31,14 +32,16 @@ TRIAL_FIGURES = ("theta_omega.png", "learning_curves.png", "sites.png")
 def sweep_store(ray_local, tmp_path_factory):
     work = tmp_path_factory.mktemp("browser")
     uri = f"sqlite:///{work / 'mlruns.db'}"
-    outcome = run_sweep(load_sweep("quickstart"), tracking_uri=uri, storage=str(work / "ray"), smoke_test=True, echo=lambda text: None)
+    outcome = run_sweep(load_sweep("quickstart"), tracking_uri=uri, storage=str(work / "ray"), smoke_test=True,
+                        echo=lambda text: None)
     assert outcome.best is not None
     return uri, outcome
 
 
 def _browse(url: str, screenshot: Path, profile: Path) -> str:
     """The page's DOM once the app has loaded it; a screenshot of it on the way."""
-    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--dump-dom", url],
+    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--dump-dom",
+                           url],
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     image = matplotlib.image.imread(screenshot)

@@ -40,7 +40,8 @@ CONVERGENCE_EPOCHS = 10  # θ/ω convergence value: mean (and std) over the last
 
 def act_metric_key(name: str, path: str, family_suffix: str = "") -> str:
     """The key of an activation's value ``name`` at the site ``path``: ``theta/1`` → ``theta/<path>/1``,
-    ``pwlu_left`` → ``pwlu_left/<path>``; ``family_suffix`` goes after the family (``_conv``: ``theta_conv/<path>/1``)."""
+    ``pwlu_left`` → ``pwlu_left/<path>``; ``family_suffix`` goes after the family (``_conv``:
+    ``theta_conv/<path>/1``)."""
     family, slash, index = name.partition("/")
     return f"{family}{family_suffix}/{path}" + (f"/{index}" if slash else "")
 

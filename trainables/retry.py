@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What an unreachable or overloaded server answers (MLflow names a refused connection INTERNAL_ERROR).
-TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTENANCE", "DEADLINE_EXCEEDED",
-                             "ABORTED", "REQUEST_LIMIT_EXCEEDED", "IO_ERROR", "RESOURCE_EXHAUSTED"})
+TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTENANCE",
+                             "DEADLINE_EXCEEDED", "ABORTED", "REQUEST_LIMIT_EXCEEDED", "IO_ERROR",
+                             "RESOURCE_EXHAUSTED"})
 
 # MLflow's own HTTP retries (7, doubling from 2 s: about 4 minutes per call) would stall training during an
 # outage; inside a trial our backoff and queue do the waiting instead. setdefault: a user's settings win.
@@ -35,7 +36,8 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError))  # requests' errors are OSErrors
 
 
-def retry(call: Callable[[], T], *, budget_s: float, what: str, first_delay_s: float = 0.5, max_delay_s: float = 15.0) -> T:
+def retry(call: Callable[[], T], *, budget_s: float, what: str, first_delay_s: float = 0.5,
+          max_delay_s: float = 15.0) -> T:
     """``call()``, retried with doubling delays while it fails transiently and ``budget_s`` lasts; then its error."""
     deadline = time.monotonic() + budget_s
     delay = first_delay_s

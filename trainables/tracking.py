@@ -35,7 +35,8 @@ from trainables.retry import is_transient, retry
 log = logging.getLogger(__name__)
 # A trial ASHA stopped ended as its search meant it to, with valid metrics: FINISHED, as Ray's own MLflow callback
 # ends it (KILLED would read as an interruption and drop it from `attributes.status = 'FINISHED'`); tags.status tells.
-RUN_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
+RUN_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "oom": "FAILED",
+              "failed": "FAILED"}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _METRICS = 1000  # ... and at most 1000 metrics, 1000 entries in all
 
@@ -62,7 +63,8 @@ class SweepContext:
 
 
 def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
-    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run list."""
+    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run
+    list."""
     where = mask if cfg.policy == "mask" else cfg.policy_spec.replace(":", "")
     act = f"{cfg.insert_act}-n{cfg.n}" if "n" in config_fields(cfg.insert_act).values() else cfg.insert_act
     return f"{cfg.model}-{act}-{where}-{trial_id}"
@@ -90,8 +92,12 @@ class TrialRun:
         run's ``model_summary.txt``."""
         if run_id is None:
             client = mlflow_client(ctx.tracking_uri)
-            run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run")
-        run = cls.reopen(ctx, run_id, tags) if run_id else cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record, summary)
+            run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(),
+                           what="finding the trial's run")
+        if run_id:
+            run = cls.reopen(ctx, run_id, tags)
+        else:
+            run = cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record, summary)
         run._requeue(unsent or [])
         if run_id and record:
             run.log_record(record)
@@ -103,8 +109,8 @@ class TrialRun:
                summary: str | None = None) -> "TrialRun":
         client = mlflow_client(ctx.tracking_uri)
         tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
-                "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset, "insert_act": cfg.insert_act,
-                "policy": cfg.policy_spec, **(extra_tags or {})}
+                "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset,
+                "insert_act": cfg.insert_act, "policy": cfg.policy_spec, **(extra_tags or {})}
 
         attempts = 0
 
@@ -163,7 +169,8 @@ class TrialRun:
             self.logged_keys.update(m.key for m in batch)
 
     def flush(self, budget_s: float) -> bool:
-        """Send the queued batches in order; False (and the rest kept) if the server is still away after ``budget_s``."""
+        """Send the queued batches in order; False (and the rest kept) if the server is still away after
+        ``budget_s``."""
         deadline = time.monotonic() + budget_s
         while self.unsent:
             epoch, batch = self.unsent[0]
@@ -235,11 +242,13 @@ class TrialRun:
             self.log_files(files, wait)
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
         final_metrics = retry(lambda: self._not_yet_logged(final), budget_s=wait, what="reading the run's metrics")
-        retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run")
+        retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait,
+              what="ending the run")
 
 
 def record_metrics(values: dict[str, float], logged_keys) -> list[Metric]:
-    """``values`` as the once-per-trial record, at step 0, less the keys in ``logged_keys`` (those a run holds already)."""
+    """``values`` as the once-per-trial record, at step 0, less the keys in ``logged_keys`` (those a run holds
+    already)."""
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, 0) for k, v in values.items() if k not in logged_keys]
 
@@ -251,7 +260,8 @@ def artifact_repository(client: MlflowClient, artifact_uri: str):
 
 
 def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str | None:
-    runs = client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_id = '{trial_id}'",
+    runs = client.search_runs([ctx.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_id = '{trial_id}'",
                               max_results=1)
     return runs[0].info.run_id if runs else None
 

@@ -121,7 +121,8 @@ def _failure(exc: Exception, cfg: TrialConfig) -> tuple[str, str]:
     if isinstance(exc, Diverged):
         return "diverged", str(exc)
     first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
-    return "oom", f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): {first_line}"
+    return "oom", (f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): "
+                   f"{first_line}")
 
 
 def _no_result(training: Training) -> dict:
@@ -148,9 +149,11 @@ def model_summary(training: Training, title: str) -> str:
 
 def write_final_weights(training: Training, folder: str) -> None:
     """The weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
-    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()}, Path(folder) / "model_final.pt")
+    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()},
+               Path(folder) / "model_final.pt")
     if training.ema is not None:
-        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()}, Path(folder) / "model_ema_final.pt")
+        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()},
+                   Path(folder) / "model_ema_final.pt")
 
 
 def weights_from_checkpoint(checkpoint_dir: str) -> dict:

@@ -3,8 +3,9 @@
     act = create_act("lslu", channels=64, n=3, base="silu")
 
 Names: relu, silu, gelu, prelu, leaky_relu (``basic``), lslu (``lslu``), pwlu (``pwlu``),
-la_silu, la_hardsilu (``layeract``), or an import path ``package.module:Class``. Unknown names and unknown or bad arguments raise ``ValueError``
-naming the valid choices, so a sweep file with a typo fails before any cluster work starts.
+la_silu, la_hardsilu (``layeract``), or an import path ``package.module:Class``. Unknown names and unknown or bad
+arguments raise ``ValueError`` naming the valid choices, so a sweep file with a typo fails before any cluster work
+starts.
 """
 from trainables.activations.registry import (act_module_types, check_config, config_fields, config_kwargs, create_act,
                                              inserts, is_registered_act, list_acts, needs_spatial_map, register_act,

@@ -29,7 +29,8 @@ class LayerAct(nn.Module):
         if scale not in SCALES:
             raise ValueError(f"LayerAct scale {scale!r} is not one of {', '.join(SCALES)}")
         if not isinstance(alpha, Real) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError(f"LayerAct alpha must be a number > 0 (1e-5 for CIFAR, 0.1 for ImageNet in papers/004), got {alpha!r}")
+            raise ValueError("LayerAct alpha must be a number > 0 (1e-5 for CIFAR, 0.1 for ImageNet in papers/004), "
+                             f"got {alpha!r}")
         self.scale, self.alpha = scale, float(alpha)
         self._s = SCALES[scale]
 

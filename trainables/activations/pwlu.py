@@ -40,7 +40,8 @@ PHASE_COLLECT, PHASE_LEARN = 1, 2
 
 
 class PWLU(nn.Module):
-    def __init__(self, channels: int | None = None, intervals: int = 16, granularity: str = "layer", warmup_epochs: int = 5):
+    def __init__(self, channels: int | None = None, intervals: int = 16, granularity: str = "layer",
+                 warmup_epochs: int = 5):
         super().__init__()
         if not isinstance(warmup_epochs, int) or isinstance(warmup_epochs, bool) or warmup_epochs < 1:
             raise ValueError(f"pwlu needs warmup_epochs >= 1 (an int; phase I needs a batch), got {warmup_epochs!r}")
@@ -49,7 +50,8 @@ class PWLU(nn.Module):
         if granularity not in GRANULARITIES:
             raise ValueError(f"pwlu granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
         if granularity == "channel" and (not isinstance(channels, int) or channels < 1):
-            raise ValueError(f"pwlu granularity 'channel' needs channels >= 1 (the site's channel count), got {channels!r}")
+            raise ValueError("pwlu granularity 'channel' needs channels >= 1 (the site's channel count), "
+                             f"got {channels!r}")
         self.channels, self.intervals, self.granularity = channels, intervals, granularity
         self.warmup_epochs = warmup_epochs  # epochs of phase I before ``on_epoch_start`` realigns
         shape = () if granularity == "layer" else (channels,)
@@ -147,7 +149,8 @@ class PWLU(nn.Module):
             idx = idx + self._per_element(torch.arange(table.shape[0], device=idx.device) * width, idx)
         return table.reshape(-1)[idx]
 
-    def _interval_index(self, x: torch.Tensor, left: torch.Tensor, d: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    def _interval_index(self, x: torch.Tensor, left: torch.Tensor, d: torch.Tensor, low: int,
+                        high: int) -> torch.Tensor:
         """clip(floor((x − B_L)/d), low, high) as a constant long tensor (NaN inputs map to `low`)."""
         idx = torch.floor((x.detach() - left.detach()) / d.detach())
         return torch.nan_to_num(idx, nan=float(low)).clamp(low, high).long()
@@ -191,7 +194,8 @@ class PWLU(nn.Module):
 
     def extra_repr(self) -> str:
         channels = f"channels={self.channels}, " if self.granularity == "channel" else ""
-        return f"{channels}intervals={self.intervals}, granularity={self.granularity}, phase={2 if self._learning else 1}"
+        return (f"{channels}intervals={self.intervals}, granularity={self.granularity}, "
+                f"phase={2 if self._learning else 1}")
 
 
 def realign_pending(model: nn.Module) -> list[str]:

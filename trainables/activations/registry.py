@@ -5,8 +5,8 @@ counts as an activation site (``act_module_types``) instead of keeping its own l
 factory takes (``config``), so the loop builds any activation from a trial config without naming it.
 
 The contract (DESIGN.md §2), asked of the module, every part optional:
-- ``learnable_state() -> {metric name: value}``: what to report each epoch, e.g. ``{"theta/1": 1.02}``; the trial logs it
-  as ``theta/<site path>/1`` (a name without ``/`` as ``<name>/<site path>``), and a value of a series like this one
+- ``learnable_state() -> {metric name: value}``: what to report each epoch, e.g. ``{"theta/1": 1.02}``; the trial logs
+  it as ``theta/<site path>/1`` (a name without ``/`` as ``<name>/<site path>``), and a value of a series like this one
   (``<family>/<i>``) also as its convergence value at the end (``theta_conv/<site path>/1``, papers/000 §4.2);
 - ``on_epoch_start(epoch, epochs) -> bool``: called on every module of the trained model before each epoch (0-based);
   True when it changed the module's state (an EMA copy then restarts from that state);
@@ -39,7 +39,8 @@ _TRIAL_CONFIG: contextvars.ContextVar[Any] = contextvars.ContextVar("act_trial_c
 
 
 def register_act(name: str, builds: type | tuple[type, ...], config: dict[str, str] | None = None,
-                 inserts: Callable[[dict], bool] | None = None, check: Callable[[Any], tuple[str, str] | None] | None = None):
+                 inserts: Callable[[dict], bool] | None = None,
+                 check: Callable[[Any], tuple[str, str] | None] | None = None):
     """Register ``factory(channels=None, inplace=False, **kwargs) -> nn.Module`` under ``name``.
 
     ``builds``: the module class (or classes) the factory returns; every module of these classes is a site.

@@ -144,8 +144,9 @@ class Block(nn.Module):
 
 
 class VanillaNet(nn.Module):
-    def __init__(self, dims: list[int], strides: list[int], num_classes: int = 1000, in_chans: int = 3, act_num: int = 3,
-                 act: str = "relu", dropout: float = 0.0, cifar_stem: bool = False, deep_train_epochs: int = 0):
+    def __init__(self, dims: list[int], strides: list[int], num_classes: int = 1000, in_chans: int = 3,
+                 act_num: int = 3, act: str = "relu", dropout: float = 0.0, cifar_stem: bool = False,
+                 deep_train_epochs: int = 0):
         super().__init__()
         stem_conv = dict(kernel=3, stride=1, padding=1) if cifar_stem else dict(kernel=4, stride=4, padding=0)
         self.stem1 = _conv_bn(in_chans, dims[0], **stem_conv)
@@ -189,7 +190,8 @@ class VanillaNet(nn.Module):
             return self
         lams = {m.act_learn for m in self.modules() if isinstance(m, DeepTrainAct)}
         if lams != {1.0}:
-            raise ValueError(f"fuse() needs deep training finished (act_learn = 1 everywhere), got act_learn {sorted(lams)}")
+            raise ValueError("fuse() needs deep training finished (act_learn = 1 everywhere), "
+                             f"got act_learn {sorted(lams)}")
         inner_w, inner_b = _folded(self.stem1)
         outer_w, outer_b = fold_bn(self.stem2[0].weight, self.stem2[0].bias, self.stem2[1])
         weight, bias = merge_1x1(outer_w, outer_b, inner_w, inner_b)
@@ -234,4 +236,5 @@ def _factory(depth: int):
 
 for _depth in ARCHS:
     # VanillaNet's series length is LSLU's n; deep training's span is a trial field too
-    register_model(f"vanillanet_{_depth}", config={"act_num": "n", "deep_train_epochs": "deep_train_epochs"})(_factory(_depth))
+    register_model(f"vanillanet_{_depth}",
+                   config={"act_num": "n", "deep_train_epochs": "deep_train_epochs"})(_factory(_depth))

@@ -51,12 +51,15 @@ class LSLU(nn.Module):
         self._cpu_memo: dict = {}  # the CPU inference kernel's operands while the weights are unchanged (cpu_kernel.py)
 
     def no_weight_decay(self) -> set[str]:
-        """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm convention)."""
+        """θ and ω are activation shape parameters, not weights: decaying them would pull LSLU towards 0 (timm
+        convention)."""
         return {"theta", "omega"}
 
     def learnable_state(self) -> dict[str, float]:
-        """θ_i and ω_i (1-based, as in papers/000) as ``theta/<i>``, ``omega/<i>``; channel means for channel granularity."""
-        return {f"{name}/{i}": v for name in ("theta", "omega") for i, v in enumerate(_channel_means(getattr(self, name)), 1)}
+        """θ_i and ω_i (1-based, as in papers/000) as ``theta/<i>``, ``omega/<i>``; channel means for channel
+        granularity."""
+        return {f"{name}/{i}": v for name in ("theta", "omega")
+                for i, v in enumerate(_channel_means(getattr(self, name)), 1)}
 
     @property
     def fused(self) -> bool:
@@ -78,7 +81,8 @@ class LSLU(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, fused={self.fused}"
+        return (f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, "
+                f"fused={self.fused}")
 
 
 def _channel_means(p: torch.Tensor) -> list[float]:
