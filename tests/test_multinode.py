@@ -2,7 +2,9 @@
 process), a real MLflow server started by ``cluster/mlflow_server.sh`` on a throwaway PostgreSQL, and the real
 ``lslu-sweep`` CLI joining the cluster with ``--address``. Everything is read back over HTTP with MlflowClient.
 """
+import csv
 import glob
+import io
 import json
 import os
 import shlex
@@ -17,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from services import REPO, RayCluster, script_server
+from tiny_datasets import write_factory_package
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6
@@ -111,6 +114,47 @@ def test_storage_a_node_cannot_see_is_refused(cluster, server, tmp_path):
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
         cluster.wait_alive(len(before), timeout_s=120)
+
+
+def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, server, tmp_path):
+    """A user's network and data factory in a folder outside the project, a sweep file beside it with
+    ``runtime_env: {working_dir: .}``, started from another directory: the package exists only where Ray ships it."""
+    package = "lslu_user_e2e"
+    user = write_factory_package(tmp_path / "user_project", package)
+    (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
+    (user / "sweep.yaml").write_text(textwrap.dedent(f"""
+        name: userpackage
+        trial: {{model: '{package}.nets:build', dataset: '{package}.data:build', data_args: {{n: 48, classes: 3}},
+                insert_act: lslu, policy: downsampling, image_size: 12, epochs: 2, warmup_epochs: 0, batch_size: 16,
+                workers: 0}}
+        space: {{n: [1, 2]}}
+        search: {{algorithm: grid, max_concurrent: 2, scheduler: none}}
+        resources: {{cpu: 1}}
+        runtime_env: {{working_dir: .}}
+    """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rc, out, err = _finish(_cli(elsewhere, str(user / "sweep.yaml"), "--address", cluster.address,
+                                "--tracking-uri", server.uri, "--storage", str(tmp_path / "storage")))
+    assert rc == 0, (out[-3000:], err[-5000:])
+    assert "trials: 2 (2 completed)" in out
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name("userpackage")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.data.params["n"] for c in children) == ["1", "2"]
+    assert {c.data.tags["ray_node_id"] for c in children} <= set(cluster.workers)
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
+        sites = list(csv.DictReader(io.StringIO(
+            open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read())))
+        # the user's network as the traced forward saw it: stages where the resolution halves, the MLP's GELU on
+        # (B, H, W, C), and LSLU at the downsampling sites (the stem and each stage's first block)
+        assert [(s["path"], s["stage"], s["channels"], s["layout"], s["downsampling"], s["inserted"]) for s in sites] == [
+            ("stem.act", "0", "8", "nchw", "True", "1"),
+            ("stages.0.0.act", "1", "16", "nchw", "True", "1"),
+            ("stages.0.1.act", "1", "32", "nhwc", "False", "0"),
+            ("stages.1.0.act", "2", "32", "nchw", "True", "1")]
+        assert child.data.tags["mask"] == "1101" and len(client.get_metric_history(child.info.run_id, "val_acc")) == 2
 
 
 def test_sweep_survives_a_lost_worker_node(cluster, server, tmp_path):
