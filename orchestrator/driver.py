@@ -63,9 +63,12 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     if smoke_test:
         sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)
-    if nodes > 1 and sweep.spec.search.max_failures == 0:
-        echo("note: search.max_failures is 0, so a trial whose node is lost fails; set it (e.g. 3) in the sweep file "
-             "to continue such trials on another node from their last checkpoint")
+    max_failures = default_max_failures(sweep, nodes)
+    if nodes > 1 and sweep.spec.search.max_failures is None:
+        echo(f"search.max_failures: {max_failures} (a cluster of {nodes} nodes: a trial whose node is lost continues on "
+             "another from its last checkpoint)")
+    elif nodes > 1 and max_failures == 0:
+        echo("note: search.max_failures is 0, so a trial whose node is lost fails")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
@@ -80,10 +83,16 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],
-            failure_config=tune.FailureConfig(max_failures=sweep.spec.search.max_failures),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=SweepReporter(sweep), verbose=1),
     )
     return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
+
+
+def default_max_failures(sweep: Sweep, nodes: int) -> int:
+    """``search.max_failures``, or when the file leaves it out: 3 on a cluster of several nodes, 0 on one."""
+    given = sweep.spec.search.max_failures
+    return given if given is not None else (3 if nodes > 1 else 0)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None,

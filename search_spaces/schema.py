@@ -104,7 +104,9 @@ class SearchSection(_Strict):
     grace_period: Annotated[int, Field(ge=1)] = 1  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0  # ASHA: keep the top 1/reduction_factor at each rung
     seed: int = 0  # the searcher's seed
-    max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial, each from its last checkpoint
+    # retries of a failed trial, each from its last checkpoint; default: 3 on a cluster of several nodes (a lost node's
+    # trial continues on another), 0 on the embedded local Ray (a failure there is the trial's own, retrying repeats it)
+    max_failures: Annotated[int, Field(ge=0)] | None = None
     reuse_actors: bool = True  # run the next trial in a finished trial's worker: no process start-up per trial
 
 

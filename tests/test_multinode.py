@@ -138,6 +138,7 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
                                 "--tracking-uri", server.uri, "--storage", str(tmp_path / "storage")))
     assert rc == 0, (out[-3000:], err[-5000:])
     assert "trials: 2 (2 completed)" in out
+    assert "search.max_failures: 3 (a cluster of 3 nodes" in out  # the file leaves it out: a cluster's default
     client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name("userpackage")
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]

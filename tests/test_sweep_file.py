@@ -169,3 +169,13 @@ def test_version_is_the_installed_package_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"lslu-sweep {version('lslu-sweep')}"
+
+
+def test_max_failures_defaults_to_three_on_a_cluster_and_zero_on_the_local_ray():
+    from orchestrator.driver import default_max_failures
+
+    sweep = load_sweep("quickstart")
+    assert sweep.spec.search.max_failures is None
+    assert (default_max_failures(sweep, 1), default_max_failures(sweep, 3)) == (0, 3)
+    fixed = load_sweep("quickstart", ["search.max_failures=1"])
+    assert (default_max_failures(fixed, 1), default_max_failures(fixed, 3)) == (1, 1)
