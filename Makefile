@@ -1,5 +1,6 @@
 # make demo   – create .venv, install, run the quickstart sweep (local Ray, local MLflow, bundled digits)
-# make test   – create .venv if needed, install, run the whole test suite (slow tests included)
+# make test   – create .venv if needed, install, run the lint gate and the whole test suite (slow tests included)
+# make lint   – the lint gate alone: ruff (pyflakes, pycodestyle, lines <= 120), configured in pyproject.toml
 # make test-fast – the suite without the slow (multi-trial, multi-node, browser) tests
 # make postgresql – Debian's PostgreSQL for the multi-node test (once, where apt works; a no-op when installed)
 # make ui     – serve the MLflow UI on ./mlruns.db and print where the newest sweep is (Ctrl+C stops it)
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast ui clean postgresql chromium
+.PHONY: install demo lint test test-fast ui clean postgresql chromium
 
 install: $(STAMP)
 
@@ -22,7 +23,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lslu-sweep run search_spaces/quickstart.yaml
 
-test: install postgresql chromium
+lint: install
+	$(BIN)/ruff check .
+
+test: lint postgresql chromium
 	$(BIN)/python -m pytest
 
 # The tests start their own throwaway instance (initdb + pg_ctl), so Debian's default cluster is not created.
@@ -46,7 +50,7 @@ chromium:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; \
 	} || echo "chromium could not be installed; the browser test will be skipped"
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: install

@@ -25,7 +25,7 @@ def test_an_import_path_builds_the_class_with_its_arguments():
         create_act(PLUGIN, bogus=1)
     with pytest.raises(ConfigError) as err:
         TrialConfig.from_flat({"insert_act": "tests.plugin_act:Nothing"})
-    assert err.value.key == "insert_act" and "cannot import 'Nothing'" in err.value.message
+    assert err.value.key == "insert_act" and "has no attribute 'Nothing'" in err.value.message
 
 
 def test_the_loop_reports_its_state_and_calls_its_epoch_hook():

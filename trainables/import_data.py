@@ -13,42 +13,27 @@ trial's ``image_size`` and normalized with per-channel statistics of the first t
 """
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
+
 import torch
 import torch.nn.functional as F
 
 from trainables.data import DataError
+from trainables.imports import import_object
 from trainables.loader_data import LoaderData
 
 STATS_SAMPLES = 256  # training images the normalization statistics are taken from
 SPLITS = {True: "train", False: "test"}
 
 
-def is_import_path(name: str) -> bool:
-    return ":" in name
-
-
 def resolve(path: str):
-    """The object ``package.module:attr`` names; a ``DataError`` naming the module or the attribute otherwise."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise DataError(f"{path!r}: expected package.module:attribute (a dataset class or a factory)")
+    """The dataset class or factory ``package.module:attr`` names; a ``DataError`` naming the module or attribute."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DataError(f"{path!r}: cannot import module {module_name!r}: {exc}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            public = [n for n in dir(module) if not n.startswith("_")]
-            close = difflib.get_close_matches(attr, public, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; it has: {', '.join(sorted(public)[:20])}"
-            raise DataError(f"{path!r}: module {module_name!r} has no attribute {attr!r}{hint}")
-        obj = getattr(obj, part)
+        obj = import_object(path, "dataset")
+    except ValueError as err:
+        raise DataError(str(err)) from None
     if not callable(obj):
-        raise DataError(f"{path!r}: {attr} is not a dataset class or a factory function")
+        raise DataError(f"dataset {path!r}: {path.partition(':')[2]} is not a dataset class or a factory function")
     return obj
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
+
+from trainables.imports import import_object
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,7 @@ def _entry(name: str) -> _Entry:
 def _imported(path: str) -> _Entry:
     """``package.module:Class``: its registration where its module registered it, else the class itself as factory
     (given ``channels`` where its constructor takes it)."""
-    module_name, _, attr = path.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"activation {path!r}: cannot import {attr!r} from {module_name!r}: {err}") from None
+    obj = import_object(path, "activation")
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise ValueError(f"activation {path!r} is {obj!r}, not an nn.Module class")
     for entry in _ACTS.values():

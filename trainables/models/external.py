@@ -5,9 +5,7 @@ base activation (``act``) that replaces the model's own at every site (``native`
 read from a local file or timm's cache, never downloaded at trial time."""
 from __future__ import annotations
 
-import difflib
 import functools
-import importlib
 import inspect
 import os
 from typing import Any, Callable
@@ -16,6 +14,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from trainables.imports import import_object
 from trainables.insertion import apply_policy
 from trainables.models.registry import register_model
 from trainables.models.stems import apply_cifar_stem
@@ -122,23 +121,10 @@ for _name in TIMM_MODELS:
 
 def import_factory(path: str) -> Callable[..., nn.Module]:
     """The callable ``package.module:factory`` names; a ``ValueError`` naming a missing module or attribute."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"model {path!r}: an import path is package.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"model {path!r}: cannot import module {module_name!r} ({err}); is it installed or on "
-                         "the workers' path (runtime_env)?") from None
-    factory = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            close = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"model {path!r}: module {module_name!r} has no attribute {attr!r}{hint}")
-        factory = getattr(factory, part)
+    factory = import_object(path, "model")
     if not callable(factory):
-        raise ValueError(f"model {path!r}: {attr!r} is a {type(factory).__name__}, not a callable that builds a model")
+        raise ValueError(f"model {path!r}: {path.partition(':')[2]!r} is a {type(factory).__name__}, not a callable "
+                         "that builds a model")
     return factory
 
 
