@@ -53,7 +53,8 @@ def measure(device: torch.device, batches: int, rounds: int) -> list[dict]:
 
         times = interleaved_times({"step": train_step, "recalibrate": recalibrate}, device, rounds=rounds, runs=2)
         (step, step_iqr), (recal, recal_iqr) = times["step"], times["recalibrate"]
-        rows.append({"network": label, "policy": policy, "batch": batch, "train step ms": f"{step:.1f} ± {step_iqr:.1f}",
+        rows.append({"network": label, "policy": policy, "batch": batch,
+                     "train step ms": f"{step:.1f} ± {step_iqr:.1f}",
                      f"recalibration ({batches} batches) ms": f"{recal:.1f} ± {recal_iqr:.1f}",
                      "of an epoch (model)": f"{100 * recal / (steps * step):.2f} %",
                      "of an epoch (model + EMA)": f"{200 * recal / (steps * step):.2f} %"})

@@ -61,5 +61,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, runtime_env
 
 
 def is_embedded() -> bool:
-    """Whether the Ray this process uses is the embedded local one, whose nodes are all there is (a cluster may grow)."""
+    """Whether the Ray this process uses is the embedded local one, whose nodes are all there is
+    (a cluster may grow)."""
     return _embedded

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep file (or a preset from search_spaces/ by name)")
     run.add_argument("file")
     _overrides(run)
-    run.add_argument("--smoke-test", action="store_true", help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs")
+    run.add_argument("--smoke-test", action="store_true",
+                     help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs")
     _common(run)
 
     val = sub.add_parser("validate", help="check a sweep file without running it")
@@ -44,25 +45,30 @@ def _parser() -> argparse.ArgumentParser:
 
     sites = sub.add_parser("sites", help="print a model's activation sites and which ones a policy selects")
     sites.add_argument("model")
-    sites.add_argument("--policy", default="all", help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)")
+    sites.add_argument("--policy", default="all",
+                       help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)")
     sites.add_argument("--cifar-stem", action="store_true", help="the model with its 3×3 stride-1 stem")
 
     models = sub.add_parser("models", help="list the model names `model:` accepts: the project's and timm's (besides "
                                            "an import path package.module:factory)")
     models.add_argument("pattern", nargs="?", default="*", help="an fnmatch pattern, e.g. 'convnext*' (default: all)")
 
-    res = sub.add_parser("resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
+    res = sub.add_parser("resume",
+                         help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
     res.add_argument("name")
     _common(res)
 
     rep = sub.add_parser("report", help="the paper-style table of a finished sweep (grouped, mean ± std over seeds), "
                                         "printed and logged to its parent run")
-    rep.add_argument("name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, <sweep>-<date>")
+    rep.add_argument("name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, "
+                                  "<sweep>-<date>")
     _tracking_uri(rep)
 
-    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest sweep's links")
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest "
+                                   "sweep's links")
     _tracking_uri(ui)
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)")
+    ui.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)")
     return p
 
 
@@ -86,8 +92,8 @@ def _tracking_uri(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     _tracking_uri(p)
-    p.add_argument("--storage", help="Ray Tune storage path, shared by every node on a cluster: a directory or s3://… / gs://… "
-                                     "(default: ./ray_results)")
+    p.add_argument("--storage", help="Ray Tune storage path, shared by every node on a cluster: a directory or "
+                                     "s3://… / gs://… (default: ./ray_results)")
     p.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
 
 
@@ -149,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep = load_sweep(args.file, args.overrides)
             sweep.check_data()
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
-            print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, {objectives}, "
-                  f"searching {', '.join(sweep.spec.space) or 'nothing'}"
+            print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, "
+                  f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
                   + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
             return 0
         if args.command == "models":
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from orchestrator.driver import resume_sweep
 
-            outcome = resume_sweep(args.name, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address)
+            outcome = resume_sweep(args.name, storage=args.storage, tracking_uri=args.tracking_uri,
+                                   address=args.address)
     except (SpecError, SitesError, FileNotFoundError, ClusterError) as exc:  # bad input, found before any trial ran
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

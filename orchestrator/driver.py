@@ -73,13 +73,15 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
     exp_dir = st.join(storage_path, name)
+    # sweep_dir: runtime_env paths
     manifest = {"name": name, "sweep_file": sweep.file, "sweep_dir": str(Path(sweep.file).parent.resolve()),
-                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}  # sweep_dir: runtime_env paths
+                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
         tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), scheduler=make_scheduler(sweep),
-                                    num_samples=sweep.spec.search.num_samples, reuse_actors=sweep.spec.search.reuse_actors,
+                                    num_samples=sweep.spec.search.num_samples,
+                                    reuse_actors=sweep.spec.search.reuse_actors,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],
@@ -97,7 +99,8 @@ def default_max_failures(sweep: Sweep, nodes: int) -> int:
 
 def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None,
                  echo=print) -> SweepOutcome:
-    """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks; runs are reused."""
+    """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks;
+    runs are reused."""
     exp_dir = find_experiment(name, storage)
     manifest = json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
     sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"],
@@ -142,7 +145,8 @@ def _fit_smoke_resources(sweep: Sweep, echo) -> Sweep:
     r, total = sweep.spec.resources, ray.cluster_resources()
     cpu, gpu = min(r.cpu, SMOKE_CPU, total.get("CPU", 1.0)), min(r.gpu, total.get("GPU", 0.0))
     if (cpu, gpu) != (r.cpu, r.gpu):
-        echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here (the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
+        echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here "
+             f"(the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
         return sweep.with_resources(cpu, gpu)
     return sweep
 
@@ -157,8 +161,8 @@ def check_resources(sweep: Sweep, where: str, echo) -> None:
     have = "; ".join(f"{cpu:g} CPU, {gpu:g} GPU" for cpu, gpu in nodes) or "no alive node"
     what = f"each trial asks {r.cpu:g} CPU and {r.gpu:g} GPU, but no node of {where} has that ({have})"
     if is_embedded():
-        raise SpecError(sweep.file, "resources", f"{what}, so every trial would wait forever; ask for at most what this "
-                                                 "machine has, or join a cluster that has it (--address)")
+        raise SpecError(sweep.file, "resources", f"{what}, so every trial would wait forever; ask for at most what "
+                                                 "this machine has, or join a cluster that has it (--address)")
     echo(f"warning: {what}; the trials wait until a node that has it joins (Ray's autoscaler, if the cluster has one)")
 
 
@@ -208,7 +212,8 @@ def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], na
     tables = log_sweep_tables(client, ctx.parent_run_id, sweep, rows, name)
     if best:
         client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
-        client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric])
+        client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric,
+                          best[metric])
         client.set_tag(ctx.parent_run_id, "best_trial_run_id", best["mlflow_run_id"])
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
@@ -236,6 +241,7 @@ def _summary_lines(sweep: Sweep, name: str, path: str, ctx: SweepContext, client
         lines.append(f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
                      f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run")
     lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
-    lines += ["", "Browse the results in the MLflow UI:", *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
+    lines += ["", "Browse the results in the MLflow UI:",
+              *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
               f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
     return lines

@@ -29,7 +29,8 @@ from trainables.mlflow_client import mlflow_client
 REPORT_METRICS = ("best_val_acc", "min_val_loss", "params_m", "flops_g", "latency_ms", "train_s_per_epoch")
 AVERAGED = "seed"  # not a group key: the report averages over it
 OFF = "—"  # a conditional key the trials of a group did not sample
-TEXT_COLUMNS = ("mask", "config.mask", "config.stages", "config.paths", "config.data_dir", "trial_id", "mlflow_run_id", "reason")
+TEXT_COLUMNS = ("mask", "config.mask", "config.stages", "config.paths", "config.data_dir", "trial_id", "mlflow_run_id",
+                "reason")
 
 
 class ReportError(ValueError):

@@ -57,7 +57,8 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
         where = f"space.{key}"
         if not TrialConfig.is_key(key):
             raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
-                                         f"(a mapping's entry: {', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})")
+                                         "(a mapping's entry: "
+                                         f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})")
         if _fixed(spec, key) and not getattr(dist, "when", None):
             raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
                                          f"under a `when` condition, trial.{key} being its value elsewhere)")

@@ -34,7 +34,8 @@ def apply_overrides(data: Any, overrides: Sequence[str], file: str) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 where = ".".join(parts[: depth + 1])
-                raise SpecError(file, key, f"--set cannot set a key inside {where}, which holds {node!r}, not a mapping")
+                raise SpecError(file, key,
+                                f"--set cannot set a key inside {where}, which holds {node!r}, not a mapping")
         node[parts[-1]] = value
     return merged
 

@@ -93,10 +93,13 @@ Mode = Literal["max", "min"]
 
 class SearchSection(_Strict):
     algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"  # Optuna's samplers (orchestrator/search.py)
-    metric: Union[str, Annotated[list[str], Field(min_length=1)]] = "best_val_acc"  # what the searcher optimizes; a list: several objectives
-    mode: Union[Mode, list[Mode], None] = None  # per metric; default: each metric's natural direction (accuracy max, latency min)
+    # what the searcher optimizes; a list: several objectives
+    metric: Union[str, Annotated[list[str], Field(min_length=1)]] = "best_val_acc"
+    # per metric; default: each metric's natural direction (accuracy max, latency min)
+    mode: Union[Mode, list[Mode], None] = None
     num_samples: Annotated[int, Field(ge=1)] = 8  # trials in the sweep (grid: the grid's size, by default)
-    population_size: Annotated[int, Field(ge=2)] | None = None  # nsga2: trials per generation (default num_samples // 4, 4…50)
+    # nsga2: trials per generation (default num_samples // 4, 4…50)
+    population_size: Annotated[int, Field(ge=2)] | None = None
     max_sites: Annotated[int, Field(ge=1)] | None = None  # a searched mask turns on at most this many sites
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # tried first, e.g. {policy: downsampling}
     max_concurrent: Annotated[int, Field(ge=1)] = 2  # trials running at once
@@ -187,12 +190,14 @@ class Sweep:
 
     @property
     def population_size(self) -> int:
-        """NSGA-II's generation size: as given, or a quarter of the budget (4…50), so that several generations evolve."""
+        """NSGA-II's generation size: as given, or a quarter of the budget (4…50), so that several generations
+        evolve."""
         s = self.spec.search
         return s.population_size or max(4, min(50, s.num_samples // 4))
 
     def active_keys(self, values: dict[str, Any]) -> list[str]:
-        """The searched keys a trial with these config values sampled (a conditional key only where its condition held)."""
+        """The searched keys a trial with these config values sampled (a conditional key only where its
+        condition held)."""
         active: dict[str, Any] = {}
         for key, dist in self.spec.space.items():
             if dist.type == "sites" or when_holds(dist.when, active):
@@ -268,7 +273,8 @@ def parse_sweep(data: Any, source: str, file: str, overrides: tuple[str, ...] = 
                 ) -> Sweep:
     """The validated sweep; ``base_dir``: where the file's relative paths start (default: the file's folder)."""
     if not isinstance(data, dict):
-        raise SpecError(file, "", f"expected a mapping with the sections name, trial, space, search, resources; got {type(data).__name__}")
+        raise SpecError(file, "", "expected a mapping with the sections name, trial, space, search, resources; "
+                                  f"got {type(data).__name__}")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -290,7 +296,8 @@ def _spec_error(file: str, exc: ValidationError) -> SpecError:
         valid = f"; valid keys: {', '.join(section.model_fields)}" if section else ""
         return SpecError(file, ".".join(loc), "unknown key" + valid)
     if err["type"] == "union_tag_invalid":
-        return SpecError(file, ".".join(loc), "expected a distribution with type int, float, categorical or sites, or a list of choices")
+        return SpecError(file, ".".join(loc), "expected a distribution with type int, float, categorical or sites, "
+                                              "or a list of choices")
     return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
 
 

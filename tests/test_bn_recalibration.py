@@ -30,8 +30,9 @@ def test_recalibration_sets_running_stats_to_the_mean_of_the_batch_statistics_an
     before = copy.deepcopy(model.state_dict())
     assert recalibrate_bn(model, iter(batches)) == 3
     assert not model.training and model[1].momentum == 0.1  # momentum restored, the model left in eval mode
-    # the expected statistics, computed independently: each batch's per-channel mean and unbiased variance at the BN input
-    # (the second BN's input is computed with the first BN in train mode: it normalizes by the batch's statistics)
+    # the expected statistics, computed independently: each batch's per-channel mean and unbiased variance at the
+    # BN input (the second BN's input is computed with the first BN in train mode: it normalizes by the batch's
+    # statistics)
     train_mode = copy.deepcopy(model).train()
     for bn_index in (1, 4):
         with torch.no_grad():

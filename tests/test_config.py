@@ -68,5 +68,6 @@ def test_native_act_keeps_the_model_and_gives_lslu_a_relu_base():
 def test_pwlu_warmup_only_matters_where_pwlu_is_used():
     assert TrialConfig.from_flat({"insert_act": "lslu", "epochs": 5}).pwlu_warmup_epochs == 5
     assert TrialConfig.from_flat({"insert_act": "pwlu", "policy": "none", "epochs": 5}).epochs == 5
-    cfg = TrialConfig.from_flat({"insert_act": "pwlu", "epochs": 6, "pwlu_warmup_epochs": 2, "pwlu_intervals": 8, "la_alpha": "0.1"})
+    cfg = TrialConfig.from_flat({"insert_act": "pwlu", "epochs": 6, "pwlu_warmup_epochs": 2, "pwlu_intervals": 8,
+                                 "la_alpha": "0.1"})
     assert (cfg.pwlu_warmup_epochs, cfg.pwlu_intervals, cfg.la_alpha) == (2, 8, 0.1)

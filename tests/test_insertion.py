@@ -36,7 +36,8 @@ def test_sites_in_forward_order_with_channels_of_the_tensors_through_them():
 
 @pytest.mark.parametrize("policy, expected", [
     ("none", []), ("all", PATHS), ("first_k:1", PATHS[:1]), ("last_k:2", PATHS[2:]), ("last_k:0", []),
-    ("mask:0101", [PATHS[1], PATHS[3]]), ("paths:stages.*", PATHS[1:]), ("paths:stem.*,stages.2.*", [PATHS[0], PATHS[3]]),
+    ("mask:0101", [PATHS[1], PATHS[3]]), ("paths:stages.*", PATHS[1:]),
+    ("paths:stem.*,stages.2.*", [PATHS[0], PATHS[3]]),
 ])
 def test_policies_select_the_right_sites(policy, expected):
     model = _cnn()

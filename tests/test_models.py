@@ -16,7 +16,8 @@ ZOO = [m for m in list_models() if m != "digits_cnn"]
 
 def _small(name, **kw):
     """VanillaNet at a quarter width (the authors' x0_25) keeps CPU tests quick; the others as published."""
-    return build_model(name, num_classes=10, width=0.25, **kw) if name.startswith("vanillanet") else build_model(name, num_classes=10, **kw)
+    return (build_model(name, num_classes=10, width=0.25, **kw) if name.startswith("vanillanet")
+            else build_model(name, num_classes=10, **kw))
 
 
 def _train_step(model, size, batch=2):
@@ -79,21 +80,24 @@ def test_multiply_accumulates_count_lslu_depthwise_convolutions(kernel, monkeypa
     model = build_model("resnet18", num_classes=10, cifar_stem=True)
     apply_policy(model, "all", act="lslu", n=n)
     shapes = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape)) for m in model.modules() if isinstance(m, LSLU)]
+    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape))
+             for m in model.modules() if isinstance(m, LSLU)]
     with torch.no_grad():
         model.eval()(torch.zeros(1, *size))
     for hook in hooks:
         hook.remove()
     assert len(shapes) == 17
     depthwise = sum(c * h * w * (2 * n + 1) ** 2 for _, c, h, w in shapes) / 1e9
-    assert count_macs(fuse_model(model), size) == pytest.approx(count_macs(fuse_model(plain), size) + depthwise, rel=1e-9)
+    assert count_macs(fuse_model(model), size) == pytest.approx(count_macs(fuse_model(plain), size) + depthwise,
+                                                                rel=1e-9)
 
 
 def test_architecture_stats_measure_each_architecture_once(monkeypatch):
     from trainables.models import stats as stats_module
 
     measured = []
-    monkeypatch.setattr(stats_module, "model_stats", lambda model, size: measured.append(repr(model)) or {"latency_ms": len(measured)})
+    monkeypatch.setattr(stats_module, "model_stats",
+                        lambda model, size: measured.append(repr(model)) or {"latency_ms": len(measured)})
     monkeypatch.setattr(stats_module, "_BY_ARCHITECTURE", {})
 
     def lslu_net(n, lr_seed=0):
@@ -257,7 +261,8 @@ def test_vanillanet_sites_take_lslu_and_act_num_is_n():
     assert [s.downsampling for s in sites] == [True, True, True, True, False]  # stride 1 in the last stage
     assert all(model.get_submodule(s.path).weight.shape[-1] == 5 for s in sites)  # (2n+1)² kernels
     apply_policy(model, "stages:1,2", "lslu", n=2)
-    assert [type(model.get_submodule(s.path)).__name__ for s in sites] == ["VanillaAct", "LSLU", "LSLU", "VanillaAct", "VanillaAct"]
+    assert [type(model.get_submodule(s.path)).__name__ for s in sites] == ["VanillaAct", "LSLU", "LSLU", "VanillaAct",
+                                                                           "VanillaAct"]
     _train_step(model, 32)
 
 

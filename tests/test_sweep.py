@@ -59,8 +59,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     recorded = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))).read())
     assert recorded["trial"]["bn_recalibrate_batches"] == 2 and recorded["name"] == "quickstart"
     assert {c.data.params["bn_recalibrate_batches"] for c in children} == {"2"}
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "best_config.yaml", "sweep.yaml",
-                                                                           "parallel_coordinates.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "best_config.yaml",
+                                                                           "sweep.yaml", "parallel_coordinates.png"}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"  # completed, or stopped by ASHA (tags.status tells which)

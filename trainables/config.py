@@ -51,14 +51,16 @@ class TrialConfig:
     pretrained_file: str = ""  # a state dict (.pth / .safetensors) to start from
     cifar_stem: bool = False  # 3×3 stride-1 stem without max-pool, for 32×32 inputs
     width: Annotated[float, Field(gt=0.0)] = 1.0  # channel multiplier (VanillaNet's x0_25 = 0.25; digits_cnn)
-    deep_train_epochs: Annotated[int, Field(ge=0)] = 0  # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
+    # VanillaNet: epochs for λ to rise 0→1 (0 = a third of the epochs)
+    deep_train_epochs: Annotated[int, Field(ge=0)] = 0
     dataset: str = "digits"  # a name in trainables/data.py DATASETS, or package.module:Class / package.module:build
     data_dir: str = ""  # cifar10/cifar100: folder with torchvision's pickle batches; imagefolder: train/ and val/ class
     # folders; a dataset class: its root
     download: bool = False  # cifar, a dataset class: fetch into data_dir if it is missing (needs network)
     data_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # a dataset by import path: its keyword args
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16  # side of the (square) input images
-    augment: bool = True  # the data set's standard augmentation (CIFAR: pad-4 crop + flip; ImageFolder: resized crop + flip)
+    # the data set's standard augmentation (CIFAR: pad-4 crop + flip; ImageFolder: resized crop + flip)
+    augment: bool = True
     workers: Annotated[int, Field(ge=0)] = 2  # imagefolder: DataLoader worker processes
     train_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N training images (0 = all): smoke tests
     val_samples: Annotated[int, Field(ge=0)] = 0  # use only the first N validation images (0 = all)
@@ -66,10 +68,14 @@ class TrialConfig:
     act: str = "relu"  # every site's activation (native: the model's own); the base of LSLU (base_act)
     insert_act: str = "lslu"  # what the insertion policy puts at the selected sites (a name or package.module:Class)
     n: Annotated[int, Field(ge=0, le=16)] = 3  # LSLU series length; 0 = no LSLU, sites keep `act`
-    granularity: Literal["layer", "channel"] = "layer"  # LSLU θ/ω and PWLU's parameters per layer or per channel
-    pwlu_intervals: Annotated[int, Field(ge=1, le=256)] = 16  # PWLU: intervals N on [B_L, B_R] (papers/003 recommend 8-16)
-    pwlu_warmup_epochs: Annotated[int, Field(ge=1)] = 5  # PWLU: epochs of phase I (ReLU, collecting input statistics) before realign()
-    la_alpha: Annotated[float, Field(gt=0.0)] = 1e-5  # LayerAct: α in sqrt(σ² + α) (papers/004: 1e-5 CIFAR, 0.1 ImageNet)
+    # LSLU θ/ω and PWLU's parameters per layer or per channel
+    granularity: Literal["layer", "channel"] = "layer"
+    # PWLU: intervals N on [B_L, B_R] (papers/003 recommend 8-16)
+    pwlu_intervals: Annotated[int, Field(ge=1, le=256)] = 16
+    # PWLU: epochs of phase I (ReLU, collecting input statistics) before realign()
+    pwlu_warmup_epochs: Annotated[int, Field(ge=1)] = 5
+    # LayerAct: α in sqrt(σ² + α) (papers/004: 1e-5 CIFAR, 0.1 ImageNet)
+    la_alpha: Annotated[float, Field(gt=0.0)] = 1e-5
     # where the inserted activation goes (trainables.insertion)
     policy: str = "all"  # one of none, all, downsampling, stages, first_k, last_k, mask, paths
     mask: str = ""  # policy=mask: one 0/1 per site in forward order
@@ -92,7 +98,8 @@ class TrialConfig:
     warmup_epochs: Annotated[int, Field(ge=0)] = 1  # linear warm-up, then cosine decay to 0
     batch_size: Annotated[int, Field(ge=1)] = 64
     clip_grad: Annotated[float, Field(ge=0.0)] = 0.0  # clip the global gradient norm to this (0 = off)
-    early_stop_patience: Annotated[int, Field(ge=0)] = 0  # stop after this many epochs without a better val_acc (0 = off)
+    # stop after this many epochs without a better val_acc (0 = off)
+    early_stop_patience: Annotated[int, Field(ge=0)] = 0
     # before each evaluation, BatchNorm statistics recomputed on this many training batches with the current weights
     # (0 = off: evaluate with the running statistics, which lag behind the weights early in training)
     bn_recalibrate_batches: Annotated[int, Field(ge=0)] = 8
@@ -153,9 +160,11 @@ class TrialConfig:
         Policy.from_config(self)  # policy and its argument (mask / stages / k / paths)
         _check_dataset(self)
         if self.dataset in NEEDS_DIR and not self.data_dir:
-            raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them")
+            raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; "
+                                          "set it to the folder that holds them")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise ConfigError("batch_size", f"mixup/cutmix pair images within a batch: use an even batch size, got {self.batch_size}")
+            raise ConfigError("batch_size", "mixup/cutmix pair images within a batch: use an even batch size, "
+                                            f"got {self.batch_size}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 
@@ -248,7 +257,8 @@ def _fold_site_keys(values: dict[str, Any]) -> dict[str, Any]:
     if not bits:
         return values
     if sorted(bits) != list(range(len(bits))):
-        raise ConfigError("site_*", f"site keys must be site_0 … site_{len(bits) - 1} without gaps, got indices {sorted(bits)}")
+        raise ConfigError("site_*", f"site keys must be site_0 … site_{len(bits) - 1} without gaps, "
+                                    f"got indices {sorted(bits)}")
     for i, bit in bits.items():
         if bit not in (0, 1, True, False, "0", "1"):
             raise ConfigError(f"site_{i}", f"expected 0 or 1, got {bit!r}")

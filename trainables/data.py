@@ -73,7 +73,8 @@ class TensorData:
     def head(self, train: int = 0, val: int = 0) -> "TensorData":
         """The first ``train`` / ``val`` images of each split (0 = all); the splits are already shuffled."""
         t, v = train or self.n_train, val or self.n_val
-        return _replace(self, train_x=self.train_x[:t], train_y=self.train_y[:t], val_x=self.val_x[:v], val_y=self.val_y[:v])
+        return _replace(self, train_x=self.train_x[:t], train_y=self.train_y[:t],
+                        val_x=self.val_x[:v], val_y=self.val_y[:v])
 
     def to(self, device) -> "TensorData":
         return _replace(self, **{k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y")})
@@ -103,7 +104,8 @@ class TensorData:
             dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-            x = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                       torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
         if self.flip:
             flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -111,7 +113,8 @@ class TensorData:
 
     def _finish(self, x: torch.Tensor, image_size: int, channels_last: bool) -> torch.Tensor:
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > image_size)
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > image_size)
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
@@ -215,7 +218,8 @@ def _cifar_folder(name: str, data_dir: str, download: bool) -> Path:
     """The folder that holds the CIFAR batches (downloaded there first where asked); a ``DataError`` if it does not."""
     folder_name, train_files, test_files, _ = CIFAR_LAYOUT[name]
     if not data_dir:
-        raise DataError(f"dataset {name} needs data_dir: a folder holding {folder_name}/ (torchvision's python-pickle layout)")
+        raise DataError(f"dataset {name} needs data_dir: a folder holding {folder_name}/ "
+                        "(torchvision's python-pickle layout)")
     root = Path(data_dir).expanduser()
     folder = root if root.name == folder_name else root / folder_name
     if download and not folder.exists():
@@ -223,8 +227,9 @@ def _cifar_folder(name: str, data_dir: str, download: bool) -> Path:
     expected = train_files + test_files
     missing = [f for f in expected if not (folder / f).is_file()]
     if missing:
-        raise DataError(f"data_dir {root}: expected {folder_name}/ with {', '.join(expected)} (torchvision's python-pickle "
-                        f"layout); missing: {', '.join(missing)}" + ("" if download else ". Set download: true to fetch it"))
+        raise DataError(f"data_dir {root}: expected {folder_name}/ with {', '.join(expected)} "
+                        f"(torchvision's python-pickle layout); missing: {', '.join(missing)}"
+                        + ("" if download else ". Set download: true to fetch it"))
     return folder
 
 
@@ -235,7 +240,8 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except Exception as exc:  # a truncated file, a different pickle, a missing key
-        raise DataError(f"{path}: not a CIFAR batch (a pickled dict with b'data' (N×3072 uint8) and {label_key!r}): {exc}") from None
+        raise DataError(f"{path}: not a CIFAR batch (a pickled dict with b'data' (N×3072 uint8) and {label_key!r}): "
+                        f"{exc}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
     return data.reshape(-1, 3, 32, 32), labels

@@ -95,7 +95,8 @@ def apply_policy(model: nn.Module, policy: Policy | str, act: str = "lslu", inpu
     for site in selected:
         aliases = shared[id(modules[site.path])]
         if len(aliases) > 1:
-            raise ValueError(f"site {site.path!r} is one module shared by paths {aliases}; give each site its own module")
+            raise ValueError(f"site {site.path!r} is one module shared by paths {aliases}; "
+                             "give each site its own module")
     for site in selected:
         parent_path, _, name = site.path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model

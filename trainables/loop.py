@@ -5,8 +5,9 @@
         metrics = training.run_epoch()          # trains one epoch, evaluates, returns the epoch's metrics
     torch.save(training.state_dict(), path)     # everything needed to continue at the next epoch
 
-Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains (bf16 autocast and channels_last on CUDA),
-the model and its EMA are evaluated (BatchNorm statistics recalibrated first); the best of both is the trial's best.
+Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains
+(bf16 autocast and channels_last on CUDA), the model and its EMA are evaluated (BatchNorm statistics recalibrated
+first); the best of both is the trial's best.
 A NaN/inf loss raises ``Diverged``;
 ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
@@ -58,7 +59,8 @@ def insert_kwargs(cfg: TrialConfig) -> dict:
 
 
 def model_kwargs(cfg: TrialConfig) -> dict:
-    """Constructor arguments for the trial's model: the common ones and the trial-config fields its registration names."""
+    """Constructor arguments for the trial's model: the common ones and the trial-config fields its registration
+    names."""
     return {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout,
             "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file, "model_args": cfg.model_args,
             **model_config_kwargs(cfg.model, cfg)}
@@ -214,7 +216,8 @@ class Training:
         return loss_sum.item() / n, 100.0 * correct.item() / n
 
     def summary(self) -> dict[str, float]:
-        """End-of-trial record: the papers' params_m, flops_g, latency_ms (deploy form, batch 1) and training figures."""
+        """End-of-trial record: the papers' params_m, flops_g, latency_ms (deploy form, batch 1) and training
+        figures."""
         return {
             **self.stats,
             "lslu_sites": self.lslu_sites,
@@ -226,7 +229,8 @@ class Training:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss, "stop_reason": self.stop_reason,
             "epoch_times": self.epoch_times, "act_history": self.act_history, "rng": _rng_state(self.generator),
@@ -251,7 +255,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "batches": generator.get_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "batches": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

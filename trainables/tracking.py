@@ -124,7 +124,8 @@ class TrialRun:
 
         wait = outage_wait_s()
         run_id, artifact_uri = retry(create_once, budget_s=wait, what="creating the trial's run")
-        run = cls(client, run_id, logged_through=0, logged_keys=set(), artifact_uri=artifact_uri)  # new: it holds nothing yet
+        # new: it holds nothing yet
+        run = cls(client, run_id, logged_through=0, logged_keys=set(), artifact_uri=artifact_uri)
         params = [Param(k, str(v)) for k, v in cfg.params().items()]
         metrics = run._not_yet_logged(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
@@ -297,4 +298,5 @@ def fail(client: MlflowClient, run_id: str, exc: BaseException) -> None:
     end(client, run_id, "failed", line, tags={"error": line})
 
 
-__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "error_line", "fail", "find_trial_run", "record_metrics", "run_name"]
+__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "error_line", "fail",
+           "find_trial_run", "record_metrics", "run_name"]

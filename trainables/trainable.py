@@ -143,8 +143,9 @@ def model_summary(training: Training, title: str) -> str:
     gets it when it opens, whether the trial completes or the scheduler stops it."""
     trace = trace_sites(training.model)
     sites = trace.sites
-    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False), f"mask: {training.mask}", "",
-                      format_site_table(sites, training.mask, "inserted"), functional_note(trace), "", repr(training.model)])
+    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
+                      f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"),
+                      functional_note(trace), "", repr(training.model)])
 
 
 def write_final_weights(training: Training, folder: str) -> None:
@@ -166,10 +167,10 @@ def sites_csv(training: Training) -> str:
     """Every site of the trial's network and what it holds now."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "layout", "eligible", "reason",
-                     "module", "inserted"])
+    writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "layout", "eligible",
+                     "reason", "module", "inserted"])
     for site, bit in zip(list_sites(training.model), training.mask):
         module = type(training.model.get_submodule(site.path)).__name__
-        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling, f"{site.depth_fraction:.3f}",
-                         site.layout, site.eligible, site.reason, module, bit])
+        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling,
+                         f"{site.depth_fraction:.3f}", site.layout, site.eligible, site.reason, module, bit])
     return out.getvalue()

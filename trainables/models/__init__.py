@@ -8,4 +8,5 @@ from trainables.models import small_cnn as _small_cnn  # noqa: F401  (registers 
 from trainables.models import vanillanet as _vanillanet  # noqa: F401  (registers vanillanet_5 … 13)
 from trainables.models import external as _external  # noqa: F401  (registers the timm and torchvision models)
 
-__all__ = ["build_model", "is_registered_model", "list_models", "model_arguments", "model_config_kwargs", "register_model"]
+__all__ = ["build_model", "is_registered_model", "list_models", "model_arguments", "model_config_kwargs",
+           "register_model"]

@@ -19,7 +19,8 @@ from trainables.insertion import apply_policy
 from trainables.models.registry import register_model
 from trainables.models.stems import apply_cifar_stem
 
-TIMM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv3_large_100", "efficientnetv2_rw_s", "tf_efficientnetv2_s")
+TIMM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv3_large_100", "efficientnetv2_rw_s",
+               "tf_efficientnetv2_s")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
@@ -198,7 +199,8 @@ def load_weights(model: nn.Module, name: str, pretrained_file: str) -> None:
 
 
 @register_model("shufflenet_v2_x1_0")
-def shufflenet_v2_x1_0(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native", dropout: float = 0.0):
+def shufflenet_v2_x1_0(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native",
+                       dropout: float = 0.0):
     import torchvision
 
     model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)

@@ -120,7 +120,8 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool
         kwargs.update({k: v for k, v in weights.items() if k in accepted})
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"model {name!r} got unknown argument(s) {', '.join(unknown)}; valid arguments: {', '.join(accepted)}")
+        raise ValueError(f"model {name!r} got unknown argument(s) {', '.join(unknown)}; "
+                         f"valid arguments: {', '.join(accepted)}")
     if width != 1.0 and "width" not in accepted:
         raise ValueError(f"model {name!r} has no width multiplier; use width=1.0")
     common = {"cifar_stem": cifar_stem} | ({"width": width} if "width" in accepted else {})

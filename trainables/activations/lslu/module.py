@@ -28,7 +28,8 @@ GRANULARITIES = ("layer", "channel")
 class LSLU(nn.Module):
     needs_spatial_map = True  # its depthwise conv runs over a (B, C, H, W) map (insertion eligibility)
 
-    def __init__(self, channels: int, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True):
+    def __init__(self, channels: int, n: int = 3, base: str = "relu", granularity: str = "layer",
+                 learnable: bool = True):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"lslu needs channels >= 1 (the site's channel count), got {channels!r}")
