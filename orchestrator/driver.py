@@ -65,8 +65,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     check_resources(sweep, where, echo)
     max_failures = default_max_failures(sweep, nodes)
     if nodes > 1 and sweep.spec.search.max_failures is None:
-        echo(f"search.max_failures: {max_failures} (a cluster of {nodes} nodes: a trial whose node is lost continues on "
-             "another from its last checkpoint)")
+        echo(f"search.max_failures: {max_failures} (a cluster of {nodes} nodes: a trial whose node is lost "
+             "continues on another from its last checkpoint)")
     elif nodes > 1 and max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -150,7 +150,8 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
             open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read())))
         # the user's network as the traced forward saw it: stages where the resolution halves, the MLP's GELU on
         # (B, H, W, C), and LSLU at the downsampling sites (the stem and each stage's first block)
-        assert [(s["path"], s["stage"], s["channels"], s["layout"], s["downsampling"], s["inserted"]) for s in sites] == [
+        columns = ("path", "stage", "channels", "layout", "downsampling", "inserted")
+        assert [tuple(s[c] for c in columns) for s in sites] == [
             ("stem.act", "0", "8", "nchw", "True", "1"),
             ("stages.0.0.act", "1", "16", "nchw", "True", "1"),
             ("stages.0.1.act", "1", "32", "nhwc", "False", "0"),

@@ -1,4 +1,5 @@
-"""Copied into a temp folder outside the project by test_multinode as ``<package>/nets.py``: a user's own network: nested blocks, a GELU in an MLP on NHWC tensors, SiLUs, one functional relu."""
+"""Copied into a temp folder outside the project by test_multinode as ``<package>/nets.py``: a user's own network,
+with nested blocks, a GELU in an MLP on NHWC tensors, SiLUs and one functional relu."""
 import torch.nn.functional as F
 from torch import nn
 
