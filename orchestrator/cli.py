@@ -7,6 +7,7 @@
     lslu-sweep report NAME [--tracking-uri URI]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
     lslu-sweep models [PATTERN]
+    lslu-sweep presets
     lslu-sweep ui [--tracking-uri URI] [--port P]
 
 A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
@@ -21,7 +22,7 @@ import sys
 from cluster.preflight import ClusterError
 from cluster.local import prepare_env
 from cluster.ui_server import DEFAULT_PORT, UiError
-from search_spaces.schema import SpecError, load_sweep
+from search_spaces.schema import SpecError, list_presets, load_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl+C
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the model names `model:` accepts: the project's and timm's (besides "
                                            "an import path package.module:factory)")
     models.add_argument("pattern", nargs="?", default="*", help="an fnmatch pattern, e.g. 'convnext*' (default: all)")
+
+    sub.add_parser("presets", help="list the sweep files in search_spaces/ that run by name (lslu-sweep run NAME)")
 
     res = sub.add_parser("resume",
                          help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
@@ -161,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "models":
             print(models_listing(args.pattern))
+            return 0
+        if args.command == "presets":
+            presets = list_presets()
+            width = max(len(name) for name, _ in presets)
+            print("\n".join(f"{name:<{width}}  {what}" for name, what in presets))
+            print("run one with: lslu-sweep run NAME [--smoke-test]; its file: search_spaces/NAME.yaml")
             return 0
         if args.command == "sites":
             print(sites_table(args.model, args.policy, args.cifar_stem))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence, Union
 
@@ -236,6 +237,26 @@ class Sweep:
         resources = self.spec.resources.model_copy(update={"cpu": cpu, "gpu": gpu})
         new.spec = self.spec.model_copy(update={"resources": resources})
         return new
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """Each preset of ``search_spaces/`` with what it runs: the first sentence of its header's description (the
+    comment paragraph below its ``# lslu-sweep run …`` line)."""
+    presets = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        header = []
+        for line in path.read_text().splitlines()[1:]:
+            if not line.startswith("#"):
+                break
+            text = line.lstrip("#").strip()
+            if text or header:  # the blank comment line under the command opens the description
+                if not text:
+                    break
+                header.append(text)
+        paragraph = " ".join(header)
+        first = re.split(r"(?<=[.?!])\s+(?=[A-Z])", paragraph, maxsplit=1)[0]  # not at "Fig. 9"
+        presets.append((path.stem, first if len(first) <= 100 else first[:99].rstrip() + "…"))
+    return presets
 
 
 def resolve_sweep_path(name_or_path: str) -> Path:

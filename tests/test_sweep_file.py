@@ -201,3 +201,12 @@ def test_max_failures_defaults_to_three_on_a_cluster_and_zero_on_the_local_ray()
     assert (default_max_failures(sweep, 1), default_max_failures(sweep, 3)) == (0, 3)
     fixed = load_sweep("quickstart", ["search.max_failures=1"])
     assert (default_max_failures(fixed, 1), default_max_failures(fixed, 3)) == (1, 1)
+
+
+def test_presets_lists_every_preset_with_what_it_runs(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert [line.split()[0] for line in lines[:-1]] == names and "lslu-sweep run NAME" in lines[-1]
+    quickstart = next(line for line in lines if line.startswith("quickstart "))
+    assert "Which learnable activation" in quickstart  # the first sentence of the file's own description
