@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -298,3 +299,17 @@ def test_a_failing_trial_gets_a_failed_run_with_its_error_and_the_console_says_w
     error_txt = open(client.download_artifacts(child.info.run_id, "error.txt", str(tmp_path))).read()
     assert error_txt.startswith("Traceback") and error_txt.rstrip().endswith(reason)
     assert "sites.csv" not in {a.path for a in client.list_artifacts(child.info.run_id)}  # no network was built
+
+
+def test_the_readmes_python_api_example_runs_as_written(ray_local, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Python API)", "exec"), {"__name__": "readme_example"})
+    out = capsys.readouterr().out
+    assert re.search(r"trial \w+ epoch 1: val_acc [\d.]+", out)  # the callback ran on the driver
+    assert re.search(r"quickstart-smoke-\d{8}-\d{6} best: \w+ [\d.]+", out)
+    client, parents, children = _runs(f"sqlite:///{tmp_path / 'mlruns.db'}", "quickstart")
+    assert len(parents) == 1 and len(children) == 2 and parents[0].data.tags["overrides"] == \
+        "trial.epochs=3 search.num_samples=2"
