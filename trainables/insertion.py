@@ -81,14 +81,15 @@ def sites_for(sites: list[Site], policy: Policy | str, act: str) -> list[Site]:
 
 
 def apply_policy(model: nn.Module, policy: Policy | str, act: str = "lslu", input_size: int | tuple | None = None,
-                 **act_kwargs) -> list[str]:
+                 sites: list[Site] | None = None, **act_kwargs) -> list[str]:
     """Replace the sites ``policy`` selects (``sites_for``) with ``create_act(act, channels=…, **act_kwargs)``, at an
     ``nhwc`` site inside the ``ChannelsLast`` adapter.
 
     Returns the replaced paths. A module object reachable under two paths is refused: replacing it
-    under one name would silently leave the other pointing at the old activation.
+    under one name would silently leave the other pointing at the old activation. ``sites``: the model's sites when
+    the caller has traced it already (else traced here).
     """
-    sites = list_sites(model, input_size)
+    sites = list_sites(model, input_size) if sites is None else sites
     selected = sites_for(sites, policy, act)
     modules = dict(model.named_modules())
     shared = _shared_paths(model)

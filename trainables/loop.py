@@ -26,7 +26,7 @@ from torch import nn
 from trainables.activations import config_kwargs, learnable_act_state, start_epoch, trial_config
 from trainables.config import TrialConfig
 from trainables.data import load_dataset
-from trainables.insertion import apply_policy, list_sites
+from trainables.insertion import SiteTrace, apply_policy, trace_sites
 from trainables.loader_data import LoaderData
 from trainables.metrics import lslu_sites
 from trainables.models import build_model, model_config_kwargs
@@ -68,14 +68,21 @@ def model_kwargs(cfg: TrialConfig) -> dict:
 
 def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
     """The trial's model with the policy applied, and the resulting insertion mask (one bit per site)."""
+    model, mask, _ = traced_network(cfg, num_classes, in_chans)
+    return model, mask
+
+
+def traced_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str, SiteTrace]:
+    """``build_network`` and the site trace of the model as built (traced once: a trace is a forward pass; the sites
+    keep their paths, stages and layouts when the policy replaces their modules)."""
     with trial_config(cfg):  # activations the model builds by name (`act`) take their trial-config fields too
         model = build_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs(cfg))
     model.lslu_input_size = (in_chans, cfg.image_size, cfg.image_size)  # what list_sites traces it with from now on
-    sites = list_sites(model)
+    trace = trace_sites(model)
     if not cfg.inserts:
-        return model, "0" * len(sites)
-    replaced = set(apply_policy(model, cfg.insertion_policy, cfg.insert_act, **insert_kwargs(cfg)))
-    return model, "".join("1" if s.path in replaced else "0" for s in sites)
+        return model, "0" * len(trace.sites), trace
+    replaced = set(apply_policy(model, cfg.insertion_policy, cfg.insert_act, sites=trace.sites, **insert_kwargs(cfg)))
+    return model, "".join("1" if s.path in replaced else "0" for s in trace.sites), trace
 
 
 class Training:
@@ -94,7 +101,7 @@ class Training:
         if isinstance(data, LoaderData):
             data.workers = cfg.workers
         self.data = data.head(cfg.train_samples, cfg.val_samples).to(self.device)
-        self.model, self.mask = build_network(cfg, self.data.num_classes, self.data.in_chans)
+        self.model, self.mask, self.site_trace = traced_network(cfg, self.data.num_classes, self.data.in_chans)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.optimizer = make_optimizer(cfg, self.model)
         self.steps_per_epoch = math.ceil(self.data.n_train / cfg.batch_size)

@@ -23,7 +23,7 @@ import yaml
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.insertion import format_site_table, functional_note, list_sites, trace_sites
+from trainables.insertion import format_site_table, functional_note
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
 from trainables.retry import fail_fast_http
@@ -141,7 +141,7 @@ def end_of_trial(training: Training) -> dict[str, float]:
 def model_summary(training: Training, title: str) -> str:
     """``model_summary.txt``: the config, the mask, the site table and the network. Architecture only, so the run
     gets it when it opens, whether the trial completes or the scheduler stops it."""
-    trace = trace_sites(training.model)
+    trace = training.site_trace
     sites = trace.sites
     return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
                       f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"),
@@ -169,7 +169,7 @@ def sites_csv(training: Training) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "layout", "eligible",
                      "reason", "module", "inserted"])
-    for site, bit in zip(list_sites(training.model), training.mask):
+    for site, bit in zip(training.site_trace.sites, training.mask):
         module = type(training.model.get_submodule(site.path)).__name__
         writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling,
                          f"{site.depth_fraction:.3f}", site.layout, site.eligible, site.reason, module, bit])
