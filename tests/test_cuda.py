@@ -1,4 +1,5 @@
 """The CUDA path: the Triton LSLU series, every activation, bf16 autocast and channels_last in a real training run,
+fp16 autocast with its gradient scaler,
 an out-of-memory batch, and the deploy form replayed from a CUDA graph. Skipped without a CUDA device (CI has none); run
 on a GPU machine with
 
@@ -65,7 +66,8 @@ def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
     cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=5,
                       batch_size=32, lr=1e-3, warmup_epochs=1, ema_decay=0.9)
     training = Training(cfg)
-    assert training.device.type == "cuda" and training.amp and training.channels_last
+    assert training.device.type == "cuda" and training.amp_dtype == "bf16" and training.channels_last
+    assert training.scaler is None
     assert training.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     while not training.done:
         metrics = training.run_epoch()
@@ -73,6 +75,22 @@ def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
     assert training.best_val_acc > 80, metrics
     print(f"resnet18 LSLU(downsampling) on {torch.cuda.get_device_name()}: epoch {metrics['epoch_time_s']:.2f}s, "
           f"val_acc {metrics['val_acc']:.1f}, record {training.summary()}")
+
+
+def test_fp16_trains_through_the_gradient_scaler_and_its_state_is_checkpointed():
+    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=3,
+                      batch_size=32, lr=1e-3, warmup_epochs=1, amp="fp16", clip_grad=1.0)
+    training = Training(cfg)
+    assert training.amp_dtype == "fp16" and isinstance(training.scaler, torch.amp.GradScaler)
+    with training._autocast():
+        assert training.model(torch.randn(2, 1, 32, 32, device=CUDA)).dtype == torch.float16
+    while not training.done:
+        training.run_epoch()
+    assert training.best_val_acc > 50 and training.scaler.get_scale() > 0
+    resumed = Training(cfg)
+    resumed.load_state_dict(training.state_dict())
+    assert resumed.scaler.get_scale() == training.scaler.get_scale()
+    assert training.state_dict()["scaler"]["scale"] == training.scaler.get_scale()
 
 
 def test_pwlu_realigns_and_learns_on_cuda():

@@ -106,7 +106,10 @@ class TrialConfig:
     # execution
     seed: int = 0  # model init, batch order, augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the trial was given a GPU
-    amp: Union[bool, Literal["auto"]] = "auto"  # bf16 autocast; auto: on CUDA only
+    # mixed precision on CUDA: bf16 autocast (true, bf16, and auto: on CUDA only), fp16 autocast with a gradient scaler
+    # (GPUs without bf16: V100, T4), false. A CPU trial trains in float32 whatever this says (the device is known only
+    # in the trial: a sweep for GPUs still smoke-tests on CPU); the run's amp_dtype tag says what it trained with.
+    amp: Union[bool, Literal["auto", "bf16", "fp16"]] = "auto"
     channels_last: Union[bool, Literal["auto"]] = "auto"  # NHWC memory format; auto: on CUDA only
 
     @classmethod

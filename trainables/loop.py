@@ -6,8 +6,8 @@
     torch.save(training.state_dict(), path)     # everything needed to continue at the next epoch
 
 Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains
-(bf16 autocast and channels_last on CUDA), the model and its EMA are evaluated (BatchNorm statistics recalibrated
-first); the best of both is the trial's best.
+(bf16 autocast, or fp16 with a gradient scaler, and channels_last on CUDA), the model and its EMA are evaluated
+(BatchNorm statistics recalibrated first); the best of both is the trial's best.
 A NaN/inf loss raises ``Diverged``;
 ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
@@ -53,6 +53,17 @@ def _on_cuda(setting, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(setting, device: torch.device) -> str:
+    """What the trial's ``amp`` setting trains with on ``device``: ``bf16``, ``fp16`` or ``off``. Autocast is for CUDA
+    only: a CPU trial trains in float32 whatever the setting (``true`` and ``auto`` mean bf16)."""
+    if device.type != "cuda" or setting is False:
+        return "off"
+    return "fp16" if setting == "fp16" else "bf16"
+
+
 def insert_kwargs(cfg: TrialConfig) -> dict:
     """Arguments for the inserted activation: the trial-config fields its registration names."""
     return config_kwargs(cfg.insert_act, cfg)
@@ -91,7 +102,10 @@ class Training:
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
         self.device = pick_device(cfg)
-        self.amp = _on_cuda(cfg.amp, self.device)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)  # recorded on the run (tag amp_dtype)
+        # fp16's narrow range underflows small gradients: the loss is scaled up before backward, the gradients down
+        # before the step (skipped where they overflowed); bf16 has float32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == "fp16" else None
         self.channels_last = _on_cuda(cfg.channels_last, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # a trial's shapes are fixed: let cuDNN pick its fastest convolutions
@@ -131,7 +145,9 @@ class Training:
         return [self.model] + ([self.ema.module] if self.ema else [])
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        if self.amp_dtype == "off":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.amp_dtype])
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, and return the epoch's metrics. Raises ``Diverged`` on a NaN/inf loss."""
@@ -166,16 +182,26 @@ class Training:
             with self._autocast():
                 loss = self.criterion(self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.clip_grad > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            self.optimizer.step()
+            if self.scaler is None:
+                loss.backward()
+                self._clip_grad()
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+                self._clip_grad()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
             loss_sum += loss.detach() * len(y)
             seen += len(y)
         return loss_sum.item() / max(seen, 1)  # one device sync per epoch, not per step
+
+    def _clip_grad(self) -> None:
+        if self.cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
 
     def _evaluate_epoch(self) -> dict[str, float]:
         """Validation of the model (and its EMA) after an epoch; updates the best accuracy, the lowest loss and early
@@ -238,7 +264,9 @@ class Training:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None, "epoch": self.epoch, "best_val_acc": self.best_val_acc,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None, "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss, "stop_reason": self.stop_reason,
             "epoch_times": self.epoch_times, "act_history": self.act_history, "rng": _rng_state(self.generator),
         }
@@ -249,6 +277,8 @@ class Training:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler"):  # .get: a checkpoint from before fp16 has none
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
         self.min_val_loss, self.stop_reason = state["min_val_loss"], state["stop_reason"]
         self.epoch_times, self.act_history = state["epoch_times"], state["act_history"]

@@ -50,8 +50,9 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     run_id, unsent = _restore(training)
     node_id = ray.get_runtime_context().get_node_id()
     title = run_name(cfg, training.mask, trial_id)
+    tags = {"ray_node_id": node_id, "amp_dtype": training.amp_dtype}  # amp_dtype: bf16, fp16 or off (a CPU trial)
     run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
-                        tags={"ray_node_id": node_id}, summary=model_summary(training, title),
+                        tags=tags, summary=model_summary(training, title),
                         record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
     fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
              **training.stats}
