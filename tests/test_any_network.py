@@ -3,7 +3,9 @@ downsamples (checked against shapes from a real forward pass) and a `downsamplin
 stage; a one-epoch trial of each runs with LSLU where the mask says; a policy that puts LSLU at an ineligible site is
 refused by `validate`, naming the site and why."""
 import math
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,7 +113,7 @@ def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name, cifar_
     torch.set_num_threads(2)
     cfg = TrialConfig.from_flat({"model": name, "dataset": "synthetic", "image_size": 32, "cifar_stem": cifar_stem,
                                  "act": "native", "insert_act": "lslu", "n": 1, "policy": "downsampling", "epochs": 1,
-                                 "warmup_epochs": 0, "train_samples": 16, "val_samples": 8, "batch_size": 8,
+                                 "warmup_epochs": 0, "train_samples": 8, "val_samples": 4, "batch_size": 8,
                                  "bn_recalibrate_batches": 1, "device": "cpu"})
     plain, _ = build_network(TrialConfig.from_flat({**cfg.to_dict(), "policy": "none"}), num_classes=10, in_chans=3)
     expected = mask_of(list_sites(plain), select_sites(list_sites(plain), "downsampling"))
@@ -183,3 +185,27 @@ def test_sites_marks_what_lslu_gets_and_notes_an_ineligible_choice(capsys):
     assert main(["sites", FLAT_HEAD, "--policy", "stages:2"]) == 0
     out = capsys.readouterr().out
     assert "mask: 001" in out and "note:" in out and "head.1 (no spatial map: layout flat)" in out
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_project"
+
+
+def test_the_example_project_validates_from_another_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # neither the project nor the example folder: runtime_env's working_dir finds it
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != EXAMPLE])
+    for name in [m for m in sys.modules if m.split(".")[0] == "my_project"]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(["validate", str(EXAMPLE / "sweep.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "ok (" in out and "the mask spans 5 sites" in out
+
+
+def test_sites_of_the_example_network_show_its_layouts_and_the_functional_relu(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    assert main(["sites", "my_project.nets:build"]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert [r["layout"] for r in rows] == ["nchw", "nchw", "nhwc", "nchw", "nhwc"]
+    assert [r["path"] for r in rows if r["layout"] == "nhwc"] == ["stages.0.blocks.0.mlp.1", "stages.1.blocks.0.mlp.1"]
+    assert all(r["eligible"] for r in rows) and len({r["stage"] for r in rows}) == 3
+    assert "functional activation calls: 1 (relu 1;" in out
