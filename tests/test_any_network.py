@@ -110,7 +110,6 @@ def test_sites_gives_stages_where_the_network_downsamples(name, cifar_stem, caps
 
 @pytest.mark.parametrize("name,cifar_stem", MODELS)
 def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name, cifar_stem):
-    torch.set_num_threads(2)
     cfg = TrialConfig.from_flat({"model": name, "dataset": "synthetic", "image_size": 32, "cifar_stem": cifar_stem,
                                  "act": "native", "insert_act": "lslu", "n": 1, "policy": "downsampling", "epochs": 1,
                                  "warmup_epochs": 0, "train_samples": 8, "val_samples": 4, "batch_size": 8,
