@@ -108,9 +108,10 @@ def test_sites_gives_stages_where_the_network_downsamples(name, cifar_stem, caps
         assert drops_here or drops_next and r is by_stage[k][-1], r
 
 
-@pytest.mark.parametrize("name,cifar_stem", MODELS)
-def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name, cifar_stem):
-    cfg = TrialConfig.from_flat({"model": name, "dataset": "synthetic", "image_size": 32, "cifar_stem": cifar_stem,
+@pytest.mark.parametrize("name", sorted({name for name, _ in MODELS}))
+def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name):
+    # 32×32 synthetic images, each network with its family's CIFAR stem (3×3 stride 1: the maps stay large enough)
+    cfg = TrialConfig.from_flat({"model": name, "dataset": "synthetic", "image_size": 32, "cifar_stem": True,
                                  "act": "native", "insert_act": "lslu", "n": 1, "policy": "downsampling", "epochs": 1,
                                  "warmup_epochs": 0, "train_samples": 8, "val_samples": 4, "batch_size": 8,
                                  "bn_recalibrate_batches": 1, "device": "cpu"})
