@@ -108,21 +108,27 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
     """The site table of ``model_name`` with the sites ``policy`` selects marked, and the mask to copy."""
     import torch
 
-    from trainables.insertion import format_site_table, functional_note, mask_of, trace_sites
+    from trainables.insertion import format_site_table, functional_note, mask_of, sites_for, trace_sites
     from trainables.models import build_model
     from trainables.policy import Policy
 
+    note = []
     try:
         with torch.device("meta"):  # the module graph is enough: nothing is allocated
             model = build_model(model_name, num_classes=1000, cifar_stem=cifar_stem)
         trace = trace_sites(model)
         sites = trace.sites
-        mask = mask_of(sites, Policy.parse(policy).select(sites))
+        selected = Policy.parse(policy).select(sites)
     except ValueError as exc:
         raise SitesError(str(exc)) from None
+    try:  # what LSLU gets: `all` is every eligible site; an ineligible site selected is refused in a sweep
+        selected = sites_for(sites, policy, "lslu")
+    except ValueError as exc:
+        note = [f"note: {exc}"]
+    mask = mask_of(sites, selected)
     return "\n".join([format_site_table(sites, mask, "selected"),
                       f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}",
-                      functional_note(trace)])
+                      functional_note(trace), *note])
 
 
 def models_listing(pattern: str = "*") -> str:

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Iterator
 
 from search_spaces.schema import SpecError, SweepSpec
+from trainables.activations import needs_spatial_map
 from trainables.config import ConfigError, TrialConfig
 from trainables.policy import ARGUMENT_KEY, ARGUMENT_KEYS, CONFIG_KEYS, Policy
 
@@ -50,14 +51,21 @@ def forward_macs(cfg: TrialConfig, size: int) -> float | None:
 
 def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
     """The fixed policy, and each searched value of a policy key, fit the (fixed) model's sites: a mask of its length,
-    stages it has, paths that match a site, k within its site count. Otherwise every trial would fail on it, or a
-    ``paths`` policy that matches nothing would train the baseline as if it were the insertion."""
+    stages it has, paths that match a site, k within its site count, and, for an activation that needs a spatial map
+    (LSLU), no ineligible site among those it selects (``insertion.sites_for``, the rule the trial applies). Otherwise
+    every trial would fail on it, or a ``paths`` policy that matches nothing would train the baseline as if it were
+    the insertion."""
     if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
         return
+    from trainables.insertion import sites_for
+
     sites: list = []
     fixed = ARGUMENT_KEY.get(base.policy)
     # (searched key, where, config)
     candidates = [(None, f"trial.{fixed}" if fixed in spec.trial else "trial.policy", base)]
+    searched_acts = spec.space.get("insert_act")
+    acts = searched_acts.choices if getattr(searched_acts, "type", None) == "categorical" else [base.insert_act]
+    act = next((a for a in acts if needs_spatial_map(a)), acts[0])  # the most demanding activation the sweep inserts
     policies = spec.space["policy"].choices if getattr(spec.space.get("policy"), "type", None) == "categorical" else []
     for key in (k for k in CONFIG_KEYS if k in spec.space):
         # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
@@ -65,24 +73,29 @@ def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
         candidates += [(key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
                        for edge, value in spec.space[key].edges().items()]  # each value checked by check_space
     for searched, where, cfg in candidates:
+        cfg = dataclasses.replace(cfg, insert_act=act)
         argument = ARGUMENT_KEY.get(cfg.policy)
-        if argument is None or not cfg.inserts or (argument in spec.space and argument != searched):
-            continue  # a policy without argument fits any model; a searched argument is checked as its own key
+        if not cfg.inserts or (argument in spec.space and argument != searched):
+            continue  # a searched argument is checked as its own key
+        if argument is None and (cfg.policy == "all" or not needs_spatial_map(cfg.insert_act)):
+            continue  # fits any model (`all` puts an activation that needs a spatial map at the eligible sites only)
         sites = sites or model_sites(base)
         try:
-            Policy.from_config(cfg).select(sites)
+            sites_for(sites, Policy.from_config(cfg), cfg.insert_act)
         except ValueError as exc:
             raise SpecError(file, where, f"{exc} ({base.model})") from None
 
 
 def point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: str) -> str:
-    """The mask a point's policy selects on the model's sites."""
-    from trainables.insertion import mask_of
+    """The mask a point's policy selects on the model's sites for the point's inserted activation
+    (``insertion.sites_for``: for LSLU, ``all`` is every eligible site, and an ineligible one selected is refused)."""
+    from trainables.insertion import mask_of, sites_for
 
-    given = {k: point[k] for k in ARGUMENT_KEYS if k in point}
+    given = {k: point[k] for k in ("insert_act", *ARGUMENT_KEYS) if k in point}
     flat = {**base.to_dict(), "policy": point.get("policy", "mask"), **given}
     try:
-        return mask_of(sites, Policy.from_config(TrialConfig.from_flat(flat)).select(sites))
+        cfg = TrialConfig.from_flat(flat)
+        return mask_of(sites, sites_for(sites, Policy.from_config(cfg), cfg.insert_act))
     except ConfigError as exc:
         raise SpecError(file, f"{where}.{exc.key}", exc.message) from None
     except ValueError as exc:  # the policy does not fit this model: name the key that carries its argument

@@ -28,6 +28,24 @@ def build_rgb(num_classes: int, width: float = 1.0) -> nn.Module:
     return TinyNet(num_classes, 3, width, 1)
 
 
+class MlpHeadNet(nn.Module):
+    """Two conv–ReLU blocks (the second stride 2), then an MLP head whose Hardswish acts on flat (B, F) features: a
+    site that an activation needing a spatial map (LSLU) cannot take."""
+
+    def __init__(self, num_classes: int, in_chans: int):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.Hardswish(), nn.Linear(12, num_classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+def build_mlp_head(num_classes: int, in_chans: int = 3) -> nn.Module:
+    return MlpHeadNet(num_classes, in_chans)
+
+
 def not_a_model(num_classes: int):
     return {"num_classes": num_classes}
 

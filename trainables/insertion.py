@@ -18,7 +18,7 @@ from trainables.sites import (ACTIVATION_TYPES, Site, SiteTrace, is_site_module,
                               trace_sites)
 
 __all__ = ["ACTIVATION_TYPES", "Site", "SiteTrace", "apply_policy", "format_site_table", "is_site_module", "list_sites",
-           "mask_of", "register_site_type", "select_sites", "trace_sites"]
+           "mask_of", "register_site_type", "select_sites", "sites_for", "trace_sites"]
 
 
 def select_sites(sites: list[Site], policy: Policy | str) -> list[Site]:
