@@ -18,11 +18,11 @@ from search_spaces.schema import parse_sweep
 
 SWEEP = """
     name: stored
-    trial: {model: resnet18, cifar_stem: true, n: 1, epochs: 1}
+    trial: {model: digits_cnn, n: 1, epochs: 1}
     space:
       mask: {type: sites}
       lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-    search: {algorithm: tpe, num_samples: 8, max_sites: 5, seed: 2, points_to_evaluate: [{policy: downsampling}]}
+    search: {algorithm: tpe, num_samples: 8, max_sites: 1, seed: 2, points_to_evaluate: [{lr: 5.0e-3}]}
 """
 
 
@@ -32,7 +32,7 @@ def _sweep():
 
 
 def _objective(config):
-    return {"best_val_acc": sum(config[f"site_{i}"] for i in range(17)) + config["lr"]}
+    return {"best_val_acc": sum(config[f"site_{i}"] for i in range(4)) + config["lr"]}
 
 
 def test_the_default_storage_is_optuna_db_beside_a_local_tracking_store(tmp_path):
@@ -85,6 +85,7 @@ assert gen.searcher.suggest("t4")  # asked after the last save, then the driver 
 """
 
 
+@pytest.mark.slow  # a second Python process that imports Ray Tune: ~20 s
 def test_a_restored_searcher_in_a_new_process_tells_the_same_study_in_its_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     root = Path(__file__).parent.parent
@@ -122,3 +123,22 @@ def test_an_existing_study_is_not_given_its_points_again(tmp_path):
     make_searcher(_sweep(), storage=storage, study_name="again")
     study = optuna.load_study(study_name="again", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.WAITING]
+
+
+def test_a_study_on_postgresql_in_a_database_of_its_own(postgres):
+    """The cluster's case: --optuna-storage names a database beside MLflow's on the tracking PostgreSQL."""
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=postgres.USER, dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS optuna")
+        conn.execute("CREATE DATABASE optuna")
+    url, _ = resolve_optuna_storage(f"postgresql://{postgres.USER}@127.0.0.1:{postgres.port}/optuna", "http://h:5000")
+    limiter = make_searcher(_sweep(), storage=url, study_name="pg-1")
+    for i in range(3):
+        limiter.on_trial_complete(f"t{i}", _objective(limiter.suggest(f"t{i}")))
+    restored = pickle.loads(pickle.dumps(limiter))  # reconnects from the URL it pickled
+    restored.on_trial_complete("t3", _objective(restored.suggest("t3")))
+    study = optuna.load_study(study_name="pg-1", storage=url)
+    assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in study.trials if TUNE_TRIAL_ID in t.user_attrs) == [
+        "t0", "t1", "t2", "t3"]
