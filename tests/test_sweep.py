@@ -112,7 +112,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
             assert child.data.metrics["theta_conv" + key[5:]] == pytest.approx(sum(values) / len(values))
         sites_csv = client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))
         sites = open(sites_csv).read()
-        inserted = {line.split(",")[6] for line in sites.splitlines()[1:] if line.endswith(",1")}  # the module column
+        module = sites.splitlines()[0].split(",").index("module")  # by name: sites.csv gained a layout column
+        inserted = {line.split(",")[module] for line in sites.splitlines()[1:] if line.endswith(",1")}
         assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
 
     results = client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path))
