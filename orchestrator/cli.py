@@ -1,7 +1,7 @@
 """``lslu-sweep``: run, validate and resume sweeps.
 
     lslu-sweep run search_spaces/quickstart.yaml [--set KEY=VALUE …] [--smoke-test] [--tracking-uri URI] [--storage DIR]
-                   [--address ADDR]
+                   [--address ADDR] [--optuna-storage URL]
     lslu-sweep validate FILE [--set KEY=VALUE …]
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep report NAME [--tracking-uri URI]
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke-test", action="store_true",
                      help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs")
     _common(run)
+    run.add_argument("--optuna-storage", metavar="URL",
+                     help="Optuna RDB storage of the sweep's study, named after the sweep's run (sqlite:///optuna.db, "
+                          "postgresql://USER:PASSWORD@HOST:5432/DB) or 'memory' (default: optuna.db beside a local "
+                          "tracking store; in memory with a tracking server); resume keeps using it")
 
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("file")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.driver import run_sweep  # Ray and MLflow load only past validation
 
             outcome = run_sweep(sweep, tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
-                                smoke_test=args.smoke_test)
+                                smoke_test=args.smoke_test, optuna_storage=args.optuna_storage)
         else:
             from orchestrator.driver import resume_sweep
 

@@ -25,6 +25,8 @@ from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
+from orchestrator.study_storage import (MEMORY, open_study_error, redacted, resolve_optuna_storage,
+                                       study_line)
 from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
@@ -50,12 +52,16 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | None = None, address: str | None = None,
-              smoke_test: bool = False, callbacks: tuple = (), echo=print) -> SweepOutcome:
+              smoke_test: bool = False, callbacks: tuple = (), optuna_storage: str | None = None,
+              echo=print) -> SweepOutcome:
+    """``optuna_storage``: the Optuna RDB storage URL of the sweep's study, or ``"memory"``; by default ``optuna.db``
+    beside a local tracking store, in memory with a remote one (orchestrator/study_storage.py)."""
     if smoke_test:
         sweep = sweep.shrunk()
     else:
         sweep.check_data()  # a data_dir without the data: refused before Ray starts
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    study_storage, study_note = resolve_optuna_storage(optuna_storage, tracking_uri)  # a bad URL: before Ray
     storage_path = st.resolve_storage(storage)
     ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
     nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
@@ -70,16 +76,20 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     elif nodes > 1 and max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    ctx = open_parent_run(tracking_uri, sweep, name, smoke_test)
+    searcher = _open_searcher(sweep, study_storage, name)  # before the parent run: a storage it cannot open is refused
+    study_tags = {"optuna_study": name, "optuna_storage": redacted(study_storage) if study_storage else MEMORY}
+    ctx = open_parent_run(tracking_uri, sweep, name, smoke_test, extra_tags=study_tags)
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
+    echo(study_note or study_line(name, study_tags["optuna_storage"]))
     exp_dir = st.join(storage_path, name)
     # sweep_dir: runtime_env paths
     manifest = {"name": name, "sweep_file": sweep.file, "sweep_dir": str(Path(sweep.file).parent.resolve()),
-                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx)}
+                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx),
+                "optuna_storage": study_tags["optuna_storage"]}  # what resume says; the searcher pickles the URL
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
-        tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), scheduler=make_scheduler(sweep),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(sweep),
                                     num_samples=sweep.spec.search.num_samples,
                                     reuse_actors=sweep.spec.search.reuse_actors,
                                     trial_dirname_creator=trial_dirname),
@@ -89,6 +99,15 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=SweepReporter(sweep), verbose=1),
     )
     return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
+
+
+def _open_searcher(sweep: Sweep, study_storage: str | None, name: str):
+    try:
+        return make_searcher(sweep, storage=study_storage, study_name=name)
+    except Exception as exc:  # sqlalchemy's OperationalError, a missing driver's ImportError, …: the option's fault
+        if study_storage is None:
+            raise
+        raise open_study_error(study_storage, exc) from exc
 
 
 def default_max_failures(sweep: Sweep, nodes: int) -> int:
@@ -118,6 +137,8 @@ def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | N
     mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
     echo(f"resuming sweep {exp_name} on {where}")
+    if "optuna_storage" in manifest:  # the restored searcher reconnects to the storage it pickled
+        echo(study_line(exp_name, manifest["optuna_storage"]))
     tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
     return _finish(sweep, exp_name, exp_dir, ctx, tuner.fit(), echo)
 

@@ -44,7 +44,9 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     return exp.experiment_id
 
 
-def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool) -> SweepContext:
+def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool,
+                    extra_tags: dict[str, str] | None = None) -> SweepContext:
+    """The sweep's parent run; ``extra_tags`` are the driver's extra ones (where the Optuna study is)."""
     client = mlflow_client(tracking_uri)
     exp_id = experiment_id(client, sweep.name, tracking_uri)
     shared_tags = {"sweep_file_sha256": sweep.sha256}
@@ -59,6 +61,7 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
                                    "`param_importance.png`, `best_config.yaml`; "
                                    "with two objectives `pareto.png` and `pareto.csv`; "
                                    "with a searched mask `site_importance.csv`."}
+    tags.update(extra_tags or {})
     if sweep.overrides:
         tags["overrides"] = " ".join(sweep.overrides)  # the --set items; sweep.yaml holds the file as overridden
     run = client.create_run(exp_id, run_name=run_name, tags=tags)

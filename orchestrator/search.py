@@ -36,6 +36,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver's console is 
 ASHA_METRIC = ("val_acc", "max")  # ASHA compares trials at each rung on the epoch's top-1 accuracy
 MAX_SITES_CONSTRAINT = "max_sites"  # the Optuna constraint: sites on − max_sites (feasible at ≤ 0)
 MAX_DRAWS = 20_000  # draws per trial before a mask within max_sites is given up on
+TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute of each trained Optuna trial: its Ray Tune trial id
 
 
 class SpaceSampler:
@@ -118,6 +119,7 @@ class SweepSearcher(Searcher):
             else:
                 self._sampled.add(sampled)
                 self._running[trial_id] = trial
+                trial.set_user_attr(TUNE_TRIAL_ID, trial_id)  # which Ray trial it is, in optuna-dashboard too
                 return config
         raise RuntimeError(f"no new sample within search.max_sites ({self._max_sites}) in {MAX_DRAWS} draws")
 
@@ -158,6 +160,21 @@ class SweepSearcher(Searcher):
     def set_state(self, state: dict) -> None:
         self.study, self._running, self._completed = state["study"], state["running"], state["completed"]
         self._sampled, self.rejected = state["sampled"], state["rejected"]
+        self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        """With an RDB storage the study is the storage's, not the saved copy: a trial asked after the last save
+        (a driver that was killed, not interrupted) is still RUNNING there, and no Tune trial will tell it. Fail it,
+        so the study does not show it running forever, and enqueue its fixed point again (a points_to_evaluate
+        entry it had taken). In memory the study is the saved copy, whose running trials are all in ``_running``."""
+        told_later = {t.number for t in self._running.values()}
+        for orphan in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if orphan.number in told_later:
+                continue
+            self.study.tell(orphan.number, state=TrialState.FAIL)
+            if "fixed_params" in orphan.system_attrs:
+                self.study.enqueue_trial(orphan.system_attrs["fixed_params"])
+            log.warning("optuna trial %d was asked after the searcher's last save; marked failed", orphan.number)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -211,7 +228,8 @@ def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
-def make_searcher(sweep: Sweep) -> Searcher:
+def make_searcher(sweep: Sweep, *, storage: str | None = None, study_name: str | None = None) -> Searcher:
+    """The sweep's searcher; ``storage`` (an Optuna RDB URL; None: in memory) and ``study_name`` are its study's."""
     s = sweep.spec.search
     metrics, modes = (list(x) for x in zip(*sweep.objectives))
     space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(),
@@ -219,7 +237,7 @@ def make_searcher(sweep: Sweep) -> Searcher:
     searcher = SweepSearcher(space, metric=metrics if len(metrics) > 1 else metrics[0],
                              mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(sweep),
                              points_to_evaluate=sweep.points, max_sites=s.max_sites, site_count=sweep.site_count,
-                             distinct=s.algorithm == "grid")
+                             distinct=s.algorithm == "grid", storage=storage, study_name=study_name)
     return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
 
 

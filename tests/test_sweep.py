@@ -6,15 +6,18 @@ import signal
 import textwrap
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from ray.tune import Callback
 
 from orchestrator.cli import main
 from orchestrator.driver import resume_sweep, run_sweep
+from orchestrator.search import MAX_SITES_CONSTRAINT, TUNE_TRIAL_ID
 from search_spaces.schema import SpecError, load_sweep, parse_sweep
 
 pytestmark = pytest.mark.slow
@@ -31,6 +34,18 @@ def _runs(uri, experiment):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return client, parents, children
+
+
+def _assert_study_holds_the_trials(storage, study_name, best_val_acc):
+    """The sweep's Optuna study in its storage: one trained trial per Ray trial (``best_val_acc``: Tune trial id →
+    its value), told with that value; every other trial a sample rejected over max_sites, none left running."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trained = [t for t in study.trials if TUNE_TRIAL_ID in t.user_attrs]
+    assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in trained) == sorted(best_val_acc)  # each Ray trial once
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trained)
+    assert {t.user_attrs[TUNE_TRIAL_ID]: t.value for t in trained} == pytest.approx(best_val_acc)
+    rejected = [t for t in study.trials if TUNE_TRIAL_ID not in t.user_attrs]
+    assert all(t.state == TrialState.COMPLETE and t.constraints[MAX_SITES_CONSTRAINT] > 0 for t in rejected)
 
 
 def _assert_each_epoch_once(client, run, epochs):
@@ -98,7 +113,8 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
             assert child.data.metrics["theta_conv" + key[5:]] == pytest.approx(sum(values) / len(values))
         sites_csv = client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))
         sites = open(sites_csv).read()
-        inserted = {line.split(",")[6] for line in sites.splitlines()[1:] if line.endswith(",1")}  # the module column
+        module = sites.splitlines()[0].split(",").index("module")  # by name: sites.csv gained a layout column
+        inserted = {line.split(",")[module] for line in sites.splitlines()[1:] if line.endswith(",1")}
         assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
 
     results = client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path))
@@ -109,6 +125,12 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     by_run = {c.info.run_id: c.data.params["insert_act"] for c in children}
     assert dict(zip(rows["mlflow_run_id"], rows["config.insert_act"])) == by_run
     assert len(set(by_run.values())) >= 2  # the searcher did choose (seeded: not all four trials alike)
+    # the Optuna study: in optuna.db beside mlruns.db, named after the parent run, which says where it is
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert parent.data.tags["optuna_storage"] == storage
+    assert parent.data.tags["optuna_study"] == parent.info.run_name
+    assert "watch it with: optuna-dashboard sqlite:///optuna.db" in out
+    _assert_study_holds_the_trials(storage, parent.info.run_name, dict(zip(rows["trial_id"], rows["best_val_acc"])))
     best_file = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
     best = load_sweep(best_file)  # directly runnable
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"
@@ -221,6 +243,9 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
     for child in children:
         assert child.info.status == "FINISHED"
         _assert_each_epoch_once(client, child, 4)
+    # the resumed searcher told the same study in the same storage: each trial once
+    _assert_study_holds_the_trials(f"sqlite:///{tmp_path / 'optuna.db'}", first.name,
+                                   {r["trial_id"]: r["best_val_acc"] for r in second.rows})
 
 
 def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp_path, tracking_uri):
