@@ -138,7 +138,8 @@ def _export_onnx(deploy, example: torch.Tensor, x: torch.Tensor, path: Path) -> 
         raise ExportError(f"--format onnx needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
                           "pip install 'lslu-sweep[onnx]'") from None
     with eager_kernels(), torch.no_grad():
-        program = torch.onnx.export(deploy, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+        program = torch.onnx.export(deploy, (example,), dynamo=True, verbose=False, input_names=["images"],
+                                    output_names=["logits"],
                                     dynamic_shapes=({0: torch.export.Dim.AUTO},))
     program.save(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
