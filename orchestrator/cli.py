@@ -5,6 +5,7 @@
     lslu-sweep validate FILE [--set KEY=VALUE …]
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep report NAME [--tracking-uri URI]
+    lslu-sweep export RUN_OR_SWEEP [--format pt2|onnx] [--output PATH] [--tracking-uri URI]
     lslu-sweep sites MODEL [--policy P] [--cifar-stem]
     lslu-sweep models [PATTERN]
     lslu-sweep presets
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cluster.preflight import ClusterError
 from cluster.local import prepare_env
@@ -70,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, "
                                   "<sweep>-<date>")
     _tracking_uri(rep)
+
+    exp = sub.add_parser("export", help="write a trial's deploy form (fused) as torch.export .pt2 or ONNX, checked "
+                                        "against the trained model's output")
+    exp.add_argument("run", metavar="RUN_OR_SWEEP",
+                     help="a trial's run id, or a sweep (run id, <sweep>-<date> or sweep name) for its best trial")
+    exp.add_argument("--format", default="pt2", choices=["pt2", "onnx"],
+                     help="pt2: torch.export (default); onnx: needs the onnx extra (pip install 'lslu-sweep[onnx]')")
+    exp.add_argument("--output", help="the file to write (default: <trial run name>.<format>)")
+    _tracking_uri(exp)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest "
                                    "sweep's links")
@@ -163,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
     if args.command == "report":
         return _report(args.name, args.tracking_uri)
+    if args.command == "export":
+        return _export(args.run, args.format, args.output, args.tracking_uri)
     try:
         if args.command == "validate":
             sweep = load_sweep(args.file, args.overrides)
@@ -213,6 +226,29 @@ def _report(name: str, tracking_uri: str | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -> int:
+    from cluster.tracking import resolve_tracking_uri
+    from orchestrator.export import TOLERANCE, ExportError, export_run, trial_run
+    from trainables.mlflow_client import mlflow_client
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # not an empty new store
+        print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; name the sweeps' store with --tracking-uri",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        client = mlflow_client(uri)
+        run = trial_run(client, name, uri)
+        path, diff = export_run(client, run, fmt, output)
+    except (ExportError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ok = diff <= TOLERANCE
+    print(f"wrote {path}: the deploy form of run {run.info.run_id} ({run.info.run_name}); max abs difference from "
+          f"the trained model's output {diff:.3g} ({'within' if ok else 'ABOVE'} the tolerance {TOLERANCE:g})")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -236,10 +236,24 @@ def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], na
         client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric,
                           best[metric])
         client.set_tag(ctx.parent_run_id, "best_trial_run_id", best["mlflow_run_id"])
+        _register_best(client, ctx, name, best["mlflow_run_id"])
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))
     client.set_terminated(ctx.parent_run_id, "FINISHED" if best else "FAILED")
     return best, ranked, statuses, tables
+
+
+def _register_best(client, ctx: SweepContext, name: str, run_id: str) -> None:
+    """The best trial's model as a new version of the registered model named after the sweep (tag
+    ``registered_model_version`` on the parent run). A failure is a warning: the sweep's results stand without it."""
+    from orchestrator.export import register_best_model
+
+    try:
+        version = register_best_model(client, ctx.experiment_id, ctx.sweep_name, name, run_id)
+    except Exception as exc:
+        print(f"warning: could not register the best trial's model under {ctx.sweep_name!r}: {exc}", flush=True)
+        return
+    client.set_tag(ctx.parent_run_id, "registered_model_version", f"{ctx.sweep_name}/{version.version}")
 
 
 def _summary_lines(sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables,

@@ -1,4 +1,5 @@
 """Whole sweeps on a real local Ray, logged to a real SQLite MLflow store and read back with MlflowClient."""
+import csv
 import json
 import os
 import re
@@ -112,9 +113,7 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
             values = [m.value for m in client.get_metric_history(child.info.run_id, key)]
             assert child.data.metrics["theta_conv" + key[5:]] == pytest.approx(sum(values) / len(values))
         sites_csv = client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))
-        sites = open(sites_csv).read()
-        module = sites.splitlines()[0].split(",").index("module")  # by name: sites.csv gained a layout column
-        inserted = {line.split(",")[module] for line in sites.splitlines()[1:] if line.endswith(",1")}
+        inserted = {row["module"] for row in csv.DictReader(open(sites_csv)) if row["inserted"] == "1"}
         assert inserted == ({INSERT_MODULES[insert_act]} if "1" in mask else set())
 
     results = client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path))
@@ -143,6 +142,64 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
     accs = [r.data.metrics["best_val_acc"] for r in listed]
     assert accs == sorted(accs, reverse=True)
+    _assert_models_in_mlflow(client, uri, parent, children, tmp_path, capsys)
+
+
+def _trained(client, run, folder):
+    """A trial's network rebuilt by hand from its run's config.yaml and model_final.pt (eval mode), and its input
+    shape."""
+    from trainables.config import TrialConfig
+    from trainables.loop import build_network
+
+    config = yaml.safe_load(open(client.download_artifacts(run.info.run_id, "config.yaml", str(folder))))
+    weights = torch.load(client.download_artifacts(run.info.run_id, "model_final.pt", str(folder)), weights_only=True)
+    shape = tuple(int(s) for s in run.data.tags["input_shape"].split("x"))
+    model, _ = build_network(TrialConfig.from_flat(config), int(run.data.tags["num_classes"]), shape[0])
+    model.load_state_dict(weights)
+    return model.eval(), shape
+
+
+def _assert_models_in_mlflow(client, uri, parent, children, tmp_path, capsys):
+    """DESIGN.md §5 "Models" and "System metrics": each trial the trainable ended logged its deploy form as an MLflow
+    model (the fused network, equal to the one rebuilt from config and weights), the sweep registered its best
+    trial's, every trial run has MLflow's system metrics, and `lslu-sweep export` writes a .pt2 true to the model."""
+    import mlflow.pytorch
+
+    from trainables.deploy import using_tracking_uri
+    from trainables.models.stats import fuse_model
+
+    completed = [c for c in children if c.data.tags["status"] == "completed"]
+    assert completed  # the smoke sweep's best trials run to the end
+    for child in children:
+        assert "system/cpu_utilization_percentage" in child.data.metrics, child.info.run_name
+        assert child.data.tags["input_shape"] == "3x16x16" and child.data.tags["num_classes"] == "10"
+    for child in completed:
+        outputs = client.get_run(child.info.run_id).outputs.model_outputs
+        assert len(outputs) == 1
+        logged = client.get_logged_model(outputs[0].model_id)
+        assert logged.experiment_id == parent.info.experiment_id and logged.source_run_id == child.info.run_id
+        model, shape = _trained(client, child, tmp_path / child.info.run_id)
+        x = torch.randn(3, *shape)
+        with using_tracking_uri(uri):
+            loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+            info = mlflow.models.get_model_info(f"models:/{logged.model_id}")
+        with torch.no_grad():
+            assert (loaded(x) - fuse_model(model)(x)).abs().max() <= 1e-5
+        assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, *shape)
+        assert info.metadata["config"] == yaml.safe_load(
+            open(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / "c"))))
+    best_run_id = parent.data.tags["best_trial_run_id"]
+    versions = client.search_model_versions("name = 'quickstart'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", best_run_id)]
+    assert client.get_run(parent.info.run_id).data.tags["registered_model_version"] == "quickstart/1"
+
+    capsys.readouterr()
+    assert main(["export", parent.info.run_name, "--output", str(tmp_path / "best.pt2")]) == 0
+    assert "max abs difference from the trained model's output" in capsys.readouterr().out
+    model, shape = _trained(client, client.get_run(best_run_id), tmp_path / "best")
+    x = torch.randn(5, *shape)  # another batch size than the traced one: the batch dimension is free
+    with torch.no_grad():
+        assert (torch.export.load(str(tmp_path / "best.pt2")).module()(x) - model(x)).abs().max() <= 1e-4
 
 
 SPEC = """

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -23,12 +24,13 @@ import yaml
 from ray import tune
 
 from trainables.config import TrialConfig
+from trainables.deploy import SystemMetrics, log_deploy_model
 from trainables.insertion import format_site_table, functional_note
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
-from trainables.retry import fail_fast_http
+from trainables.retry import fail_fast_http, retry
 from trainables.mlflow_client import mlflow_client
-from trainables.tracking import SweepContext, TrialRun, fail, run_name
+from trainables.tracking import SweepContext, TrialRun, error_line, fail, run_name
 
 STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     fail_fast_http()
     # Ray logs "Checkpoint successfully created at: …" for every report; the epoch line below says enough.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # "Started monitoring …" per trial
     context = tune.get_context()
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
@@ -50,17 +53,23 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     run_id, unsent = _restore(training)
     node_id = ray.get_runtime_context().get_node_id()
     title = run_name(cfg, training.mask, trial_id)
-    tags = {"ray_node_id": node_id, "amp_dtype": training.amp_dtype}  # amp_dtype: bf16, fp16 or off (a CPU trial)
+    shape = "x".join(map(str, input_shape(training)))  # with num_classes: what export rebuilds the network with
+    tags = {"ray_node_id": node_id, "input_shape": shape, "num_classes": str(training.data.num_classes),
+            "amp_dtype": training.amp_dtype}  # amp_dtype: bf16, fp16 or off (a CPU trial)
     run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
                         tags=tags, summary=model_summary(training, title),
                         record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
     fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
              **training.stats}
+    system = SystemMetrics(sweep.tracking_uri, run.run_id, resume=run_id is not None).start()
     try:
-        _train(training, run, trial_id, fixed)
+        _train(training, run, trial_id, fixed, system, sweep)
     except Exception as exc:
+        system.stop()
         _fail(lambda: run.run_id, sweep, exc)
         raise
+    finally:
+        system.stop()
 
 
 def _fail(run_id, sweep: SweepContext, exc: Exception) -> None:
@@ -82,8 +91,10 @@ def _restore(training: Training) -> tuple[str | None, list | None]:
     return state["mlflow_run_id"], state.get("mlflow_unsent")
 
 
-def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict) -> None:
-    """The epochs still to run, each logged to MLflow and reported to Tune with a checkpoint."""
+def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system: SystemMetrics,
+           sweep: SweepContext) -> None:
+    """The epochs still to run, each logged to MLflow and reported to Tune with a checkpoint. The system metrics stop
+    before the run ends (Tune may stop the actor right after the last report)."""
     cfg = training.cfg
     while not training.done:
         try:
@@ -92,6 +103,7 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict) -> Non
             status, reason = _failure(exc, cfg)
             print(f"trial {trial_id} {status}: {reason}", flush=True)
             final = end_of_trial(training) if status == "diverged" else {}
+            system.stop()
             run.finish(status, final, reason)
             tune.report({**fixed, **_no_result(training), "status": status, "reason": reason})
             return
@@ -102,6 +114,8 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict) -> Non
         status, record = "running", end_of_trial(training)
         if training.done:  # finish the run before the report: Tune may stop the actor right after it
             status = "stopped_early" if training.stop_reason else "completed"
+            system.stop()
+            log_model(training, run, sweep)
             with tempfile.TemporaryDirectory() as files:
                 write_final_weights(training, files)
                 run.finish(status, record, training.stop_reason, files=files)
@@ -110,6 +124,28 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict) -> Non
                         "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
             tune.report({**fixed, **metrics, **record, "epoch": training.epoch, "status": status,
                          "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def input_shape(training: Training) -> tuple[int, int, int]:
+    """One input sample's shape, (channels, height, width)."""
+    return (training.data.in_chans, training.cfg.image_size, training.cfg.image_size)
+
+
+def log_model(training: Training, run: TrialRun, sweep: SweepContext) -> None:
+    """The trained network's deploy form as the run's MLflow model (trainables/deploy.py). A network
+    ``torch.export`` cannot trace (a user's model with data-dependent control flow) keeps its trial: the run gets
+    tag ``deploy_model_error`` instead, and the weights-only ``model_final.pt`` as always."""
+    start = time.perf_counter()
+    try:
+        model_id = log_deploy_model(run.client, sweep.experiment_id, run.run_id, training.model,
+                                    input_shape(training), training.cfg.to_dict())
+    except Exception as exc:
+        line = error_line(exc)
+        log.warning("could not log the deploy form of run %s as an MLflow model: %s", run.run_id, line)
+        retry(lambda: run.client.set_tag(run.run_id, "deploy_model_error", line), budget_s=30,
+              what="tagging the run")
+        return
+    log.info("logged model %s for run %s in %.2f s", model_id, run.run_id, time.perf_counter() - start)
 
 
 def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
