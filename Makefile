@@ -1,6 +1,7 @@
 # make demo   – create .venv, install, run the quickstart sweep (local Ray, local MLflow, bundled digits)
 # make test   – create .venv if needed, install, run the lint gate and the whole test suite (slow tests included)
-# make lint   – the lint gate alone: ruff (pyflakes, pycodestyle, lines <= 120), configured in pyproject.toml
+# make lint   – the lint gate alone: ruff check (pyflakes, pycodestyle, lines <= 120) and ruff format --check
+# make format – ruff format and the fixable lint (what makes `make lint` pass); configured in pyproject.toml
 # make test-fast – the suite without the slow (multi-trial, multi-node, browser) tests
 # make postgresql – Debian's PostgreSQL for the multi-node test (once, where apt works; a no-op when installed)
 # make ui     – serve the MLflow UI on ./mlruns.db and print where the newest sweep is (Ctrl+C stops it)
@@ -10,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-fast ui clean postgresql chromium
+.PHONY: install demo lint format test test-fast ui clean postgresql chromium
 
 install: $(STAMP)
 
@@ -25,6 +26,11 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint postgresql chromium
 	$(BIN)/python -m pytest

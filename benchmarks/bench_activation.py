@@ -22,6 +22,7 @@ conv, f(y_n) never written, and BatchNorm in the same function, which keeps x al
 ``--parts`` adds each part of the site as the module runs it, alone on an input of the site's shape (the series, the
 depthwise conv, BatchNorm): where a site's time goes, and what fusing the parts could save.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,16 @@ def variants(channels: int, base: str, ns: list[int], parts: bool = False, cuda:
         yield "  batchnorm alone", SitePart(lslu, "bn")
 
 
-def measure(device: torch.device, shape: list[int], base: str, ns: list[int], channels_last: bool, dtype: torch.dtype,
-            rounds: int, parts: bool = False):
+def measure(
+    device: torch.device,
+    shape: list[int],
+    base: str,
+    ns: list[int],
+    channels_last: bool,
+    dtype: torch.dtype,
+    rounds: int,
+    parts: bool = False,
+):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
     g = torch.randn_like(x)
@@ -152,8 +161,10 @@ def main(argv=None):
         settings = [(False, torch.float32), (True, torch.float32)] + ([(True, torch.bfloat16)] if dev == "cuda" else [])
         for channels_last, dtype in settings:
             rows = measure(device, args.shape, args.base, args.n, channels_last, dtype, args.rounds, args.parts)
-            print(f"\n{device_name(device)} | shape {tuple(args.shape)} | base {args.base} | "
-                  f"{'channels_last' if channels_last else 'NCHW'} | {str(dtype).replace('torch.', '')}")
+            print(
+                f"\n{device_name(device)} | shape {tuple(args.shape)} | base {args.base} | "
+                f"{'channels_last' if channels_last else 'NCHW'} | {str(dtype).replace('torch.', '')}"
+            )
             print(table(rows, ["variant", "ms", "±", "time_x_relu", "saved_mb", "saved_x_relu", "peak_mb"]))
 
 

@@ -9,6 +9,7 @@ the recalibration and prints its cost as a fraction of an epoch of the data set'
 (16×16, batch 64, 23 steps an epoch) and ResNet-18 with the CIFAR stem and LSLU at its downsampling sites on
 CIFAR-sized data (32×32, batch 128, 391 steps an epoch, as CIFAR-10's 50,000 images).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ from trainables.models import build_model  # noqa: E402
 from trainables.recipe import recalibrate_bn  # noqa: E402
 
 # name, model, its keywords, LSLU policy, input side, batch, steps per epoch of the real data set
-CASES = (("digits_cnn on digits", "digits_cnn", {}, "all", 16, 64, 23),
-         ("ResNet-18 on CIFAR-10", "resnet18", {"cifar_stem": True}, "downsampling", 32, 128, 391))
+CASES = (
+    ("digits_cnn on digits", "digits_cnn", {}, "all", 16, 64, 23),
+    ("ResNet-18 on CIFAR-10", "resnet18", {"cifar_stem": True}, "downsampling", 32, 128, 391),
+)
 
 
 def measure(device: torch.device, batches: int, rounds: int) -> list[dict]:
@@ -53,11 +56,17 @@ def measure(device: torch.device, batches: int, rounds: int) -> list[dict]:
 
         times = interleaved_times({"step": train_step, "recalibrate": recalibrate}, device, rounds=rounds, runs=2)
         (step, step_iqr), (recal, recal_iqr) = times["step"], times["recalibrate"]
-        rows.append({"network": label, "policy": policy, "batch": batch,
-                     "train step ms": f"{step:.1f} ± {step_iqr:.1f}",
-                     f"recalibration ({batches} batches) ms": f"{recal:.1f} ± {recal_iqr:.1f}",
-                     "of an epoch (model)": f"{100 * recal / (steps * step):.2f} %",
-                     "of an epoch (model + EMA)": f"{200 * recal / (steps * step):.2f} %"})
+        rows.append(
+            {
+                "network": label,
+                "policy": policy,
+                "batch": batch,
+                "train step ms": f"{step:.1f} ± {step_iqr:.1f}",
+                f"recalibration ({batches} batches) ms": f"{recal:.1f} ± {recal_iqr:.1f}",
+                "of an epoch (model)": f"{100 * recal / (steps * step):.2f} %",
+                "of an epoch (model + EMA)": f"{200 * recal / (steps * step):.2f} %",
+            }
+        )
     return rows
 
 

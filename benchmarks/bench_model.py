@@ -13,6 +13,7 @@ The policies are timed in interleaved rounds (median of all rounds, ± half the 
 load falls on each alike. Targets (issue 9): training step ≤ 1.05× at the downsampling sites and ≤ 1.25× at all
 sites, fused latency ≤ 1.05×, peak training memory ≤ 1.10×.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def network(name: str, policy: str, width: float):
     return model
 
 
-def measure(name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float,
-            rounds: int):
+def measure(
+    name: str, device: torch.device, batch: int, size: int, channels_last: bool, amp: bool, width: float, rounds: int
+):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -77,8 +79,15 @@ def measure(name: str, device: torch.device, batch: int, size: int, channels_las
     replay = interleaved_times(graphs, device, rounds=rounds, runs=10) if graphs else {}
     rows = []
     for policy in POLICIES:
-        row = {"model": name, "policy": policy, "train_ms": train[policy][0], "±": train[policy][1],
-               "latency_ms": latency[policy][0], "graph_ms": replay[policy][0] if replay else None, **extra[policy]}
+        row = {
+            "model": name,
+            "policy": policy,
+            "train_ms": train[policy][0],
+            "±": train[policy][1],
+            "latency_ms": latency[policy][0],
+            "graph_ms": replay[policy][0] if replay else None,
+            **extra[policy],
+        }
         base = rows[0] if rows else row
         row["train_x"] = row["train_ms"] / base["train_ms"]
         row["latency_x"] = row["latency_ms"] / base["latency_ms"]
@@ -97,7 +106,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["resnet18", "vanillanet_5"])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (4 steps of each policy per round)")
     args = p.parse_args(argv)
-    for dev in (["cpu", "cuda"] if args.device == "all" else [args.device]):
+    for dev in ["cpu", "cuda"] if args.device == "all" else [args.device]:
         if dev == "cuda" and not torch.cuda.is_available():
             print("cuda: not available here")
             continue
@@ -108,12 +117,31 @@ def main(argv=None):
             for name in args.models:
                 width = 0.25 if dev == "cpu" else 1.0
                 rows += measure(name, device, args.batch, args.size, channels_last, amp, width, args.rounds)
-            print(f"\n{device_name(device)} | batch {args.batch} at {args.size}²"
-                  f" | {'channels_last' if channels_last else 'NCHW'}"
-                  f" | {'bf16 autocast' if amp else 'float32'} | VanillaNet width {0.25 if dev == 'cpu' else 1.0}")
+            print(
+                f"\n{device_name(device)} | batch {args.batch} at {args.size}²"
+                f" | {'channels_last' if channels_last else 'NCHW'}"
+                f" | {'bf16 autocast' if amp else 'float32'} | VanillaNet width {0.25 if dev == 'cpu' else 1.0}"
+            )
             graph = ["graph_ms", "graph_x"] if dev == "cuda" else []
-            print(table(rows, ["model", "policy", "train_ms", "±", "train_x", "latency_ms", "latency_x", *graph,
-                               "saved_mb", "saved_x", "peak_mb", "peak_x"]))
+            print(
+                table(
+                    rows,
+                    [
+                        "model",
+                        "policy",
+                        "train_ms",
+                        "±",
+                        "train_x",
+                        "latency_ms",
+                        "latency_x",
+                        *graph,
+                        "saved_mb",
+                        "saved_x",
+                        "peak_mb",
+                        "peak_x",
+                    ],
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ own driver process, and reports the GPUs' busy time as NVML samples it every 0.1
 sweep, and from the first busy sample to the last (without Ray's start-up and the closing plots). Target (issue 9):
 ≥ 85 % busy across a sweep by packing trials.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,22 +46,43 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import GpuBusy, nvml, table  # noqa: E402
 
-DIGITS_TRIAL = {"model": "digits_cnn", "n": 1, "epochs": 1, "warmup_epochs": 0, "train_samples": 512,
-                "val_samples": 256}
+DIGITS_TRIAL = {
+    "model": "digits_cnn",
+    "n": 1,
+    "epochs": 1,
+    "warmup_epochs": 0,
+    "train_samples": 512,
+    "val_samples": 256,
+}
 # --packing's small model: a few seconds of GPU work a trial, so that packing, not start-up, decides the busy time
-SMALL_MODEL = {"model": "resnet18", "cifar_stem": True, "dataset": "synthetic", "image_size": 32, "train_samples": 8192,
-               "val_samples": 1024, "batch_size": 128, "epochs": 2}
+SMALL_MODEL = {
+    "model": "resnet18",
+    "cifar_stem": True,
+    "dataset": "synthetic",
+    "image_size": 32,
+    "train_samples": 8192,
+    "val_samples": 1024,
+    "batch_size": 128,
+    "epochs": 2,
+}
 
 
 def sweep_text(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial: dict | None = None) -> str:
-    return yaml.safe_dump({
-        "name": f"bench-sweep-{'reuse' if reuse else 'fresh'}",
-        "trial": {**DIGITS_TRIAL, **(trial or {})},
-        "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}, "mask": {"type": "sites"}},
-        "search": {"algorithm": "random", "num_samples": trials, "max_concurrent": concurrent, "scheduler": "none",
-                   "reuse_actors": reuse},
-        "resources": {"cpu": cpu, "gpu": gpu},
-    })
+    return yaml.safe_dump(
+        {
+            "name": f"bench-sweep-{'reuse' if reuse else 'fresh'}",
+            "trial": {**DIGITS_TRIAL, **(trial or {})},
+            "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}, "mask": {"type": "sites"}},
+            "search": {
+                "algorithm": "random",
+                "num_samples": trials,
+                "max_concurrent": concurrent,
+                "scheduler": "none",
+                "reuse_actors": reuse,
+            },
+            "resources": {"cpu": cpu, "gpu": gpu},
+        }
+    )
 
 
 def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial: dict | None = None) -> dict:
@@ -80,16 +102,24 @@ def run(trials: int, concurrent: int, reuse: bool, cpu: float, gpu: float, trial
         in_trial = sum(r.metrics.get("time_total_s", 0.0) for r in outcome.results)  # inside the trainable function
         figures_cpu = figure_queue(uri).cpu_s
     slots = concurrent
-    return {"actor reuse": reuse, "trials": trials, "slots": slots, "wall_s": wall, "train_s": train,
-            "idle_slot_s": wall * slots - train,
-            "overhead_s_per_trial": (wall * slots - train) / trials,
-            "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, checkpoints: the trainable's own
-            # actor start, Tune's scheduling, the driver's figures, idle slots
-            "outside_s": (wall * slots - in_trial) / trials,
-            # the driver's figure thread, per trial (it shares the machine's cores)
-            "figures_cpu_s": figures_cpu / trials,
-            "trials_per_hour": 3600 * trials / wall, "completed": sum(r["status"] == "completed" for r in outcome.rows),
-            "gpu_busy_%": gpus.busy_pct, "gpu_active_%": gpus.active_pct}
+    return {
+        "actor reuse": reuse,
+        "trials": trials,
+        "slots": slots,
+        "wall_s": wall,
+        "train_s": train,
+        "idle_slot_s": wall * slots - train,
+        "overhead_s_per_trial": (wall * slots - train) / trials,
+        "in_trial_s": (in_trial - train) / trials,  # set-up, MLflow, checkpoints: the trainable's own
+        # actor start, Tune's scheduling, the driver's figures, idle slots
+        "outside_s": (wall * slots - in_trial) / trials,
+        # the driver's figure thread, per trial (it shares the machine's cores)
+        "figures_cpu_s": figures_cpu / trials,
+        "trials_per_hour": 3600 * trials / wall,
+        "completed": sum(r["status"] == "completed" for r in outcome.rows),
+        "gpu_busy_%": gpus.busy_pct,
+        "gpu_active_%": gpus.active_pct,
+    }
 
 
 def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
@@ -103,27 +133,54 @@ def run_apart(trials: int, args, reuse: bool, concurrent: int | None = None, gpu
     """One sweep in a driver process of its own, as ``lslu-sweep run`` starts one: what a driver builds once (its
     imports, its figure process) counts to the sweep. Ray's start is timed apart and not counted."""
     concurrent, gpu = concurrent or args.concurrent, args.gpu if gpu is None else gpu
-    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(concurrent), "--cpu", str(args.cpu),
-               "--gpu", str(gpu), "--trial-json", json.dumps(args.trial)] + ([] if reuse else ["--fresh"])
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(trials),
+        "--concurrent",
+        str(concurrent),
+        "--cpu",
+        str(args.cpu),
+        "--gpu",
+        str(gpu),
+        "--trial-json",
+        json.dumps(args.trial),
+    ] + ([] if reuse else ["--fresh"])
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, nargs=2, default=[8, 32], metavar=("SMALL", "LARGE"),
-                   help="the two sweep sizes run with actor reuse")
+    p.add_argument(
+        "--trials",
+        type=int,
+        nargs=2,
+        default=[8, 32],
+        metavar=("SMALL", "LARGE"),
+        help="the two sweep sizes run with actor reuse",
+    )
     p.add_argument("--fresh-trials", type=int, default=8, help="trials of the sweep without actor reuse (0: skip it)")
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--cpu", type=float, default=1.0)
     p.add_argument("--gpu", type=float, default=0.0)
     p.add_argument("--repeat", type=int, default=1, help="run the two sizes this many times, alternately")
-    p.add_argument("--packing", type=int, nargs="+", metavar="K",
-                   help="GPU machine: a sweep of small models with K trials per GPU, for each K; reports GPU busy time")
+    p.add_argument(
+        "--packing",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="GPU machine: a sweep of small models with K trials per GPU, for each K; reports GPU busy time",
+    )
     p.add_argument("--packing-trials", type=int, default=16, help="trials of each --packing sweep")
-    p.add_argument("--trial", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="trial config keys over the sweep's own (digits; with --packing the small model), "
-                        "values in YAML")
+    p.add_argument(
+        "--trial",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trial config keys over the sweep's own (digits; with --packing the small model), values in YAML",
+    )
     # run one sweep of this many trials here, print its row as JSON
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
@@ -149,14 +206,32 @@ def main(argv=None):
     rows = [row for pair in pairs for row in pair]
     if args.fresh_trials:
         rows.append(run_apart(args.fresh_trials, args, reuse=False))
-    print(table(rows, ["actor reuse", "trials", "completed", "slots", "wall_s", "train_s", "overhead_s_per_trial",
-                       "in_trial_s", "outside_s", "figures_cpu_s", "trials_per_hour"]))
+    print(
+        table(
+            rows,
+            [
+                "actor reuse",
+                "trials",
+                "completed",
+                "slots",
+                "wall_s",
+                "train_s",
+                "overhead_s_per_trial",
+                "in_trial_s",
+                "outside_s",
+                "figures_cpu_s",
+                "trials_per_hour",
+            ],
+        )
+    )
     fixed, marginal = split_fixed_marginal(*(median_row([pair[k] for pair in pairs]) for k in (0, 1)))
     singles = [split_fixed_marginal(*pair) for pair in pairs]
     figures = statistics.median(pair[1]["figures_cpu_s"] for pair in pairs)
-    print(f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
-          f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; "
-          f"the driver's figures take {figures:.2f} s CPU a trial")
+    print(
+        f"with actor reuse: {marginal:.2f} s of overhead per additional trial (slot-seconds; target ≤ 0.5), "
+        f"{fixed:.1f} s fixed per sweep (wall){spread(singles)}; "
+        f"the driver's figures take {figures:.2f} s CPU a trial"
+    )
 
 
 def trial_overrides(pairs: list[str], base: dict) -> dict:
@@ -198,13 +273,30 @@ def packing(args) -> None:
     for row in rows:
         row["speed-up"] = row["trials_per_hour"] / base
     print(f"{gpus} GPU(s); each trial: {', '.join(f'{k}={v}' for k, v in args.trial.items())}")
-    print(table(rows, ["trials per GPU", "trials", "completed", "wall_s", "train_s", "overhead_s_per_trial",
-                       "trials_per_hour", "speed-up", "gpu_busy_%", "gpu_active_%"]))
+    print(
+        table(
+            rows,
+            [
+                "trials per GPU",
+                "trials",
+                "completed",
+                "wall_s",
+                "train_s",
+                "overhead_s_per_trial",
+                "trials_per_hour",
+                "speed-up",
+                "gpu_busy_%",
+                "gpu_active_%",
+            ],
+        )
+    )
     best = max(rows, key=lambda r: r["gpu_active_%"] or 0)
-    print(f"GPU busy {best['gpu_active_%']:.0f} % from the first kernel to the last "
-          f"({best['gpu_busy_%']:.0f} % of the whole sweep) with {best['trials per GPU']} trials per GPU "
-          f"(target ≥ 85 %), {best['speed-up']:.2f}× the trials an hour of "
-          f"{rows[0]['trials per GPU']} per GPU (first row; {args.packing_trials} trials per sweep)")
+    print(
+        f"GPU busy {best['gpu_active_%']:.0f} % from the first kernel to the last "
+        f"({best['gpu_busy_%']:.0f} % of the whole sweep) with {best['trials per GPU']} trials per GPU "
+        f"(target ≥ 85 %), {best['speed-up']:.2f}× the trials an hour of "
+        f"{rows[0]['trials per GPU']} per GPU (first row; {args.packing_trials} trials per sweep)"
+    )
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -217,9 +309,11 @@ def spread(singles: list[tuple[float, float]]) -> str:
     if len(singles) < 2:
         return ""
     fixed, marginal = zip(*singles)
-    return (f" — from the medians of {len(singles)} sweeps of each size; "
-            f"single pairs give {min(marginal):.2f}–{max(marginal):.2f} s "
-            f"per trial and {min(fixed):.1f}–{max(fixed):.1f} s fixed")
+    return (
+        f" — from the medians of {len(singles)} sweeps of each size; "
+        f"single pairs give {min(marginal):.2f}–{max(marginal):.2f} s "
+        f"per trial and {min(fixed):.1f}–{max(fixed):.1f} s fixed"
+    )
 
 
 if __name__ == "__main__":

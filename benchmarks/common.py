@@ -1,5 +1,6 @@
 """Shared measuring tools for the benchmarks: timing with warm-up and medians, the bytes autograd saves,
 GPU busy time."""
+
 from __future__ import annotations
 
 import platform
@@ -22,8 +23,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(fns: dict[str, object], device: torch.device, rounds: int = 5, runs: int = 4,
-                      warmup: int = 3) -> dict[str, tuple[float, float]]:
+def interleaved_times(
+    fns: dict[str, object], device: torch.device, rounds: int = 5, runs: int = 4, warmup: int = 3
+) -> dict[str, tuple[float, float]]:
     """Median and interquartile half-range (ms) of each function, measured in interleaved rounds.
 
     One variant after another, round after round: a drift in the machine's load (other processes) falls on every

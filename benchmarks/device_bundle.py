@@ -12,6 +12,7 @@ folder, stripped of what a sweep never loads (Ray's Java jars, RLlib, Serve, LLM
 app; tests; __pycache__) and written as ONE archive ``<out>/site.tar.xz`` (untar it anywhere and put that folder first
 on PYTHONPATH). Standard library only; needs network access to the package index here, nothing on the GPU machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,18 @@ PACKAGES: list[tuple[str, str, str]] = [
     # --- the four the project imports
     ("ray", "2.60.0", "Ray Tune: the scheduler of every sweep (Tuner, ASHA, ConcurrencyLimiter, checkpoints)"),
     ("optuna", "5.0.0", "the searcher (SweepSearcher's study: ask-and-tell, samplers) and fANOVA importance"),
-    ("mlflow", "3.17.2", "tracking: every metric, figure and checkpoint; "
-                         "the full package is the one with the SQL store"),
+    (
+        "mlflow",
+        "3.17.2",
+        "tracking: every metric, figure and checkpoint; the full package is the one with the SQL store",
+    ),
     ("mlflow-skinny", "3.17.2", "mlflow's core (client, tracking API); mlflow requires it"),
     ("mlflow-tracing", "3.17.2", "mlflow's tracing part; mlflow and mlflow-skinny import it"),
-    ("pydantic", "2.14.3", "search_spaces/schema.py validates sweep files with it; "
-                           "Ray, MLflow and FastAPI need it too"),
+    (
+        "pydantic",
+        "2.14.3",
+        "search_spaces/schema.py validates sweep files with it; Ray, MLflow and FastAPI need it too",
+    ),
     # --- pydantic's
     ("pydantic-core", "2.50.4", "pydantic's compiled core"),
     ("annotated-types", "0.8.0", "pydantic"),
@@ -79,8 +86,11 @@ PACKAGES: list[tuple[str, str, str]] = [
     # --- Optuna's
     ("alembic", "1.20.1", "optuna's RDB storage; mlflow's SQL store migrations"),
     ("mako", "1.4.3", "alembic"),
-    ("sqlalchemy", "2.1.9", "mlflow's SQLite tracking store (trainables/mlflow_client.py hooks into it); "
-                            "optuna; alembic"),
+    (
+        "sqlalchemy",
+        "2.1.9",
+        "mlflow's SQLite tracking store (trainables/mlflow_client.py hooks into it); optuna; alembic",
+    ),
     ("colorlog", "6.12.0", "optuna's logging"),
     # --- MLflow's (full and skinny)
     ("databricks-sdk", "0.156.0", "mlflow-skinny (imported by its tracking utilities)"),
@@ -109,17 +119,25 @@ PACKAGES: list[tuple[str, str, str]] = [
 ]
 
 # wheel tags the GPU image (glibc >= 2.28, x86_64) runs; most specific first
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64", "manylinux_2_24_x86_64",
-             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_26_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
 
 # folders (relative to the site folder) a sweep never loads
 STRIP_DIRS = [
-    "ray/jars",                    # Java workers (33 MB)
-    "ray/rllib",                   # reinforcement learning; tune/registry.py tolerates its absence
-    "ray/serve",                   # model serving
-    "ray/llm",                     # LLM serving / batch inference (needs vLLM anyway)
+    "ray/jars",  # Java workers (33 MB)
+    "ray/rllib",  # reinforcement learning; tune/registry.py tolerates its absence
+    "ray/serve",  # model serving
+    "ray/llm",  # LLM serving / batch inference (needs vLLM anyway)
     "ray/dashboard/client/build",  # the dashboard's web app; cluster/local.py starts Ray without the dashboard
-    "mlflow/server/js",            # MLflow's web app (the sweep logs; it does not serve the UI)
+    "mlflow/server/js",  # MLflow's web app (the sweep logs; it does not serve the UI)
 ]
 # ray.data must stay: ray.air (thus ray.tune) does `import ray.data` at import time.
 STRIP_NAMES = {"__pycache__", "tests"}  # directories of these names, anywhere
@@ -138,8 +156,21 @@ def norm(name: str) -> str:
 
 
 def download(python_version: str, dest: Path) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-           python_version, "--implementation", "cp", "--disable-pip-version-check", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+    ]
     for plat in PLATFORMS:
         cmd += ["--platform", plat]
     cmd += [f"{name}=={version}" for name, version, _ in PACKAGES]
@@ -242,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         wheels = download(args.python_version, Path(tmp) / "wheels")
         unpacked, removed = bundle(wheels, archive, f"python {args.python_version}", args.preset)
     mib = archive.stat().st_size / 2**20
-    print(f"{len(wheels)} wheels for Python {args.python_version}: {unpacked / 2**20:.0f} MiB unpacked, "
-          f"{removed / 2**20:.0f} MiB stripped")
+    print(
+        f"{len(wheels)} wheels for Python {args.python_version}: {unpacked / 2**20:.0f} MiB unpacked, "
+        f"{removed / 2**20:.0f} MiB stripped"
+    )
     print(f"{archive}: {mib:.1f} MiB")
     if mib > 60:
         print("error: over 60 MiB; the device tool carries 64 MiB in all", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Where a sweep runs: the embedded local Ray by default, or an existing cluster by address."""
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, runtime_env
         return f"the Ray cluster at {address}"
     # No dashboard, so nothing reads the metrics Ray's processes would export: their collection only takes CPU
     # from the trials (~1 s of the dashboard agent's per 32 short trials, benchmarks/README.md).
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
-             _system_config={"enable_metrics_collection": False})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env=runtime_env,
+        _system_config={"enable_metrics_collection": False},
+    )
     _embedded = True
     return EMBEDDED
 

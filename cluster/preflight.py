@@ -7,6 +7,7 @@ cluster a local tracking store (SQLite, file) is refused at once; then one small
 node reads a marker the driver wrote into the storage path and calls the tracking server. A node that
 cannot is named with the reason, before MLflow or Tune have done anything.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -32,12 +33,18 @@ def check_cluster(tracking_uri: str, storage: str) -> int:
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) > 1 and is_local_store(tracking_uri):
-        raise ClusterError("--tracking-uri", f"{tracking_uri} is a local store on the driver's machine, "
-                                             f"but this Ray cluster has {len(nodes)} nodes and trials on the others "
-                                             f"cannot write to it; {SERVER_HINT}")
+        raise ClusterError(
+            "--tracking-uri",
+            f"{tracking_uri} is a local store on the driver's machine, "
+            f"but this Ray cluster has {len(nodes)} nodes and trials on the others "
+            f"cannot write to it; {SERVER_HINT}",
+        )
     if is_server(tracking_uri) and (reason := probe_server(tracking_uri)):
-        raise ClusterError("--tracking-uri", f"the MLflow server at {tracking_uri} does not answer the driver: "
-                                             f"{reason}. If it is not running: {SERVER_HINT}")
+        raise ClusterError(
+            "--tracking-uri",
+            f"the MLflow server at {tracking_uri} does not answer the driver: "
+            f"{reason}. If it is not running: {SERVER_HINT}",
+        )
     driver_node = ray.get_runtime_context().get_node_id()
     others = [n for n in nodes if n["NodeID"] != driver_node]
     if others:
@@ -63,9 +70,12 @@ def _check_nodes(nodes: list[dict], tracking_uri: str, storage: str) -> None:
     except Exception as exc:
         raise ClusterError("--storage", f"the driver cannot write to {storage}: {exc}") from None
     probe = ray.remote(num_cpus=0, max_retries=0)(probe_node)  # 0 CPUs: runs on a head started with --num-cpus 0 too
-    refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(marker, token, tracking_uri): n
-            for n in nodes}
+    refs = {
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            marker, token, tracking_uri
+        ): n
+        for n in nodes
+    }
     try:
         ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
         storage_problems, tracking_problems = [], []
@@ -86,22 +96,29 @@ def _check_nodes(nodes: list[dict], tracking_uri: str, storage: str) -> None:
     finally:
         st.delete_file(marker)
     if storage_problems:
-        raise ClusterError("--storage", f"{storage} is not shared by every Ray node ({'; '.join(storage_problems)}). "
-                                        "Trials keep their checkpoints there and a trial moved off a lost node "
-                                        "reads them back, so use a filesystem mounted at the same path on every node, "
-                                        "or a bucket "
-                                        "(--storage s3://BUCKET/PATH or gs://BUCKET/PATH)")
+        raise ClusterError(
+            "--storage",
+            f"{storage} is not shared by every Ray node ({'; '.join(storage_problems)}). "
+            "Trials keep their checkpoints there and a trial moved off a lost node "
+            "reads them back, so use a filesystem mounted at the same path on every node, "
+            "or a bucket "
+            "(--storage s3://BUCKET/PATH or gs://BUCKET/PATH)",
+        )
     if tracking_problems:
-        raise ClusterError("--tracking-uri", f"the MLflow server at {tracking_uri} cannot be reached "
-                                             f"from every Ray node ({'; '.join(tracking_problems)}); {SERVER_HINT}")
+        raise ClusterError(
+            "--tracking-uri",
+            f"the MLflow server at {tracking_uri} cannot be reached "
+            f"from every Ray node ({'; '.join(tracking_problems)}); {SERVER_HINT}",
+        )
 
 
 def probe_node(marker: str, token: str, tracking_uri: str) -> dict:
     """Runs on one node: does it see the driver's marker, and does the tracking server answer it?"""
     try:
         seen = st.read_text(marker)
-        problem = None if seen == token else (f"{marker} holds another sweep's marker: "
-                                              "a different storage is mounted there")
+        problem = (
+            None if seen == token else (f"{marker} holds another sweep's marker: a different storage is mounted there")
+        )
     except FileNotFoundError:
         problem = f"the marker the driver wrote, {marker}, is not there: this node does not see the driver's storage"
     except Exception as exc:

@@ -4,6 +4,7 @@ Trials write their checkpoints there from whichever node they run on, and a tria
 node reads them back, so on a cluster every node must see the same storage. Paths and URIs are handled
 alike through pyarrow's filesystems (what Ray Tune itself uses).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,7 @@ def resolve_storage(storage: str | None) -> str:
     """An absolute local path, or the URI as given (``file://`` URIs become paths)."""
     storage = storage or DEFAULT_STORAGE
     if storage.startswith("file://"):
-        storage = storage[len("file://"):]
+        storage = storage[len("file://") :]
     if is_uri(storage):
         return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve())
@@ -66,7 +67,9 @@ def dirs_holding(root: str, filename: str) -> list[tuple[str, float]]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     dirs = [e.path for e in entries if e.type == pafs.FileType.Directory]
-    found = [(d.rsplit("/", 1)[-1], info.mtime.timestamp() if info.mtime else 0.0)
-             for d, info in zip(dirs, fs.get_file_info([f"{d}/{filename}" for d in dirs]))
-             if info.type == pafs.FileType.File]
+    found = [
+        (d.rsplit("/", 1)[-1], info.mtime.timestamp() if info.mtime else 0.0)
+        for d, info in zip(dirs, fs.get_file_info([f"{d}/{filename}" for d in dirs]))
+        if info.type == pafs.FileType.File
+    ]
     return sorted(found, key=lambda item: item[1])

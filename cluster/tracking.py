@@ -6,6 +6,7 @@ before they are handed to them. On a multi-node cluster only a server every node
 (``cluster/mlflow_server.sh``): ``is_local_store`` and ``probe_server`` tell the preflight checks. The client every
 process opens the store with is ``trainables.mlflow_client`` (trials need it too).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 def resolve_tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         return f"sqlite:///{db.expanduser().resolve()}"
     if "://" not in uri:  # a plain directory: MLflow's file store
         return Path(uri).expanduser().resolve().as_uri()
@@ -29,24 +30,26 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def default_artifact_location(tracking_uri: str) -> str | None:
     """``mlartifacts/`` beside a SQLite database; None (the server decides) for anything else."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None
 
 
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (relative to the working directory where it can be)."""
     if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+        db = Path(tracking_uri[len("sqlite:///") :])
         if db.parent == Path.cwd().resolve():
             tracking_uri = f"sqlite:///{db.name}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000 --workers 1"
 
 
-SERVER_HINT = ("start an MLflow server on PostgreSQL that every node can reach, e.g. "
-               "`MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@DBHOST:5432/mlflow "
-               "cluster/mlflow_server.sh --host 0.0.0.0` "
-               "(see the README, 'MLflow tracking server'), then pass `--tracking-uri http://SERVER_HOST:5000` "
-               "(or set MLFLOW_TRACKING_URI)")
+SERVER_HINT = (
+    "start an MLflow server on PostgreSQL that every node can reach, e.g. "
+    "`MLFLOW_BACKEND_STORE_URI=postgresql://USER:PASSWORD@DBHOST:5432/mlflow "
+    "cluster/mlflow_server.sh --host 0.0.0.0` "
+    "(see the README, 'MLflow tracking server'), then pass `--tracking-uri http://SERVER_HOST:5000` "
+    "(or set MLFLOW_TRACKING_URI)"
+)
 
 
 def is_local_store(tracking_uri: str) -> bool:

@@ -6,6 +6,7 @@
 The server runs in its own process group, so stopping it stops every process it started; its
 background-job runner (MLflow's GenAI jobs: a dozen worker processes that ignore SIGTERM) is switched off.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,20 @@ class UiServer:
         return f"http://{HOST}:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.tracking_uri,
-                "--host", HOST, "--port", str(self.port), "--workers", "1"]
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            self.tracking_uri,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
 
     def start(self, timeout_s: float = 180.0) -> "UiServer":
         if not port_is_free(self.port):
@@ -71,13 +84,21 @@ class UiServer:
             self.log = Path(path)
         env = {**os.environ, **{k: v for k, v in SERVER_ENV.items() if k not in os.environ}}
         with open(self.log, "ab") as log:  # the server's own output (every request) stays out of the console
-            self.proc = subprocess.Popen(self.command(), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while not self._healthy():
             if self.proc.poll() is not None:
-                raise UiError(f"mlflow ui exited with status {self.proc.returncode} before it served {self.url}; "
-                              f"its log ({self.log}) ends:\n{self.log_tail()}")
+                raise UiError(
+                    f"mlflow ui exited with status {self.proc.returncode} before it served {self.url}; "
+                    f"its log ({self.log}) ends:\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise UiError(f"mlflow ui did not answer on {self.url} within {timeout_s:.0f} s; see {self.log}")

@@ -15,6 +15,7 @@ A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit 
 MLflow start. So is a cluster that cannot run the sweep as asked (``--tracking-uri: …``, ``--storage: …``):
 a local tracking store on a multi-node cluster, a storage path or server some node cannot reach.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep file (or a preset from search_spaces/ by name)")
     run.add_argument("file")
     _overrides(run)
-    run.add_argument("--smoke-test", action="store_true",
-                     help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs")
+    run.add_argument(
+        "--smoke-test", action="store_true", help="same searcher and space, shrunk: digits, <= 4 trials, <= 2 epochs"
+    )
     _common(run)
-    run.add_argument("--optuna-storage", metavar="URL",
-                     help="Optuna RDB storage of the sweep's study, named after the sweep's run (sqlite:///optuna.db, "
-                          "postgresql://USER:PASSWORD@HOST:5432/DB) or 'memory' (default: optuna.db beside a local "
-                          "tracking store; in memory with a tracking server); resume keeps using it")
+    run.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="Optuna RDB storage of the sweep's study, named after the sweep's run (sqlite:///optuna.db, "
+        "postgresql://USER:PASSWORD@HOST:5432/DB) or 'memory' (default: optuna.db beside a local "
+        "tracking store; in memory with a tracking server); resume keeps using it",
+    )
 
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("file")
@@ -52,41 +57,67 @@ def _parser() -> argparse.ArgumentParser:
 
     sites = sub.add_parser("sites", help="print a model's activation sites and which ones a policy selects")
     sites.add_argument("model")
-    sites.add_argument("--policy", default="all",
-                       help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)")
+    sites.add_argument(
+        "--policy",
+        default="all",
+        help="e.g. downsampling, stages:1,3, last_k:4, mask:0101…, paths:layer4.* (default: all)",
+    )
     sites.add_argument("--cifar-stem", action="store_true", help="the model with its 3×3 stride-1 stem")
 
-    models = sub.add_parser("models", help="list the model names `model:` accepts: the project's and timm's (besides "
-                                           "an import path package.module:factory)")
+    models = sub.add_parser(
+        "models",
+        help="list the model names `model:` accepts: the project's and timm's (besides "
+        "an import path package.module:factory)",
+    )
     models.add_argument("pattern", nargs="?", default="*", help="an fnmatch pattern, e.g. 'convnext*' (default: all)")
 
     sub.add_parser("presets", help="list the sweep files in search_spaces/ that run by name (lslu-sweep run NAME)")
 
-    res = sub.add_parser("resume",
-                         help="continue an interrupted sweep (by experiment name, or sweep name for its newest)")
+    res = sub.add_parser(
+        "resume", help="continue an interrupted sweep (by experiment name, or sweep name for its newest)"
+    )
     res.add_argument("name")
     _common(res)
 
-    rep = sub.add_parser("report", help="the paper-style table of a finished sweep (grouped, mean ± std over seeds), "
-                                        "printed and logged to its parent run")
-    rep.add_argument("name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, "
-                                  "<sweep>-<date>")
+    rep = sub.add_parser(
+        "report",
+        help="the paper-style table of a finished sweep (grouped, mean ± std over seeds), "
+        "printed and logged to its parent run",
+    )
+    rep.add_argument(
+        "name", help="a sweep name (its newest finished run) or a sweep run / Tune experiment name, <sweep>-<date>"
+    )
     _tracking_uri(rep)
 
-    exp = sub.add_parser("export", help="write a trial's deploy form (fused) as torch.export .pt2 or ONNX, checked "
-                                        "against the trained model's output")
-    exp.add_argument("run", metavar="RUN_OR_SWEEP",
-                     help="a trial's run id, or a sweep (run id, <sweep>-<date> or sweep name) for its best trial")
-    exp.add_argument("--format", default="pt2", choices=["pt2", "onnx"],
-                     help="pt2: torch.export (default); onnx: needs the onnx extra (pip install 'lslu-sweep[onnx]')")
+    exp = sub.add_parser(
+        "export",
+        help="write a trial's deploy form (fused) as torch.export .pt2 or ONNX, checked "
+        "against the trained model's output",
+    )
+    exp.add_argument(
+        "run",
+        metavar="RUN_OR_SWEEP",
+        help="a trial's run id, or a sweep (run id, <sweep>-<date> or sweep name) for its best trial",
+    )
+    exp.add_argument(
+        "--format",
+        default="pt2",
+        choices=["pt2", "onnx"],
+        help="pt2: torch.export (default); onnx: needs the onnx extra (pip install 'lslu-sweep[onnx]')",
+    )
     exp.add_argument("--output", help="the file to write (default: <trial run name>.<format>)")
     _tracking_uri(exp)
 
-    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest "
-                                   "sweep's links")
+    ui = sub.add_parser(
+        "ui", help="serve the MLflow UI on the tracking store (127.0.0.1) and print the newest sweep's links"
+    )
     _tracking_uri(ui)
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT,
-                    help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)")
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0 picks a free one)",
+    )
     return p
 
 
@@ -100,8 +131,14 @@ def _version() -> str:
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the sweep file (dotted, e.g. trial.epochs=2; the value is YAML); repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file (dotted, e.g. trial.epochs=2; the value is YAML); repeatable",
+    )
 
 
 def _tracking_uri(p: argparse.ArgumentParser) -> None:
@@ -110,8 +147,11 @@ def _tracking_uri(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     _tracking_uri(p)
-    p.add_argument("--storage", help="Ray Tune storage path, shared by every node on a cluster: a directory or "
-                                     "s3://… / gs://… (default: ./ray_results)")
+    p.add_argument(
+        "--storage",
+        help="Ray Tune storage path, shared by every node on a cluster: a directory or "
+        "s3://… / gs://… (default: ./ray_results)",
+    )
     p.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
 
 
@@ -141,9 +181,15 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
     except ValueError as exc:
         note = [f"note: {exc}"]
     mask = mask_of(sites, selected)
-    return "\n".join([format_site_table(sites, mask, "selected"),
-                      f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}", f"mask: {mask}",
-                      functional_note(trace), *note])
+    return "\n".join(
+        [
+            format_site_table(sites, mask, "selected"),
+            f"{model_name}: {len(sites)} sites; {policy} selects {mask.count('1')}",
+            f"mask: {mask}",
+            functional_note(trace),
+            *note,
+        ]
+    )
 
 
 def models_listing(pattern: str = "*") -> str:
@@ -155,9 +201,13 @@ def models_listing(pattern: str = "*") -> str:
 
     ours = [m for m in list_models() if fnmatch.fnmatch(m, pattern)]
     theirs = [m for m in timm_names() if fnmatch.fnmatch(m, pattern) and m not in ours]
-    lines = [f"project models matching {pattern!r} ({len(ours)}):", *(f"  {m}" for m in ours),
-             f"timm models matching {pattern!r} ({len(theirs)}):", *(f"  {m}" for m in theirs),
-             "any other network: model: package.module:factory (e.g. torchvision.models:resnet18)"]
+    lines = [
+        f"project models matching {pattern!r} ({len(ours)}):",
+        *(f"  {m}" for m in ours),
+        f"timm models matching {pattern!r} ({len(theirs)}):",
+        *(f"  {m}" for m in theirs),
+        "any other network: model: package.module:factory (e.g. torchvision.models:resnet18)",
+    ]
     return "\n".join(lines)
 
 
@@ -181,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             sweep = load_sweep(args.file, args.overrides)
             sweep.check_data()
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
-            print(f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, "
-                  f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
-                  + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "") + ")")
+            print(
+                f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, "
+                f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
+                + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "")
+                + ")"
+            )
             return 0
         if args.command == "models":
             print(models_listing(args.pattern))
@@ -201,13 +254,20 @@ def main(argv: list[str] | None = None) -> int:
             sweep = load_sweep(args.file, args.overrides)
             from orchestrator.driver import run_sweep  # Ray and MLflow load only past validation
 
-            outcome = run_sweep(sweep, tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
-                                smoke_test=args.smoke_test, optuna_storage=args.optuna_storage)
+            outcome = run_sweep(
+                sweep,
+                tracking_uri=args.tracking_uri,
+                storage=args.storage,
+                address=args.address,
+                smoke_test=args.smoke_test,
+                optuna_storage=args.optuna_storage,
+            )
         else:
             from orchestrator.driver import resume_sweep
 
-            outcome = resume_sweep(args.name, storage=args.storage, tracking_uri=args.tracking_uri,
-                                   address=args.address)
+            outcome = resume_sweep(
+                args.name, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address
+            )
     except (SpecError, SitesError, FileNotFoundError, ClusterError) as exc:  # bad input, found before any trial ran
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -234,9 +294,11 @@ def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -
     from trainables.mlflow_client import mlflow_client
 
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # not an empty new store
-        print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; name the sweeps' store with --tracking-uri",
-              file=sys.stderr)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():  # not an empty new store
+        print(
+            f"error: no MLflow store at {uri[len('sqlite:///') :]}; name the sweeps' store with --tracking-uri",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     try:
         client = mlflow_client(uri)
@@ -246,8 +308,10 @@ def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     ok = diff <= TOLERANCE
-    print(f"wrote {path}: the deploy form of run {run.info.run_id} ({run.info.run_name}); max abs difference from "
-          f"the trained model's output {diff:.3g} ({'within' if ok else 'ABOVE'} the tolerance {TOLERANCE:g})")
+    print(
+        f"wrote {path}: the deploy form of run {run.info.run_id} ({run.info.run_name}); max abs difference from "
+        f"the trained model's output {diff:.3g} ({'within' if ok else 'ABOVE'} the tolerance {TOLERANCE:g})"
+    )
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@
 The driver writes ``lslu_sweep.json`` beside Tune's own experiment state; ``resume`` reads it back to
 continue the same parent run and the same trial runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
 from orchestrator.search import make_scheduler, make_searcher
-from orchestrator.study_storage import (MEMORY, open_study_error, redacted, resolve_optuna_storage,
-                                       study_line)
+from orchestrator.study_storage import MEMORY, open_study_error, redacted, resolve_optuna_storage, study_line
 from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
@@ -51,9 +51,17 @@ class SweepOutcome:
     results: object = None  # Ray Tune's ResultGrid
 
 
-def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | None = None, address: str | None = None,
-              smoke_test: bool = False, callbacks: tuple = (), optuna_storage: str | None = None,
-              echo=print) -> SweepOutcome:
+def run_sweep(
+    sweep: Sweep,
+    *,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    smoke_test: bool = False,
+    callbacks: tuple = (),
+    optuna_storage: str | None = None,
+    echo=print,
+) -> SweepOutcome:
     """``optuna_storage``: the Optuna RDB storage URL of the sweep's study, or ``"memory"``; by default ``optuna.db``
     beside a local tracking store, in memory with a remote one (orchestrator/study_storage.py)."""
     if smoke_test:
@@ -71,8 +79,10 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     check_resources(sweep, where, echo)
     max_failures = default_max_failures(sweep, nodes)
     if nodes > 1 and sweep.spec.search.max_failures is None:
-        echo(f"search.max_failures: {max_failures} (a cluster of {nodes} nodes: a trial whose node is lost "
-             "continues on another from its last checkpoint)")
+        echo(
+            f"search.max_failures: {max_failures} (a cluster of {nodes} nodes: a trial whose node is lost "
+            "continues on another from its last checkpoint)"
+        )
     elif nodes > 1 and max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -83,20 +93,34 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, storage: str | N
     echo(study_note or study_line(name, study_tags["optuna_storage"]))
     exp_dir = st.join(storage_path, name)
     # sweep_dir: runtime_env paths
-    manifest = {"name": name, "sweep_file": sweep.file, "sweep_dir": str(Path(sweep.file).parent.resolve()),
-                "source": sweep.source, "smoke_test": smoke_test, "context": asdict(ctx),
-                "optuna_storage": study_tags["optuna_storage"]}  # what resume says; the searcher pickles the URL
+    manifest = {
+        "name": name,
+        "sweep_file": sweep.file,
+        "sweep_dir": str(Path(sweep.file).parent.resolve()),
+        "source": sweep.source,
+        "smoke_test": smoke_test,
+        "context": asdict(ctx),
+        "optuna_storage": study_tags["optuna_storage"],
+    }  # what resume says; the searcher pickles the URL
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(sweep),
-                                    num_samples=sweep.spec.search.num_samples,
-                                    reuse_actors=sweep.spec.search.reuse_actors,
-                                    trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(sweep),
+            num_samples=sweep.spec.search.num_samples,
+            reuse_actors=sweep.spec.search.reuse_actors,
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[RunCloser(tracking_uri), *callbacks],
+            name=name,
+            storage_path=storage_path,
+            callbacks=[RunCloser(tracking_uri), *callbacks],
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=SweepReporter(sweep), verbose=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            progress_reporter=SweepReporter(sweep),
+            verbose=1,
+        ),
     )
     return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
 
@@ -116,14 +140,19 @@ def default_max_failures(sweep: Sweep, nodes: int) -> int:
     return given if given is not None else (3 if nodes > 1 else 0)
 
 
-def resume_sweep(name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None,
-                 echo=print) -> SweepOutcome:
+def resume_sweep(
+    name: str, *, storage: str | None = None, tracking_uri: str | None = None, address: str | None = None, echo=print
+) -> SweepOutcome:
     """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks;
     runs are reused."""
     exp_dir = find_experiment(name, storage)
     manifest = json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
-    sweep = parse_sweep(yaml.safe_load(manifest["source"]), manifest["source"], manifest["sweep_file"],
-                        base_dir=manifest.get("sweep_dir"))  # relative paths as in the run, from any directory
+    sweep = parse_sweep(
+        yaml.safe_load(manifest["source"]),
+        manifest["source"],
+        manifest["sweep_file"],
+        base_dir=manifest.get("sweep_dir"),
+    )  # relative paths as in the run, from any directory
     if manifest["smoke_test"]:
         sweep = sweep.shrunk()
     ctx = SweepContext(**manifest["context"])
@@ -166,8 +195,10 @@ def _fit_smoke_resources(sweep: Sweep, echo) -> Sweep:
     r, total = sweep.spec.resources, ray.cluster_resources()
     cpu, gpu = min(r.cpu, SMOKE_CPU, total.get("CPU", 1.0)), min(r.gpu, total.get("GPU", 0.0))
     if (cpu, gpu) != (r.cpu, r.gpu):
-        echo(f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here "
-             f"(the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)")
+        echo(
+            f"smoke test: each trial takes {cpu:g} CPU and {gpu:g} GPU here "
+            f"(the sweep file asks {r.cpu:g} CPU, {r.gpu:g} GPU)"
+        )
         return sweep.with_resources(cpu, gpu)
     return sweep
 
@@ -182,8 +213,12 @@ def check_resources(sweep: Sweep, where: str, echo) -> None:
     have = "; ".join(f"{cpu:g} CPU, {gpu:g} GPU" for cpu, gpu in nodes) or "no alive node"
     what = f"each trial asks {r.cpu:g} CPU and {r.gpu:g} GPU, but no node of {where} has that ({have})"
     if is_embedded():
-        raise SpecError(sweep.file, "resources", f"{what}, so every trial would wait forever; ask for at most what "
-                                                 "this machine has, or join a cluster that has it (--address)")
+        raise SpecError(
+            sweep.file,
+            "resources",
+            f"{what}, so every trial would wait forever; ask for at most what "
+            "this machine has, or join a cluster that has it (--address)",
+        )
     echo(f"warning: {what}; the trials wait until a node that has it joins (Ray's autoscaler, if the cluster has one)")
 
 
@@ -211,8 +246,10 @@ def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, 
         figure_queue(ctx.tracking_uri).drain()
         client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
         client.set_terminated(ctx.parent_run_id, "KILLED")
-        text = (f"\nsweep {name} was interrupted with {pending} trial(s) unfinished; its state is saved.\n"
-                f"Continue it with: lslu-sweep resume {name}")
+        text = (
+            f"\nsweep {name} was interrupted with {pending} trial(s) unfinished; its state is saved.\n"
+            f"Continue it with: lslu-sweep resume {name}"
+        )
         echo(text)
         return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
     closed = close_leftover_runs(ctx)
@@ -233,8 +270,9 @@ def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], na
     tables = log_sweep_tables(client, ctx.parent_run_id, sweep, rows, name)
     if best:
         client.log_text(ctx.parent_run_id, summary.best_config_yaml(sweep, best), "best_config.yaml")
-        client.log_metric(ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric,
-                          best[metric])
+        client.log_metric(
+            ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric]
+        )
         client.set_tag(ctx.parent_run_id, "best_trial_run_id", best["mlflow_run_id"])
         _register_best(client, ctx, name, best["mlflow_run_id"])
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
@@ -256,27 +294,38 @@ def _register_best(client, ctx: SweepContext, name: str, run_id: str) -> None:
     client.set_tag(ctx.parent_run_id, "registered_model_version", f"{ctx.sweep_name}/{version.version}")
 
 
-def _summary_lines(sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables,
-                   closed: int) -> list[str]:
+def _summary_lines(
+    sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables, closed: int
+) -> list[str]:
     """The driver's closing words: the trial table, the counts, the best trial, where to look next."""
     metric = sweep.metric
     lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
-    lines.append(f"trials: {len(ranked)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
-                 + (f"; {closed} run(s) left open were marked failed" if closed else ""))
+    lines.append(
+        f"trials: {len(ranked)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
+        + (f"; {closed} run(s) left open were marked failed" if closed else "")
+    )
     lines += summary.failed_lines(ranked)
     if best:
         lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
-        searched = [f"{k[7:]}={best[k]}" for k in best
-                    if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"]
+        searched = [
+            f"{k[7:]}={best[k]}"
+            for k in best
+            if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"
+        ]
         lines.append("best config: " + ", ".join([*searched, f"mask={best['mask']} (the sites its policy chose)"]))
     else:
         lines.append("no trial finished with a result")
     if "pareto.csv" in tables:
         front = tables["pareto.csv"]
-        lines.append(f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
-                     f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run")
+        lines.append(
+            f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
+            f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run"
+        )
     lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
-    lines += ["", "Browse the results in the MLflow UI:",
-              *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
-              f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})"]
+    lines += [
+        "",
+        "Browse the results in the MLflow UI:",
+        *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
+        f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})",
+    ]
     return lines

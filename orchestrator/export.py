@@ -8,6 +8,7 @@
 - ``export_run``: ``lslu-sweep export RUN_OR_SWEEP``: the deploy form as a ``torch.export`` program (``.pt2``) or
   ONNX (with the ``onnx`` extra), loaded back and compared with the trained model on a random batch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,16 +63,21 @@ def trained_model(client, run):
 
     tags, run_id = run.data.tags, run.info.run_id
     if "input_shape" not in tags or "num_classes" not in tags:
-        raise ExportError(f"run {run_id} has no input_shape / num_classes tags (a run logged before they were "
-                          "recorded): it cannot be rebuilt")
+        raise ExportError(
+            f"run {run_id} has no input_shape / num_classes tags (a run logged before they were "
+            "recorded): it cannot be rebuilt"
+        )
     with tempfile.TemporaryDirectory() as d:
         try:
             config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", d)).read_text())
-            weights = torch.load(client.download_artifacts(run_id, "model_final.pt", d), map_location="cpu",
-                                 weights_only=True)
+            weights = torch.load(
+                client.download_artifacts(run_id, "model_final.pt", d), map_location="cpu", weights_only=True
+            )
         except Exception as exc:  # MLflow raises its own types for a missing artifact
-            raise ExportError(f"run {run_id} ({run.info.run_name}) has no config.yaml and model_final.pt to rebuild "
-                              f"its model from (status {tags.get('status', '?')}): {exc}") from None
+            raise ExportError(
+                f"run {run_id} ({run.info.run_name}) has no config.yaml and model_final.pt to rebuild "
+                f"its model from (status {tags.get('status', '?')}): {exc}"
+            ) from None
     shape = tuple(int(s) for s in tags["input_shape"].split("x"))
     model, _ = build_network(TrialConfig.from_flat(config), int(tags["num_classes"]), shape[0])
     model.load_state_dict(weights)
@@ -96,15 +102,22 @@ def register_best_model(client, experiment_id: str, sweep_name: str, sweep_run_n
         model, shape, config = trained_model(client, client.get_run(run_id))
         model_id = log_deploy_model(client, experiment_id, run_id, model, shape, config)
     try:
-        client.create_registered_model(sweep_name, description=f"The best trial of each `{sweep_name}` sweep "
-                                                               "(one version per sweep), its deploy form")
+        client.create_registered_model(
+            sweep_name,
+            description=f"The best trial of each `{sweep_name}` sweep (one version per sweep), its deploy form",
+        )
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     with using_tracking_uri(client.tracking_uri):  # MLflow resolves a models:/ source through the process's URI
-        return client.create_model_version(sweep_name, source=f"models:/{model_id}", run_id=run_id,
-                                           model_id=model_id, tags={"sweep_run": sweep_run_name},
-                                           await_creation_for=0)
+        return client.create_model_version(
+            sweep_name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            model_id=model_id,
+            tags={"sweep_run": sweep_run_name},
+            await_creation_for=0,
+        )
 
 
 def export_run(client, run, fmt: str = "pt2", output: str | None = None) -> tuple[str, float]:
@@ -135,12 +148,20 @@ def _export_onnx(deploy, example: torch.Tensor, x: torch.Tensor, path: Path) -> 
         import onnxruntime
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise ExportError(f"--format onnx needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
-                          "pip install 'lslu-sweep[onnx]'") from None
+        raise ExportError(
+            f"--format onnx needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
+            "pip install 'lslu-sweep[onnx]'"
+        ) from None
     with eager_kernels(), torch.no_grad():
-        program = torch.onnx.export(deploy, (example,), dynamo=True, verbose=False, input_names=["images"],
-                                    output_names=["logits"],
-                                    dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        program = torch.onnx.export(
+            deploy,
+            (example,),
+            dynamo=True,
+            verbose=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim.AUTO},),
+        )
     program.save(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])

@@ -5,6 +5,7 @@ A trial logs numbers and tables (its metrics per epoch, ``sites.csv``); when Tun
 ``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` onto its run — the same path for every
 trial. The end of a sweep waits for the queue and draws whatever is still missing (after a ``resume``, say).
 """
+
 from __future__ import annotations
 
 import csv
@@ -119,8 +120,11 @@ class FigureQueue:
     def _draw(self, run_id: str) -> None:
         start = time.thread_time()
         try:
-            retry(lambda: draw_trial_figures(self.client, run_id), budget_s=60,
-                  what=f"drawing the figures of run {run_id}")
+            retry(
+                lambda: draw_trial_figures(self.client, run_id),
+                budget_s=60,
+                what=f"drawing the figures of run {run_id}",
+            )
         except Exception as exc:  # the end of the sweep draws what is missing
             log.warning("could not draw the figures of run %s: %s", run_id, exc)
         finally:

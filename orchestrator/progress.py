@@ -7,6 +7,7 @@ Its reporter cannot be replaced, so the driver uses Tune's classic console inste
 searched values, status and headline metrics, the best trial so far above it. Trials print one line per
 epoch themselves (``trainables.trainable.epoch_line``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,8 +27,15 @@ class SweepReporter(CLIReporter):
         if "mask" in sweep.spec.space:  # searched as one choice per site; the trial reports it folded
             columns["mask"] = "mask"
         params = [k for k, d in sweep.spec.space.items() if d.type != "sites"]
-        super().__init__(metric_columns=columns, parameter_columns=params, metric=sweep.metric, mode=sweep.mode,
-                         sort_by_metric=True, print_intermediate_tables=True, max_progress_rows=20)
+        super().__init__(
+            metric_columns=columns,
+            parameter_columns=params,
+            metric=sweep.metric,
+            mode=sweep.mode,
+            sort_by_metric=True,
+            print_intermediate_tables=True,
+            max_progress_rows=20,
+        )
         self.min_interval_s, self.heartbeat_s = min_interval_s, heartbeat_s
         self._last_time, self._last_state = float("-inf"), None
 

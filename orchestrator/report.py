@@ -10,6 +10,7 @@
 ``lslu-sweep report NAME`` rebuilds the report from the parent run's ``sweep.yaml`` and ``results.csv``, prints it
 and logs it again; NAME is a sweep (its newest finished run) or a Tune experiment name (``<sweep>-<date>``).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,16 @@ from trainables.mlflow_client import mlflow_client
 REPORT_METRICS = ("best_val_acc", "min_val_loss", "params_m", "flops_g", "latency_ms", "train_s_per_epoch")
 AVERAGED = "seed"  # not a group key: the report averages over it
 OFF = "—"  # a conditional key the trials of a group did not sample
-TEXT_COLUMNS = ("mask", "config.mask", "config.stages", "config.paths", "config.data_dir", "trial_id", "mlflow_run_id",
-                "reason")
+TEXT_COLUMNS = (
+    "mask",
+    "config.mask",
+    "config.stages",
+    "config.paths",
+    "config.data_dir",
+    "trial_id",
+    "mlflow_run_id",
+    "reason",
+)
 
 
 class ReportError(ValueError):
@@ -48,8 +57,9 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
     records = []
     for row in finished(rows, sweep.metric):
         sampled = set(sweep.active_keys(config_of(row)))
-        records.append({**{k: row[f"config.{k}"] if k in sampled else OFF for k in keys},
-                        **{m: row.get(m) for m in metrics}})
+        records.append(
+            {**{k: row[f"config.{k}"] if k in sampled else OFF for k in keys}, **{m: row.get(m) for m in metrics}}
+        )
     if not records:
         return pd.DataFrame(columns=[*keys, "trials"])
     frame = pd.DataFrame(records)
@@ -77,8 +87,11 @@ def report_markdown(sweep: Sweep, table: pd.DataFrame, title: str) -> str:
     header = [*keys, "trials", *metrics]
     lines = [f"# {title}", "", _caption(sweep, table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, e in table.iterrows():
-        cells = ([str(e[k]) for k in keys] + [str(int(e["trials"]))]
-                 + [_mean_std(e[f"{m}_mean"], e[f"{m}_std"]) for m in metrics])
+        cells = (
+            [str(e[k]) for k in keys]
+            + [str(int(e["trials"]))]
+            + [_mean_std(e[f"{m}_mean"], e[f"{m}_std"]) for m in metrics]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -94,11 +107,23 @@ def site_importance_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame | None
     top = done[: math.ceil(len(done) / 4)]
     importances = param_importances(sweep, rows) or {}
     on = lambda trials, i: sum(r["config.mask"][i] == "1" for r in trials) / len(trials)  # noqa: E731
-    return pd.DataFrame([{"site": f"site_{s.index}", "path": s.path, "stage": s.stage, "channels": s.channels,
-                          "downsampling": s.downsampling, "on_in_top_quartile": on(top, s.index),
-                          "on_in_all": on(done, s.index),
-                          "importance": importances.get(f"site_{s.index}", math.nan), "top_quartile_trials": len(top),
-                          "trials": len(done)} for s in sweep.sites])
+    return pd.DataFrame(
+        [
+            {
+                "site": f"site_{s.index}",
+                "path": s.path,
+                "stage": s.stage,
+                "channels": s.channels,
+                "downsampling": s.downsampling,
+                "on_in_top_quartile": on(top, s.index),
+                "on_in_all": on(done, s.index),
+                "importance": importances.get(f"site_{s.index}", math.nan),
+                "top_quartile_trials": len(top),
+                "trials": len(done),
+            }
+            for s in sweep.sites
+        ]
+    )
 
 
 def pareto_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame | None:
@@ -108,18 +133,28 @@ def pareto_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame | None:
     front = pareto_rows(rows, sweep.objectives)
     if not front:
         return None
-    columns = ["trial_id", *(m for m, _ in sweep.objectives), "mask", "lslu_sites",
-               *(f"config.{k}" for k in sweep.spec.space if k != "mask"), "mlflow_run_id"]
+    columns = [
+        "trial_id",
+        *(m for m, _ in sweep.objectives),
+        "mask",
+        "lslu_sites",
+        *(f"config.{k}" for k in sweep.spec.space if k != "mask"),
+        "mlflow_run_id",
+    ]
     return pd.DataFrame(front)[list(dict.fromkeys(c for c in columns if c in front[0]))]
 
 
-def log_sweep_tables(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict],
-                     title: str) -> dict[str, pd.DataFrame]:
+def log_sweep_tables(
+    client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict], title: str
+) -> dict[str, pd.DataFrame]:
     """Log report.md/.csv, pareto.csv and site_importance.csv (those this sweep has) on the parent run; returns them by
     name."""
     table = report_frame(sweep, rows)
-    tables = {"report.csv": table, "pareto.csv": pareto_frame(sweep, rows),
-              "site_importance.csv": site_importance_frame(sweep, rows)}
+    tables = {
+        "report.csv": table,
+        "pareto.csv": pareto_frame(sweep, rows),
+        "site_importance.csv": site_importance_frame(sweep, rows),
+    }
     tables = {name: t for name, t in tables.items() if t is not None}
     for name, frame in tables.items():
         client.log_text(run_id, frame_csv(frame), name)
@@ -129,9 +164,10 @@ def log_sweep_tables(client: MlflowClient, run_id: str, sweep: Sweep, rows: list
 
 def report_sweep(name: str, tracking_uri: str) -> str:
     """``lslu-sweep report NAME``: the paper-style table of a finished sweep, logged again on its parent run."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        raise ReportError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; "
-                          "name the sweeps' store with --tracking-uri")
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():
+        raise ReportError(
+            f"no MLflow store at {tracking_uri[len('sqlite:///') :]}; name the sweeps' store with --tracking-uri"
+        )
     client = mlflow_client(tracking_uri)
     run = find_sweep_run(client, name, tracking_uri)
     run_id = run.info.run_id
@@ -140,8 +176,10 @@ def report_sweep(name: str, tracking_uri: str) -> str:
             source = Path(client.download_artifacts(run_id, "sweep.yaml", d)).read_text()
             results = client.download_artifacts(run_id, "results.csv", d)
         except Exception as exc:  # MLflow raises its own exception types for a missing artifact
-            raise ReportError(f"sweep {run.info.run_name} has no results.csv yet (interrupted? `lslu-sweep resume "
-                              f"{run.info.run_name}` finishes it): {exc}") from None
+            raise ReportError(
+                f"sweep {run.info.run_name} has no results.csv yet (interrupted? `lslu-sweep resume "
+                f"{run.info.run_name}` finishes it): {exc}"
+            ) from None
         rows = read_results(results)
     sweep = parse_sweep(yaml.safe_load(source), source, run.data.tags.get("sweep_file", "sweep.yaml"))
     tables = log_sweep_tables(client, run_id, sweep, rows, run.info.run_name)
@@ -162,22 +200,29 @@ def find_sweep_run(client: MlflowClient, name: str, tracking_uri: str) -> Run:
     its newest full sweep if it has one (smoke tests share the experiment), else its newest smoke test."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     quoted = name.replace("'", "\\'")
-    parents = [r for r in (client.search_runs(experiments, f"attributes.run_name = '{quoted}'") if experiments else [])
-               if "mlflow.parentRunId" not in r.data.tags and "sweep" in r.data.tags]
+    parents = [
+        r
+        for r in (client.search_runs(experiments, f"attributes.run_name = '{quoted}'") if experiments else [])
+        if "mlflow.parentRunId" not in r.data.tags and "sweep" in r.data.tags
+    ]
     if parents:
         return parents[0]
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        runs = client.search_runs([exp.experiment_id], "tags.sweep_status = 'finished'",
-                                  order_by=["attributes.start_time DESC"])
-        runs = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
-                      key=lambda r: r.data.tags.get("smoke_test") == "true")  # stable: newest first within each
+        runs = client.search_runs(
+            [exp.experiment_id], "tags.sweep_status = 'finished'", order_by=["attributes.start_time DESC"]
+        )
+        runs = sorted(
+            (r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+            key=lambda r: r.data.tags.get("smoke_test") == "true",
+        )  # stable: newest first within each
         if runs:
             return runs[0]
         raise ReportError(f"sweep {name} has no finished run in {tracking_uri} (resume an interrupted one first)")
     known = sorted({e.name for e in client.search_experiments()} - {"Default"})
-    raise ReportError(f"no sweep or sweep run named {name!r} in {tracking_uri}; "
-                      f"sweeps there: {', '.join(known) or 'none'}")
+    raise ReportError(
+        f"no sweep or sweep run named {name!r} in {tracking_uri}; sweeps there: {', '.join(known) or 'none'}"
+    )
 
 
 def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
@@ -187,9 +232,11 @@ def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
     objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
     has_conditional = any(getattr(d, "when", None) for d in sweep.spec.space.values())
     conditional = f" {OFF}: not sampled (a conditional key)." if has_conditional else ""
-    return (f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; "
-            f"mean ± std over each group's trials{seeds}. "
-            f"Objectives: {objectives}.{conditional}")
+    return (
+        f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; "
+        f"mean ± std over each group's trials{seeds}. "
+        f"Objectives: {objectives}.{conditional}"
+    )
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -205,7 +252,8 @@ def _order(sweep: Sweep, key: str, value) -> tuple:
         return (2, 0, "")
     dist = sweep.spec.space[key]
     if dist.type == "categorical":
-        matches = [i for i, c in enumerate(dist.choices) if c == value and type(c) is type(value)] or \
-                  [i for i, c in enumerate(dist.choices) if str(c) == str(value)]
+        matches = [i for i, c in enumerate(dist.choices) if c == value and type(c) is type(value)] or [
+            i for i, c in enumerate(dist.choices) if str(c) == str(value)
+        ]
         return (0, matches[0] if matches else len(dist.choices), str(value))
     return (1, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))

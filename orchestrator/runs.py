@@ -1,4 +1,5 @@
 """The driver's side of MLflow: the sweep's experiment and parent run, and closing runs trials left open."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 def git_commit() -> str | None:
     """The commit of the lslu-sweep checkout the driver runs from, if it is one."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -44,8 +46,9 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     return exp.experiment_id
 
 
-def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool,
-                    extra_tags: dict[str, str] | None = None) -> SweepContext:
+def open_parent_run(
+    tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool, extra_tags: dict[str, str] | None = None
+) -> SweepContext:
     """The sweep's parent run; ``extra_tags`` are the driver's extra ones (where the Optuna study is)."""
     client = mlflow_client(tracking_uri)
     exp_id = experiment_id(client, sweep.name, tracking_uri)
@@ -53,32 +56,51 @@ def open_parent_run(tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: 
     commit = git_commit()
     if commit:
         shared_tags["mlflow.source.git.commit"] = commit
-    tags = {**shared_tags, "sweep": sweep.name, "sweep_file": Path(sweep.file).name,
-            "smoke_test": str(smoke_test).lower(),
-            "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: "
-                                   "`results.csv` (one row per trial, best first), "
-                                   "`report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
-                                   "`param_importance.png`, `best_config.yaml`; "
-                                   "with two objectives `pareto.png` and `pareto.csv`; "
-                                   "with a searched mask `site_importance.csv`."}
+    tags = {
+        **shared_tags,
+        "sweep": sweep.name,
+        "sweep_file": Path(sweep.file).name,
+        "smoke_test": str(smoke_test).lower(),
+        "mlflow.note.content": f"Sweep `{sweep.name}`: one child run per trial. Artifacts: "
+        "`results.csv` (one row per trial, best first), "
+        "`report.md` (grouped, mean ± std over seeds), `parallel_coordinates.png`, "
+        "`param_importance.png`, `best_config.yaml`; "
+        "with two objectives `pareto.png` and `pareto.csv`; "
+        "with a searched mask `site_importance.csv`.",
+    }
     tags.update(extra_tags or {})
     if sweep.overrides:
         tags["overrides"] = " ".join(sweep.overrides)  # the --set items; sweep.yaml holds the file as overridden
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     s = sweep.spec.search
-    params = {"algorithm": s.algorithm, "metric": ",".join(m for m, _ in sweep.objectives),
-              "mode": ",".join(mode for _, mode in sweep.objectives), "num_samples": s.num_samples,
-              "max_sites": s.max_sites, "max_concurrent": s.max_concurrent, "scheduler": s.scheduler, "seed": s.seed,
-              "searched": ",".join(sweep.spec.space), "site_count": sweep.site_count,
-              "cpu_per_trial": sweep.spec.resources.cpu, "gpu_per_trial": sweep.spec.resources.gpu}
+    params = {
+        "algorithm": s.algorithm,
+        "metric": ",".join(m for m, _ in sweep.objectives),
+        "mode": ",".join(mode for _, mode in sweep.objectives),
+        "num_samples": s.num_samples,
+        "max_sites": s.max_sites,
+        "max_concurrent": s.max_concurrent,
+        "scheduler": s.scheduler,
+        "seed": s.seed,
+        "searched": ",".join(sweep.spec.space),
+        "site_count": sweep.site_count,
+        "cpu_per_trial": sweep.spec.resources.cpu,
+        "gpu_per_trial": sweep.spec.resources.gpu,
+    }
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_text(run.info.run_id, sweep.source, "sweep.yaml")
     save_sweep_view(client, exp_id, run_name, sweep, run.info.run_id)
     return SweepContext(tracking_uri, exp_id, run.info.run_id, sweep.name, shared_tags)
 
 
-def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", checkpoint_dir: str | None = None,
-              record: dict[str, float] | None = None) -> bool:
+def close_run(
+    client: MlflowClient,
+    run_id: str,
+    status: str,
+    reason: str = "",
+    checkpoint_dir: str | None = None,
+    record: dict[str, float] | None = None,
+) -> bool:
     """End a trial's run the trial itself could not end (stopped by the scheduler, or crashed); a stopped trial's
     run gets the weights of its last checkpoint and ``record``, the end-of-trial record of its last result (what
     the run does not hold yet). Its figures come from the figure queue, as every trial's."""
@@ -96,8 +118,9 @@ def close_run(client: MlflowClient, run_id: str, status: str, reason: str = "", 
 def close_leftover_runs(ctx: SweepContext) -> int:
     """Mark every child run still RUNNING at the end of the sweep as failed; returns how many."""
     client = mlflow_client(ctx.tracking_uri)
-    runs = client.search_runs([ctx.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'")
+    runs = client.search_runs(
+        [ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and attributes.status = 'RUNNING'"
+    )
     for run in runs:
         end(client, run.info.run_id, "failed", "the sweep ended while this trial's run was still open")
     return len(runs)
@@ -129,6 +152,7 @@ class RunCloser(Callback):
         result = trial.last_result or {}
         run_id, record = result.get("mlflow_run_id"), record_of(result) if status == "stopped_early" else None
         if run_id:
+
             def close() -> None:
                 if trial.checkpoint is None:
                     close_run(self.client, run_id, status, reason, record=record)

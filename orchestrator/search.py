@@ -15,6 +15,7 @@ feasible trial by its violation, NSGA-II by constrained domination, so both lear
 Penalising instead (training it and reporting a bad score) would spend a trial's compute on a mask the user ruled
 out, and put an invented number into the objective the sampler models.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,11 +81,20 @@ class SweepSearcher(Searcher):
     trials), reconnecting on load. Tell and report then go to the storage.
     """
 
-    def __init__(self, space: Callable[[optuna.Trial], dict[str, Any]], *, metric: str | list[str],
-                 mode: str | list[str], sampler: optuna.samplers.BaseSampler,
-                 points_to_evaluate: Sequence[dict[str, Any]] | None = None, max_sites: int | None = None,
-                 site_count: int = 0, distinct: bool = False, storage: str | optuna.storages.BaseStorage | None = None,
-                 study_name: str | None = None):
+    def __init__(
+        self,
+        space: Callable[[optuna.Trial], dict[str, Any]],
+        *,
+        metric: str | list[str],
+        mode: str | list[str],
+        sampler: optuna.samplers.BaseSampler,
+        points_to_evaluate: Sequence[dict[str, Any]] | None = None,
+        max_sites: int | None = None,
+        site_count: int = 0,
+        distinct: bool = False,
+        storage: str | optuna.storages.BaseStorage | None = None,
+        study_name: str | None = None,
+    ):
         super().__init__(metric=metric, mode=mode)
         self._space = space
         self._max_sites, self._site_keys = max_sites, [f"site_{i}" for i in range(site_count)]
@@ -92,8 +102,13 @@ class SweepSearcher(Searcher):
         modes = mode if isinstance(mode, list) else [mode]
         # Tune's scheduler (ASHA) stops trials, so Optuna's pruner never decides: NopPruner says so
         self.study = optuna.create_study(
-            storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=study_name,
-            load_if_exists=True, directions=["maximize" if m == "max" else "minimize" for m in modes])
+            storage=storage,
+            sampler=sampler,
+            pruner=optuna.pruners.NopPruner(),
+            study_name=study_name,
+            load_if_exists=True,
+            directions=["maximize" if m == "max" else "minimize" for m in modes],
+        )
         if not self.study.trials:  # a study loaded from a storage holds its points already
             for point in points_to_evaluate or []:
                 self.study.enqueue_trial(point)  # asked first, in order; a key a point lacks is sampled
@@ -154,8 +169,13 @@ class SweepSearcher(Searcher):
     def get_state(self) -> dict:
         """The study (its trials, or the address of the storage that holds them, and its sampler with the random
         state) and the trials still running. One object: the running Optuna trials pickle with their study."""
-        return {"study": self.study, "running": self._running, "completed": self._completed,
-                "sampled": self._sampled, "rejected": self.rejected}
+        return {
+            "study": self.study,
+            "running": self._running,
+            "completed": self._completed,
+            "sampled": self._sampled,
+            "rejected": self.rejected,
+        }
 
     def set_state(self, state: dict) -> None:
         self.study, self._running, self._completed = state["study"], state["running"], state["completed"]
@@ -232,12 +252,21 @@ def make_searcher(sweep: Sweep, *, storage: str | None = None, study_name: str |
     """The sweep's searcher; ``storage`` (an Optuna RDB URL; None: in memory) and ``study_name`` are its study's."""
     s = sweep.spec.search
     metrics, modes = (list(x) for x in zip(*sweep.objectives))
-    space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(),
-                         sweep.site_count, s.max_sites)
-    searcher = SweepSearcher(space, metric=metrics if len(metrics) > 1 else metrics[0],
-                             mode=modes if len(modes) > 1 else modes[0], sampler=make_sampler(sweep),
-                             points_to_evaluate=sweep.points, max_sites=s.max_sites, site_count=sweep.site_count,
-                             distinct=s.algorithm == "grid", storage=storage, study_name=study_name)
+    space = SpaceSampler(
+        {k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(), sweep.site_count, s.max_sites
+    )
+    searcher = SweepSearcher(
+        space,
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=make_sampler(sweep),
+        points_to_evaluate=sweep.points,
+        max_sites=s.max_sites,
+        site_count=sweep.site_count,
+        distinct=s.algorithm == "grid",
+        storage=storage,
+        study_name=study_name,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
 
 
@@ -246,5 +275,11 @@ def make_scheduler(sweep: Sweep) -> TrialScheduler:
     if s.scheduler == "none":
         return FIFOScheduler()
     metric, mode = ASHA_METRIC
-    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=sweep.base.epochs,
-                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=metric,
+        mode=mode,
+        max_t=sweep.base.epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )

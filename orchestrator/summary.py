@@ -1,5 +1,6 @@
 """What a finished sweep amounts to: one row per trial, the best trial, the Pareto front of a multi-objective
 sweep, and a runnable best config."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,14 @@ def trial_rows(result_grid) -> list[dict[str, Any]]:
             status = "stopped_early"
         # a trial that failed before its first report has no metrics: its id is the end of its directory's name
         trial_id = metrics.get("trial_id") or (Path(result.path).name.rsplit("_", 1)[-1] if result.path else "")
-        row = {"trial_id": trial_id, "status": status, "reason": reason, "epochs_run": metrics.get("epoch", 0),
-               "mlflow_run_id": metrics.get("mlflow_run_id", ""), "mask": metrics.get("mask", "")}
+        row = {
+            "trial_id": trial_id,
+            "status": status,
+            "reason": reason,
+            "epochs_run": metrics.get("epoch", 0),
+            "mlflow_run_id": metrics.get("mlflow_run_id", ""),
+            "mask": metrics.get("mask", ""),
+        }
         row.update({f"config.{k}": v for k, v in config.items()})
         row.update({m: metrics.get(m) for m in EPOCH_METRICS + EMA_METRICS + FINAL_METRICS})
         row.update(record_of(metrics))
@@ -51,8 +58,9 @@ def failed_lines(rows: list[dict]) -> list[str]:
 
 def finished(rows: list[dict], *metrics: str) -> list[dict]:
     """The trials whose ``metrics`` count: completed or stopped by the scheduler, with a finite value of each."""
-    return [r for r in rows
-            if r["status"] in ("completed", "stopped_early") and all(_finite(r.get(m)) for m in metrics)]
+    return [
+        r for r in rows if r["status"] in ("completed", "stopped_early") and all(_finite(r.get(m)) for m in metrics)
+    ]
 
 
 def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
@@ -86,13 +94,24 @@ def pareto_rows(rows: list[dict], objectives: Sequence[tuple[str, str]]) -> list
 
 def best_config_yaml(sweep: Sweep, best: dict) -> str:
     """A one-trial sweep file that reruns the best trial: ``lslu-sweep run best_config.yaml``."""
-    trial = {k[len("config."):]: v for k, v in best.items() if k.startswith("config.")}
-    spec = {"name": f"{sweep.name}-best", "trial": trial,
-            "search": {"algorithm": "random", "metric": sweep.metric, "mode": sweep.mode,
-                       "num_samples": 1, "max_concurrent": 1, "scheduler": "none"},
-            "resources": sweep.spec.resources.model_dump()}
-    header = (f"# lslu-sweep run best_config.yaml\n"
-              f"# The best trial ({best['trial_id']}) of sweep {sweep.name} by {sweep.metric} ({sweep.mode}).\n")
+    trial = {k[len("config.") :]: v for k, v in best.items() if k.startswith("config.")}
+    spec = {
+        "name": f"{sweep.name}-best",
+        "trial": trial,
+        "search": {
+            "algorithm": "random",
+            "metric": sweep.metric,
+            "mode": sweep.mode,
+            "num_samples": 1,
+            "max_concurrent": 1,
+            "scheduler": "none",
+        },
+        "resources": sweep.spec.resources.model_dump(),
+    }
+    header = (
+        f"# lslu-sweep run best_config.yaml\n"
+        f"# The best trial ({best['trial_id']}) of sweep {sweep.name} by {sweep.metric} ({sweep.mode}).\n"
+    )
     return header + yaml.safe_dump(spec, sort_keys=False)
 
 

@@ -7,6 +7,7 @@ or None`` (None: this sweep cannot show it, e.g. fewer than two finished trials,
 A conditional key (``when``) has no value in the trials that did not sample it: it is drawn at "off" below
 its axis, and Optuna's importance only weighs keys every finished trial sampled.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ def searched_axes(sweep: Sweep, rows: list[dict]) -> list[Axis]:
 
 def config_of(row: dict) -> dict:
     """A results row's trial config, without the ``config.`` prefix."""
-    return {k[len("config."):]: v for k, v in row.items() if k.startswith("config.")}
+    return {k[len("config.") :]: v for k, v in row.items() if k.startswith("config.")}
 
 
 def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
@@ -83,10 +84,19 @@ def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     for x, (_, ticks) in zip(xs, placed):
         ax.axvline(x, color="0.3", linewidth=0.8, zorder=1)
         for y, label in ticks:
-            ax.text(x + 0.04, y, label, fontsize=7, va="center", ha="left", color="0.2",
-                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7))
-    ax.set_xticks(xs, [a.name for a in axes], rotation=30 if len(axes) > 6 else 0,
-                  ha="right" if len(axes) > 6 else "center")
+            ax.text(
+                x + 0.04,
+                y,
+                label,
+                fontsize=7,
+                va="center",
+                ha="left",
+                color="0.2",
+                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7),
+            )
+    ax.set_xticks(
+        xs, [a.name for a in axes], rotation=30 if len(axes) > 6 else 0, ha="right" if len(axes) > 6 else "center"
+    )
     ax.set_yticks([])
     ax.set_xlim(-0.3, len(axes) - 0.5)
     ax.set_ylim(OFF - 0.06 if any(None in a.values for a in axes) else -0.06, 1.06)
@@ -112,11 +122,13 @@ def param_importances(sweep: Sweep, rows: list[dict]) -> dict[str, float] | None
     for axis_values in zip(*(a.values for a in searched_axes(sweep, rows)), (r[metric] for r in rows)):
         *params, value = axis_values
         sampled = {name: v for name, v in zip(distributions, params) if v is not None}
-        study.add_trial(optuna.trial.create_trial(params=sampled, distributions={n: distributions[n] for n in sampled},
-                                                  value=value))
+        study.add_trial(
+            optuna.trial.create_trial(params=sampled, distributions={n: distributions[n] for n in sampled}, value=value)
+        )
     try:
-        return optuna.importance.get_param_importances(study,
-                                                       evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        return optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except ValueError:  # no key that every trial sampled
         return None
 
@@ -152,11 +164,24 @@ def pareto_figure(sweep: Sweep, rows: list[dict]):
     on_front = {id(r) for r in front}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     others = [r for r in done if id(r) not in on_front]
-    ax.scatter([r[x_metric] for r in others], [r[y_metric] for r in others], color="0.6", s=28,
-               label="dominated trials", zorder=2)
-    ax.plot([r[x_metric] for r in front], [r[y_metric] for r in front], color="red", marker="o",
-            drawstyle="steps-post" if (x_mode == "min") == (y_mode == "max") else "default", linewidth=1.5,
-            label=f"Pareto front ({len(front)})", zorder=3)
+    ax.scatter(
+        [r[x_metric] for r in others],
+        [r[y_metric] for r in others],
+        color="0.6",
+        s=28,
+        label="dominated trials",
+        zorder=2,
+    )
+    ax.plot(
+        [r[x_metric] for r in front],
+        [r[y_metric] for r in front],
+        color="red",
+        marker="o",
+        drawstyle="steps-post" if (x_mode == "min") == (y_mode == "max") else "default",
+        linewidth=1.5,
+        label=f"Pareto front ({len(front)})",
+        zorder=3,
+    )
     for r in front:
         ax.annotate(_sites_label(r), (r[x_metric], r[y_metric]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(f"{x_metric} ({'lower' if x_mode == 'min' else 'higher'} is better)")
@@ -173,8 +198,11 @@ def _sites_label(row: dict) -> str:
     return f"{mask.count('1')} sites" if mask else str(row.get("trial_id", ""))
 
 
-PLOTS = {"parallel_coordinates.png": parallel_coordinates_figure, "param_importance.png": importance_figure,
-         "pareto.png": pareto_figure}
+PLOTS = {
+    "parallel_coordinates.png": parallel_coordinates_figure,
+    "param_importance.png": importance_figure,
+    "pareto.png": pareto_figure,
+}
 
 
 def log_sweep_plots(client: MlflowClient, run_id: str, sweep: Sweep, rows: list[dict]) -> list[str]:
@@ -193,8 +221,9 @@ def _distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribut
     out = {}
     for key, d in sweep.spec.space.items():
         if d.type == "sites":
-            out.update({f"site_{i}": optuna.distributions.CategoricalDistribution([0, 1])
-                        for i in range(sweep.site_count)})
+            out.update(
+                {f"site_{i}": optuna.distributions.CategoricalDistribution([0, 1]) for i in range(sweep.site_count)}
+            )
         elif d.type == "categorical":
             out[key] = optuna.distributions.CategoricalDistribution(d.choices)
         elif d.type == "int":
@@ -220,8 +249,10 @@ def _place(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
     lo, hi = scale(min(axis.values)), scale(max(axis.values))
     if hi == lo:
         return [0.5] * len(axis.values), [(0.5, _fmt(min(axis.values)))]
-    return ([(scale(v) - lo) / (hi - lo) for v in axis.values],
-            [(0.0, _fmt(min(axis.values))), (1.0, _fmt(max(axis.values)))])
+    return (
+        [(scale(v) - lo) / (hi - lo) for v in axis.values],
+        [(0.0, _fmt(min(axis.values))), (1.0, _fmt(max(axis.values)))],
+    )
 
 
 def _fmt(value) -> str:

@@ -4,6 +4,7 @@ Each figure is drawn from plain rows (what the trial's MLflow run holds), so a t
 trial the driver closes after the scheduler stopped it get the same pictures, drawn by the driver
 (orchestrator/figures.py); no trial draws them, so they live in the orchestrator (DESIGN.md §1).
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,16 +37,23 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAID_OUT_PER_THREAD = 8
 
 
-def fixed_margins(fig, *, left: float, right: float, bottom: float, top: float, wgap: float = 0.0,
-                  hgap: float = 0.0) -> None:
+def fixed_margins(
+    fig, *, left: float, right: float, bottom: float, top: float, wgap: float = 0.0, hgap: float = 0.0
+) -> None:
     """Place a figure's subplot grid with margins and gaps given in inches. ``tight_layout`` would measure every
     label instead, and drawing twice (layout, then the PNG) is most of a trial's figure time on the driver."""
     width, height = fig.get_size_inches()
     rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
     axes_w = (width - left - right - (cols - 1) * wgap) / cols
     axes_h = (height - bottom - top - (rows - 1) * hgap) / rows
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=wgap / axes_w, hspace=hgap / axes_h)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wgap / axes_w,
+        hspace=hgap / axes_h,
+    )
 
 
 def panel_title(ax, text: str) -> None:
@@ -58,8 +66,12 @@ def pin_axis_labels(ax) -> None:
     labelpad), and fix the empty y label, so drawing does not measure every tick label to place them: a quarter of
     a panel's drawing time. Same pixels as matplotlib's own placement (tests/test_plots.py)."""
     rc = matplotlib.rcParams
-    below = rc["xtick.major.size"] + rc["xtick.major.pad"] \
-        + FontProperties(size=rc["xtick.labelsize"]).get_size_in_points() + rc["axes.labelpad"]
+    below = (
+        rc["xtick.major.size"]
+        + rc["xtick.major.pad"]
+        + FontProperties(size=rc["xtick.labelsize"]).get_size_in_points()
+        + rc["axes.labelpad"]
+    )
     ax.xaxis.set_label_coords(0.5, 0, ax.transAxes + ScaledTranslation(0, -below / 72, ax.figure.dpi_scale_trans))
     if not ax.get_ylabel():  # a y label's place depends on the tick labels' width: only an empty one is pinned
         ax.yaxis.set_label_coords(0, 0.5)
@@ -82,8 +94,15 @@ def theta_omega_rows(act_history: list[dict]) -> list[dict]:
         for path, values in entry["state"].items():
             i = 1
             while f"theta/{i}" in values and f"omega/{i}" in values:
-                rows.append({"epoch": entry["epoch"], "site": path, "i": i, "theta": values[f"theta/{i}"],
-                             "omega": values[f"omega/{i}"]})
+                rows.append(
+                    {
+                        "epoch": entry["epoch"],
+                        "site": path,
+                        "i": i,
+                        "theta": values[f"theta/{i}"],
+                        "omega": values[f"omega/{i}"],
+                    }
+                )
                 i += 1
     return rows
 
@@ -150,8 +169,14 @@ def _draw_theta_omega(fig, rows: list[dict], title: str) -> None:
             for n, i in enumerate(sorted({r["i"] for r in site_rows})):
                 xs, ys = zip(*sorted((r["epoch"], r[param]) for r in site_rows if r["i"] == i))
                 mean, std = convergence(list(ys))
-                ax.plot(xs, ys, style, color=f"C{n}", marker="." if len(xs) < 30 else None,
-                        label=f"{symbol}{i} → {mean:.3f} ± {std:.3f}")
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    color=f"C{n}",
+                    marker="." if len(xs) < 30 else None,
+                    label=f"{symbol}{i} → {mean:.3f} ± {std:.3f}",
+                )
                 # the convergence value over its window: a plain line (a LineCollection from hlines costs a tenth of
                 # the figure), which the legend's "best" place also keeps clear of
                 ax.plot([xs[-CONVERGENCE_EPOCHS:][0], xs[-1]], [mean, mean], ":", color=f"C{n}", linewidth=1)
@@ -199,8 +224,14 @@ def _draw_learning_curves(fig, history: dict[str, list[tuple[int, float]]], titl
         epochs, accs = zip(*history["val_acc"])
         acc_ax.plot(epochs, accs, marker=".", color="C2", label="val_acc")
         best = max(range(len(accs)), key=accs.__getitem__)  # the first epoch that reached the best value
-        acc_ax.plot(epochs[best], accs[best], "*", color="C3", markersize=12,
-                    label=f"best {accs[best]:.2f} % (epoch {epochs[best]})")
+        acc_ax.plot(
+            epochs[best],
+            accs[best],
+            "*",
+            color="C3",
+            markersize=12,
+            label=f"best {accs[best]:.2f} % (epoch {epochs[best]})",
+        )
     panel_title(acc_ax, "validation top-1 accuracy (%)")
     if history.get("lr"):
         lr_ax.plot(*zip(*history["lr"]), marker=".", color="C4", label="lr (end of epoch)")
@@ -270,9 +301,15 @@ def png_bytes(fig) -> bytes:
     rows[:, 1:] = rgba.reshape(height, 4 * width)
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8 bits per channel, RGBA, no interlace
     ppm = round(fig.dpi / 0.0254)
-    return PNG_SIGNATURE + b"".join(_png_chunk(kind, data) for kind, data in (
-        (b"IHDR", header), (b"pHYs", struct.pack(">IIB", ppm, ppm, 1)), (b"IDAT", zlib.compress(rows, 1)),
-        (b"IEND", b"")))
+    return PNG_SIGNATURE + b"".join(
+        _png_chunk(kind, data)
+        for kind, data in (
+            (b"IHDR", header),
+            (b"pHYs", struct.pack(">IIB", ppm, ppm, 1)),
+            (b"IDAT", zlib.compress(rows, 1)),
+            (b"IEND", b""),
+        )
+    )
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -299,27 +336,45 @@ def sites_figure(sites: list[dict], title: str = ""):
     for k, site in enumerate(sites):
         x, y = k % per_row, -(k // per_row) * row_height
         inserted = str(site["inserted"]) == "1"
-        ax.add_patch(Rectangle((x + 0.1, y), 0.8, 0.8, facecolor=colours[site["module"]] if inserted else KEPT_COLOR,
-                               edgecolor="black", linewidth=0.6))
+        ax.add_patch(
+            Rectangle(
+                (x + 0.1, y),
+                0.8,
+                0.8,
+                facecolor=colours[site["module"]] if inserted else KEPT_COLOR,
+                edgecolor="black",
+                linewidth=0.6,
+            )
+        )
         ax.text(x + 0.5, y + 0.4, str(site["index"]), ha="center", va="center", fontsize=9)
         if site.get("channels") not in (None, "", "None"):
             ax.text(x + 0.5, y + 0.88, f"{site['channels']}ch", ha="center", va="bottom", fontsize=7, color="0.3")
         if labelled:
-            ax.text(x + 0.6, y - 0.1, site["path"], ha="right", va="top", fontsize=7, rotation=35,
-                    rotation_mode="anchor")
+            ax.text(
+                x + 0.6, y - 0.1, site["path"], ha="right", va="top", fontsize=7, rotation=35, rotation_mode="anchor"
+            )
         if k % per_row:
             ax.plot([x - 0.1, x + 0.1], [y + 0.4, y + 0.4], color="0.4", linewidth=0.8)
     ax.set_xlim(left, left + width)
     ax.set_ylim(bottom, bottom + height)
     ax.set_axis_off()
     kept = sorted({s["module"] for s in sites if str(s["inserted"]) != "1"})
-    handles = [Patch(facecolor=colours[m], edgecolor="black", label=f"{m} (inserted) ×{_count(sites, m, '1')}")
-               for m in inserted_types]
-    handles += [Patch(facecolor=KEPT_COLOR, edgecolor="black", label=f"{m} (kept) ×{_count(sites, m, '0')}")
-                for m in kept]
+    handles = [
+        Patch(facecolor=colours[m], edgecolor="black", label=f"{m} (inserted) ×{_count(sites, m, '1')}")
+        for m in inserted_types
+    ]
+    handles += [
+        Patch(facecolor=KEPT_COLOR, edgecolor="black", label=f"{m} (kept) ×{_count(sites, m, '0')}") for m in kept
+    ]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=min(4, len(handles)), fontsize=8,
-                  frameon=False)
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0),
+            ncol=min(4, len(handles)),
+            fontsize=8,
+            frameon=False,
+        )
     else:
         ax.text(0.5, 0.5, "no activation sites", ha="center", va="center", transform=ax.transAxes)
     mask = "".join("1" if str(s["inserted"]) == "1" else "0" for s in sites)

@@ -5,6 +5,7 @@ Every sweep saves a *view* on its experiment (MLflow's shared view state, the "S
 status and headline metrics as columns. The links below open it, and a trial's θ/ω figure, directly;
 ``workflowType=machine_learning`` keeps MLflow 3's UI out of its GenAI pages.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ def sweep_view_state(sweep: Sweep, parent_run_id: str) -> dict:
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         "orderByKey": f"metrics.`{sweep.metric}`",
         "orderByAsc": sweep.mode == "min",
-        "selectedColumns": ["tags.`status`", *(f"metrics.`{m}`" for m in metrics),
-                            *(f"params.`{k}`" for k in sweep.spec.space)],
+        "selectedColumns": [
+            "tags.`status`",
+            *(f"metrics.`{m}`" for m in metrics),
+            *(f"params.`{k}`" for k in sweep.spec.space),
+        ],
     }
 
 
@@ -73,8 +77,9 @@ def newest_sweep(client: MlflowClient) -> Run | None:
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
-    runs = client.search_runs(experiments, "tags.sweep_file LIKE '%'", order_by=["attributes.start_time DESC"],
-                              max_results=5)
+    runs = client.search_runs(
+        experiments, "tags.sweep_file LIKE '%'", order_by=["attributes.start_time DESC"], max_results=5
+    )
     return next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
 
 
@@ -96,10 +101,12 @@ def serve(tracking_uri: str | None, port: int, echo=print) -> int:
     if ui_base(uri) != LOCAL_UI:  # a tracking server already serves its UI
         _print_newest(uri, ui_base(uri), echo)
         return 0
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UiError(f"no MLflow store at {uri[len('sqlite:///'):]}: "
-                      "run a sweep first (make demo, or lslu-sweep run quickstart), "
-                      "or name the store with --tracking-uri")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise UiError(
+            f"no MLflow store at {uri[len('sqlite:///') :]}: "
+            "run a sweep first (make demo, or lslu-sweep run quickstart), "
+            "or name the store with --tracking-uri"
+        )
     server = UiServer(uri, port).start()
     # stop it as Ctrl+C does
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

@@ -2,6 +2,7 @@
 size, the points to evaluate first (DESIGN.md §6). ``Sweep`` runs them; what needs the trial's network is asked of
 ``model_checks``. Each problem is a ``SpecError`` naming the file and the key path.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,12 @@ def check_data(spec: SweepSpec, base: TrialConfig, file: str) -> None:
     """``data_dir`` holds what the dataset reads (download off), for the fixed dataset and each searched choice of
     ``dataset`` / ``data_dir``: before Ray starts, not in each trial. Not part of parsing: a ``--smoke-test`` trains
     on digits and needs no files."""
-    variants = [{}] + [{key: c} for key in ("dataset", "data_dir") if getattr(spec.space.get(key), "type", "") ==
-                       "categorical" for c in spec.space[key].choices]
+    variants = [{}] + [
+        {key: c}
+        for key in ("dataset", "data_dir")
+        if getattr(spec.space.get(key), "type", "") == "categorical"
+        for c in spec.space[key].choices
+    ]
     for values in variants:
         cfg = TrialConfig.from_flat(spec.trial_values(values)) if values else base
         where = f"space.{next(iter(values))}" if values else "trial"
@@ -56,24 +61,39 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
     for key, dist in spec.space.items():
         where = f"space.{key}"
         if not TrialConfig.is_key(key):
-            raise SpecError(file, where, f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
-                                         "(a mapping's entry: "
-                                         f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})")
+            raise SpecError(
+                file,
+                where,
+                f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
+                "(a mapping's entry: "
+                f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})",
+            )
         if _fixed(spec, key) and not getattr(dist, "when", None):
-            raise SpecError(file, where, f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
-                                         f"under a `when` condition, trial.{key} being its value elsewhere)")
+            raise SpecError(
+                file,
+                where,
+                f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
+                f"under a `when` condition, trial.{key} being its value elsewhere)",
+            )
         if isinstance(dist, SitesDist):
             if key != "mask":
                 raise SpecError(file, where, "type 'sites' is only valid for the key 'mask'")
             if "model" in spec.space:
-                raise SpecError(file, where, "searching the mask needs a fixed model (its site count fixes the mask "
-                                             "length)")
+                raise SpecError(
+                    file, where, "searching the mask needs a fixed model (its site count fixes the mask length)"
+                )
             if spec.trial.get("policy", "mask") != "mask":
-                raise SpecError(file, "trial.policy", "the space searches the mask, so policy must be 'mask', "
-                                                      f"got {spec.trial['policy']!r}")
+                raise SpecError(
+                    file,
+                    "trial.policy",
+                    f"the space searches the mask, so policy must be 'mask', got {spec.trial['policy']!r}",
+                )
             if "policy" in spec.space:
-                raise SpecError(file, "space.policy", "the space searches the mask, so policy is 'mask'; search either "
-                                                      "the mask or the policy")
+                raise SpecError(
+                    file,
+                    "space.policy",
+                    "the space searches the mask, so policy is 'mask'; search either the mask or the policy",
+                )
             sites = model_sites(base)
             continue
         if isinstance(dist, (IntDist, FloatDist)):
@@ -85,8 +105,13 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
             try:
                 TrialConfig.from_flat(spec.trial_values({key: value}))
             except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
-                culprit = "" if exc.key == key else (f"with {key} = {value!r}, trial.{exc.key}"
-                                                     f"{'' if exc.key in spec.trial else ' (its default)'}: ")
+                culprit = (
+                    ""
+                    if exc.key == key
+                    else (
+                        f"with {key} = {value!r}, trial.{exc.key}{'' if exc.key in spec.trial else ' (its default)'}: "
+                    )
+                )
                 raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
         _check_condition(spec, key, dist, file)
     return sites
@@ -99,8 +124,12 @@ def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:
     for cond, allowed in (dist.when or {}).items():
         where = f"space.{key}.when.{cond}"
         if cond not in earlier or spec.space[cond].type == "sites":
-            raise SpecError(file, where, f"a condition names a key searched before {key!r} (not the mask); "
-                                         f"searched before it: {', '.join(searchable) or 'none'}")
+            raise SpecError(
+                file,
+                where,
+                f"a condition names a key searched before {key!r} (not the mask); "
+                f"searched before it: {', '.join(searchable) or 'none'}",
+            )
         for value in allowed if isinstance(allowed, list) else [allowed]:
             if not _fits(spec.space[cond], value):
                 raise SpecError(file, where, f"{cond} never takes the value {value!r}; {_describe(spec.space[cond])}")
@@ -109,8 +138,9 @@ def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:
 def _fits(dist, value) -> bool:
     """Whether ``value`` is one the distribution can take."""
     if dist.type == "categorical":
-        return any(value == c and type(value) is type(c) or (isinstance(value, float) and value == c)
-                   for c in dist.choices)
+        return any(
+            value == c and type(value) is type(c) or (isinstance(value, float) and value == c) for c in dist.choices
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     if dist.type == "int":
@@ -125,27 +155,33 @@ def _describe(dist) -> str:
     return f"its range: {dist.type} from {dist.low} to {dist.high}{step}"
 
 
-def check_search(spec: SweepSpec, base: TrialConfig, file: str, site_count: int,
-                 smoke: bool) -> tuple[list[tuple[str, str]], int]:
+def check_search(
+    spec: SweepSpec, base: TrialConfig, file: str, site_count: int, smoke: bool
+) -> tuple[list[tuple[str, str]], int]:
     """Check the search section; return the objectives as ``[(metric, mode), …]`` and the number of trials (a grid's
     size where the file leaves num_samples out)."""
     s = spec.search
     objectives = _objectives(s, file)
     if s.scheduler == "asha" and "epochs" not in spec.space and s.grace_period > base.epochs:
-        raise SpecError(file, "search.grace_period", f"must not exceed trial.epochs ({base.epochs}), "
-                                                     f"got {s.grace_period}")
+        raise SpecError(
+            file, "search.grace_period", f"must not exceed trial.epochs ({base.epochs}), got {s.grace_period}"
+        )
     if s.population_size is not None and s.algorithm != "nsga2":
         raise SpecError(file, "search.population_size", f"only nsga2 has generations; the algorithm is {s.algorithm}")
     if s.max_sites is not None:
         if not site_count:
-            raise SpecError(file, "search.max_sites", "limits a searched mask; search one with "
-                                                     "space.mask: {type: sites}")
-        feasible = _feasible_masks(site_count, s.max_sites) / 2 ** site_count
+            raise SpecError(
+                file, "search.max_sites", "limits a searched mask; search one with space.mask: {type: sites}"
+            )
+        feasible = _feasible_masks(site_count, s.max_sites) / 2**site_count
         if s.algorithm == "random" and feasible * RANDOM_MAX_DRAWS < 1:
-            raise SpecError(file, "search.max_sites",
-                            f"random placement turns each of the {site_count} sites on with probability 1/2, so only "
-                            f"{feasible:.2g} of its masks have at most {s.max_sites} sites on; use tpe or nsga2 (they "
-                            "learn from the masks they had to reject) or raise max_sites")
+            raise SpecError(
+                file,
+                "search.max_sites",
+                f"random placement turns each of the {site_count} sites on with probability 1/2, so only "
+                f"{feasible:.2g} of its masks have at most {s.max_sites} sites on; use tpe or nsga2 (they "
+                "learn from the masks they had to reject) or raise max_sites",
+            )
     if s.algorithm == "grid":
         return objectives, _check_grid(spec, site_count, file, smoke)
     return objectives, s.num_samples
@@ -164,8 +200,12 @@ def _objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
     else:
         modes = [s.mode] if isinstance(s.mode, str) else list(s.mode)
         if isinstance(s.mode, str) != isinstance(s.metric, str) or len(modes) != len(metrics):
-            raise SpecError(file, "search.mode", f"give one mode per metric ({len(metrics)}: {', '.join(metrics)}), "
-                                                 f"or leave it out for each metric's natural direction; got {s.mode!r}")
+            raise SpecError(
+                file,
+                "search.mode",
+                f"give one mode per metric ({len(metrics)}: {', '.join(metrics)}), "
+                f"or leave it out for each metric's natural direction; got {s.mode!r}",
+            )
     return list(zip(metrics, modes))
 
 
@@ -183,8 +223,12 @@ def grid_values(spec: SweepSpec, site_count: int, file: str) -> dict[str, list]:
         elif dist.type == "int":
             values[key] = list(range(dist.low, dist.high + 1, dist.step))
         else:
-            raise SpecError(file, f"space.{key}", "a grid needs every searched key categorical or int; list the float "
-                                                  "values as choices, e.g. [0.0, 0.1, 0.2]")
+            raise SpecError(
+                file,
+                f"space.{key}",
+                "a grid needs every searched key categorical or int; list the float "
+                "values as choices, e.g. [0.0, 0.1, 0.2]",
+            )
     return values
 
 
@@ -211,12 +255,16 @@ def _check_grid(spec: SweepSpec, site_count: int, file: str, smoke: bool) -> int
     s = spec.search
     values = grid_values(spec, site_count, file)
     if s.points_to_evaluate:
-        raise SpecError(file, "search.points_to_evaluate", "a grid evaluates every point already; leave "
-                                                           "points_to_evaluate out")
+        raise SpecError(
+            file, "search.points_to_evaluate", "a grid evaluates every point already; leave points_to_evaluate out"
+        )
     combinations = math.prod(len(v) for v in values.values())
     if combinations > GRID_LIMIT:
-        raise SpecError(file, "search.algorithm", f"the grid has {combinations} combinations (more than {GRID_LIMIT}); "
-                                                  "use tpe, nsga2 or random")
+        raise SpecError(
+            file,
+            "search.algorithm",
+            f"the grid has {combinations} combinations (more than {GRID_LIMIT}); use tpe, nsga2 or random",
+        )
     size = grid_trials(spec, values)
     dims = " × ".join(f"{k} ({len(v)})" for k, v in values.items() if k in spec.space)
     if "mask" in spec.space:
@@ -225,10 +273,17 @@ def _check_grid(spec: SweepSpec, site_count: int, file: str, smoke: bool) -> int
     if "num_samples" not in s.model_fields_set:
         return size  # the grid's size is the budget
     if s.num_samples != size and not smoke:
-        conditional = (" (conditional keys counted where sampled)"
-                       if any(getattr(d, "when", None) for d in spec.space.values()) else "")
-        raise SpecError(file, "search.num_samples", f"the grid {dims} has {size} distinct trials{conditional}; "
-                                                    f"set num_samples to {size} or leave it out, got {s.num_samples}")
+        conditional = (
+            " (conditional keys counted where sampled)"
+            if any(getattr(d, "when", None) for d in spec.space.values())
+            else ""
+        )
+        raise SpecError(
+            file,
+            "search.num_samples",
+            f"the grid {dims} has {size} distinct trials{conditional}; "
+            f"set num_samples to {size} or leave it out, got {s.num_samples}",
+        )
     return s.num_samples
 
 
@@ -247,20 +302,26 @@ def check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) -> 
                 searched = ", ".join(spec.space) or "none"
                 raise SpecError(file, f"{where}.{key}", f"not a searched key; searched: {searched}{hint}")
             if not _fits(spec.space[key], value):
-                raise SpecError(file, f"{where}.{key}", f"{value!r} is not a value the space can take; "
-                                                        f"{_describe(spec.space[key])}")
+                raise SpecError(
+                    file, f"{where}.{key}", f"{value!r} is not a value the space can take; {_describe(spec.space[key])}"
+                )
             params[key] = value
         for key in params:
             when = spec.space[key].when
             if when and not when_holds(when, params):
                 cond = ", ".join(f"{k} is {v}" for k, v in when.items())
-                raise SpecError(file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in "
-                                                        "this point too")
+                raise SpecError(
+                    file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in this point too"
+                )
         if mask_searched and any(k in point for k in CONFIG_KEYS):
             bits = point_mask(point, base, sites, file, where)
             if spec.search.max_sites is not None and bits.count("1") > spec.search.max_sites:
-                raise SpecError(file, where, f"its mask {bits} turns {bits.count('1')} sites on, above "
-                                             f"search.max_sites ({spec.search.max_sites})")
+                raise SpecError(
+                    file,
+                    where,
+                    f"its mask {bits} turns {bits.count('1')} sites on, above "
+                    f"search.max_sites ({spec.search.max_sites})",
+                )
             params.update({f"site_{j}": int(b) for j, b in enumerate(bits)})
         out.append(params)
     return out

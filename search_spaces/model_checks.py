@@ -4,6 +4,7 @@ that must fit the fixed model, and forward multiply–accumulates (what the smok
 Each builds the network through ``trial_network``, on the meta device: the module graph and its shapes, no weights
 allocated or initialised, so a check of ResNet-50 or VanillaNet takes milliseconds and no memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,8 +71,10 @@ def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
     for key in (k for k in CONFIG_KEYS if k in spec.space):
         # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
         uses = next(({"policy": p} for p in policies if ARGUMENT_KEY.get(p) == key), {})
-        candidates += [(key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
-                       for edge, value in spec.space[key].edges().items()]  # each value checked by check_space
+        candidates += [
+            (key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
+            for edge, value in spec.space[key].edges().items()
+        ]  # each value checked by check_space
     for searched, where, cfg in candidates:
         cfg = dataclasses.replace(cfg, insert_act=act)
         argument = ARGUMENT_KEY.get(cfg.policy)

@@ -4,6 +4,7 @@ OmegaConf users write them: ``lslu-sweep run quickstart --set trial.epochs=2 --s
 They are applied to the file's mapping before validation, so an override is checked like the file itself (an unknown
 key or a wrong type names its key path), and the sweep's recorded ``sweep.yaml`` is the file as overridden (what
 ``lslu-sweep resume`` and ``best_config.yaml`` start from), headed by the overrides it was given."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,11 @@ def apply_overrides(data: Any, overrides: Sequence[str], file: str) -> dict:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise SpecError(file, "--set", f"expected KEY=VALUE with a dotted KEY of the sweep file "
-                                           f"(e.g. trial.epochs=2), got {item!r}")
+            raise SpecError(
+                file,
+                "--set",
+                f"expected KEY=VALUE with a dotted KEY of the sweep file (e.g. trial.epochs=2), got {item!r}",
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -34,8 +38,9 @@ def apply_overrides(data: Any, overrides: Sequence[str], file: str) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 where = ".".join(parts[: depth + 1])
-                raise SpecError(file, key,
-                                f"--set cannot set a key inside {where}, which holds {node!r}, not a mapping")
+                raise SpecError(
+                    file, key, f"--set cannot set a key inside {where}, which holds {node!r}, not a mapping"
+                )
         node[parts[-1]] = value
     return merged
 

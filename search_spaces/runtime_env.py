@@ -6,6 +6,7 @@ started from any directory and ``resume`` (which reparses the stored file) finds
 puts the user's folders on the driver's ``sys.path``, so that validation imports the user's factories as the
 workers will.
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,11 +32,13 @@ def resolve_runtime_env(env: dict[str, Any], base: Path, file: str) -> dict[str,
         raise SpecError(file, "runtime_env.working_dir", f"expected a folder (or a URI), got {env['working_dir']!r}")
     if "py_modules" in env:
         if not isinstance(env["py_modules"], list):
-            raise SpecError(file, "runtime_env.py_modules", f"expected a list of folders, files or URIs, "
-                                                            f"got {env['py_modules']!r}")
-        out["py_modules"] = [m if not isinstance(m, str) or _is_uri(m) else
-                             _existing(m, base, file, f"runtime_env.py_modules[{i}]")
-                             for i, m in enumerate(env["py_modules"])]
+            raise SpecError(
+                file, "runtime_env.py_modules", f"expected a list of folders, files or URIs, got {env['py_modules']!r}"
+            )
+        out["py_modules"] = [
+            m if not isinstance(m, str) or _is_uri(m) else _existing(m, base, file, f"runtime_env.py_modules[{i}]")
+            for i, m in enumerate(env["py_modules"])
+        ]
     for key in FILE_KEYS:
         if isinstance(env.get(key), str) and not _is_uri(env[key]):
             out[key] = _existing(env[key], base, file, f"runtime_env.{key}")
@@ -45,8 +48,9 @@ def resolve_runtime_env(env: dict[str, Any], base: Path, file: str) -> dict[str,
 def _existing(path: str, base: Path, file: str, where: str) -> str:
     resolved = (base / Path(path).expanduser()).resolve()
     if not resolved.exists():
-        raise SpecError(file, where, f"{path!r} (relative to the sweep file's folder {base}) does not exist: "
-                                     f"{resolved}")
+        raise SpecError(
+            file, where, f"{path!r} (relative to the sweep file's folder {base}) does not exist: {resolved}"
+        )
     return str(resolved)
 
 

@@ -17,6 +17,7 @@ This module holds the sections' models and ``Sweep``; the checks a ``Sweep`` run
 ``checks`` (the file's own values: space, search, grid, points), ``model_checks`` (those that build the trial's
 network: its sites, a policy that must fit it, FLOP counts) and ``smoke`` (the ``--smoke-test`` form).
 """
+
 from __future__ import annotations
 
 import copy
@@ -132,8 +133,13 @@ class SweepSpec(_Strict):
     def _categorical_shorthand(cls, data: Any) -> Any:
         """``space: {act: [relu, silu]}`` means a categorical over those choices."""
         if isinstance(data, dict) and isinstance(data.get("space"), dict):
-            data = {**data, "space": {k: {"type": "categorical", "choices": v} if isinstance(v, list) else v
-                                      for k, v in data["space"].items()}}
+            data = {
+                **data,
+                "space": {
+                    k: {"type": "categorical", "choices": v} if isinstance(v, list) else v
+                    for k, v in data["space"].items()
+                },
+            }
         return data
 
     def trial_values(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -290,12 +296,16 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = ()) -> Sweep:
     return parse_sweep(data, source, file, tuple(overrides))
 
 
-def parse_sweep(data: Any, source: str, file: str, overrides: tuple[str, ...] = (), base_dir: str | None = None
-                ) -> Sweep:
+def parse_sweep(
+    data: Any, source: str, file: str, overrides: tuple[str, ...] = (), base_dir: str | None = None
+) -> Sweep:
     """The validated sweep; ``base_dir``: where the file's relative paths start (default: the file's folder)."""
     if not isinstance(data, dict):
-        raise SpecError(file, "", "expected a mapping with the sections name, trial, space, search, resources; "
-                                  f"got {type(data).__name__}")
+        raise SpecError(
+            file,
+            "",
+            f"expected a mapping with the sections name, trial, space, search, resources; got {type(data).__name__}",
+        )
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -317,8 +327,11 @@ def _spec_error(file: str, exc: ValidationError) -> SpecError:
         valid = f"; valid keys: {', '.join(section.model_fields)}" if section else ""
         return SpecError(file, ".".join(loc), "unknown key" + valid)
     if err["type"] == "union_tag_invalid":
-        return SpecError(file, ".".join(loc), "expected a distribution with type int, float, categorical or sites, "
-                                              "or a list of choices")
+        return SpecError(
+            file,
+            ".".join(loc),
+            "expected a distribution with type int, float, categorical or sites, or a list of choices",
+        )
     return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
 
 
@@ -326,5 +339,7 @@ def when_holds(when: dict[str, Any] | None, chosen: dict[str, Any]) -> bool:
     """Whether a conditional key is sampled, given the values chosen so far (no condition: always)."""
     if not when:
         return True
-    return all(key in chosen and chosen[key] in (allowed if isinstance(allowed, list) else [allowed])
-               for key, allowed in when.items())
+    return all(
+        key in chosen and chosen[key] in (allowed if isinstance(allowed, list) else [allowed])
+        for key, allowed in when.items()
+    )

@@ -5,6 +5,7 @@ fewer of them the deeper the network; a wide network with a width multiplier at 
 means gigabyte checkpoints and seconds of fusing per trial: the same sites and stages, narrower). Sized by forward
 multiply–accumulates counted on the meta device (``model_checks.forward_macs``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,10 +31,17 @@ def shrink(sweep: Sweep) -> Sweep:
     width = _smoke_width(sweep, size)
     train = _smoke_samples(sweep, size, width)
     base = sweep.base
-    shrunk = {**({"width": width} if width else {}), "dataset": "digits", "data_args": {}, "image_size": size,
-              "epochs": min(base.epochs, 2), "warmup_epochs": min(base.warmup_epochs, 1),
-              "pwlu_warmup_epochs": min(base.pwlu_warmup_epochs, 1), "train_samples": train,
-              "val_samples": min(SMOKE_VAL, train // 2)}
+    shrunk = {
+        **({"width": width} if width else {}),
+        "dataset": "digits",
+        "data_args": {},
+        "image_size": size,
+        "epochs": min(base.epochs, 2),
+        "warmup_epochs": min(base.warmup_epochs, 1),
+        "pwlu_warmup_epochs": min(base.pwlu_warmup_epochs, 1),
+        "train_samples": train,
+        "val_samples": min(SMOKE_VAL, train // 2),
+    }
     data["trial"] = {**data["trial"], **{k: v for k, v in shrunk.items() if k not in sweep.spec.space}}
     data["search"]["num_samples"] = min(sweep.spec.search.num_samples, SMOKE_TRIALS)
     data["search"]["grace_period"] = 1
@@ -50,15 +58,16 @@ def _smoke_models(sweep: Sweep, width: float | None = None) -> list[TrialConfig]
             options.append([base[key]])
         else:
             options.append(list(dict.fromkeys([*dist.choices, *([base[key]] if dist.when else [])])))
-    return [TrialConfig(**{**base, **dict(zip(ARCHITECTURE_KEYS, combo)), "policy": "none"})
-            for combo in itertools.product(*options)]
+    return [
+        TrialConfig(**{**base, **dict(zip(ARCHITECTURE_KEYS, combo)), "policy": "none"})
+        for combo in itertools.product(*options)
+    ]
 
 
 def _smoke_image_size(sweep: Sweep) -> int:
     """The smallest smoke size (≤ the file's own) every searched model can take (VanillaNet downsamples by 32)."""
     for size in SMOKE_SIZES:
-        if size >= sweep.base.image_size or all(forward_macs(cfg, size) is not None
-                                                for cfg in _smoke_models(sweep)):
+        if size >= sweep.base.image_size or all(forward_macs(cfg, size) is not None for cfg in _smoke_models(sweep)):
             return min(size, sweep.base.image_size)
     return sweep.base.image_size
 
@@ -69,8 +78,11 @@ def _smoke_width(sweep: Sweep, size: int) -> float | None:
     from trainables.models import model_arguments
 
     models = _smoke_models(sweep)
-    if "width" in sweep.spec.space or sweep.base.width <= SMOKE_WIDTH or \
-            not all("width" in model_arguments(cfg.model) for cfg in models):
+    if (
+        "width" in sweep.spec.space
+        or sweep.base.width <= SMOKE_WIDTH
+        or not all("width" in model_arguments(cfg.model) for cfg in models)
+    ):
         return None
     return SMOKE_WIDTH if max((forward_macs(cfg, size) or 0.0) for cfg in models) > SMOKE_WIDE_GMACS else None
 

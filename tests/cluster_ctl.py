@@ -13,6 +13,7 @@ JSON line each on stdout:
 
 The head has no CPUs, so trials run on the workers and the driver (attached to the head) survives a lost worker.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,11 @@ import sys
 from cluster.local import prepare_env
 
 # Notice a dead node within seconds (Ray's default allows it half a minute).
-FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                      "health_check_failure_threshold": 3}
+FAST_HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
 
 
 def main() -> None:
@@ -37,8 +41,10 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally below
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                            "_system_config": FAST_HEALTH_CHECKS})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
     try:
         ray._common.utils.reset_ray_address()  # a bare ray.init() elsewhere on this machine must not join this cluster
         workers = {}

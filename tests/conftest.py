@@ -33,10 +33,13 @@ def postgres():
 
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed and could not be "
-                    "(`make test` runs `apt-get install postgresql` where apt works)")
-    pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver of the MLflow server, is not installed "
-                                          "(pip install -e .)")
+        pytest.skip(
+            "PostgreSQL is not installed and could not be "
+            "(`make test` runs `apt-get install postgresql` where apt works)"
+        )
+    pytest.importorskip(
+        "psycopg", reason="psycopg, the PostgreSQL driver of the MLflow server, is not installed (pip install -e .)"
+    )
     pg = Postgres(bindir)
     try:
         yield pg.start()

@@ -1,5 +1,6 @@
 """A user's own learnable activation, known to no file of the project: the activation contract (DESIGN.md §2) alone
 carries it through a sweep (tests/test_plugin_act.py)."""
+
 import torch
 from torch import nn
 

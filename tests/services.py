@@ -4,6 +4,7 @@
   when the tests run as root, since PostgreSQL refuses to run as root).
 - ``ServerProcess``: an ``mlflow server`` (or ``cluster/mlflow_server.sh``) in its own process group.
 """
+
 from __future__ import annotations
 
 import glob
@@ -76,8 +77,9 @@ class Postgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.USER, dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.USER, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute("CREATE DATABASE mlflow")
         return self
 
@@ -97,11 +99,16 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True, timeout_s: float = 240) -> "ServerProcess":
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **(self.env or {})}
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **(self.env or {}),
+        }
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.log.parent, start_new_session=True
+            )
         if wait:
             self.wait_ready(timeout_s)
         return self
@@ -148,18 +155,33 @@ def _reap_group(pgid: int) -> None:
 def mlflow_server(store_uri: str, artifacts: Path, log: Path, port: int | None = None) -> ServerProcess:
     """``mlflow server`` itself, on any backend store (the outage test uses SQLite so it runs without PostgreSQL)."""
     port = port or free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store_uri,
-           "--serve-artifacts", "--artifacts-destination", str(artifacts),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     return ServerProcess(cmd, f"http://127.0.0.1:{port}", log)
 
 
 def script_server(backend_uri: str, artifacts: Path, log: Path) -> ServerProcess:
     """``cluster/mlflow_server.sh`` as a user runs it, with this interpreter's mlflow."""
     port = free_port()
-    env = {"MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
-           "MLFLOW_PORT": str(port),
-           "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow")}
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow"),
+    }
     return ServerProcess(["bash", str(REPO / "cluster" / "mlflow_server.sh")], f"http://127.0.0.1:{port}", log, env)
 
 
@@ -168,9 +190,22 @@ class RayCluster:
 
     def __init__(self, log: Path, workers: int = 2, worker_cpus: int = 1):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cluster_ctl.py"), "--workers", str(workers),
-                                      "--worker-cpus", str(worker_cpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(log, "ab"), text=True, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "cluster_ctl.py"),
+                "--workers",
+                str(workers),
+                "--worker-cpus",
+                str(worker_cpus),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.log = log
         started = self._read()
         self.address, self.head, self.workers = started["address"], started["head"], list(started["workers"])

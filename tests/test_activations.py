@@ -1,5 +1,6 @@
 """PWLU, LayerAct and the baselines against independent float64 numpy calculations of their papers' formulas,
 plus what every activation of the registry must do (LSLU's own formula tests are in test_lslu.py)."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,17 @@ import torch
 from scipy.special import expit
 from test_lslu import NP_BASES
 
-from trainables.activations import (LSLU, PWLU, LayerAct, PReLU, act_module_types, create_act, learnable_act_state,
-                                    list_acts, realign_pending)
+from trainables.activations import (
+    LSLU,
+    PWLU,
+    LayerAct,
+    PReLU,
+    act_module_types,
+    create_act,
+    learnable_act_state,
+    list_acts,
+    realign_pending,
+)
 from trainables.insertion import apply_policy, list_sites
 from trainables.metrics import act_metrics, parse_act_metric_key
 from trainables.models import build_model
@@ -18,6 +28,7 @@ ALL_ACTS = ["gelu", "la_hardsilu", "la_silu", "leaky_relu", "lslu", "prelu", "pw
 
 
 # ---- PWLU: an independent reading of papers/003 eq. 1-4, Table 1 and §4.3 ------------------------------------
+
 
 def pwlu_reference(x, left, right, points, k_left, k_right):
     """Eq. 1-4 for one layer (or one channel), element by element, in float64."""
@@ -183,8 +194,10 @@ def test_pwlu_realignment_recovers_the_input_distribution(granularity):
     """Inputs N(μ_c, σ_c²) per channel: realign() puts B_L, B_R at μ ± 3σ and the unit is still ReLU."""
     mus, sigmas = torch.tensor([0.5, -0.3, 1.0]), torch.tensor([1.0, 2.0, 0.5])
     gen = torch.Generator().manual_seed(2)
-    batches = [(mus.view(1, 3, 1, 1) + sigmas.view(1, 3, 1, 1) * torch.randn(128, 3, 6, 6, generator=gen)).double()
-               for _ in range(50)]
+    batches = [
+        (mus.view(1, 3, 1, 1) + sigmas.view(1, 3, 1, 1) * torch.randn(128, 3, 6, 6, generator=gen)).double()
+        for _ in range(50)
+    ]
     act = create_act("pwlu", channels=3, granularity=granularity, intervals=16).double()
     _feed(act, batches)
     assert realign_pending(torch.nn.Sequential(act)) == ["0"] and act.realigned and int(act.phase) == 2
@@ -237,8 +250,17 @@ def test_pwlu_state_dict_round_trips_phase_and_statistics():
     other = create_act("pwlu", channels=3, intervals=6, granularity="channel")
     other.load_state_dict(collecting.state_dict())
     assert not other.realigned and torch.equal(other.running_mean, collecting.running_mean)
-    assert {"left", "right", "points", "slope_left", "slope_right", "running_mean", "running_std", "stats_batches",
-            "phase"} == set(other.state_dict())
+    assert {
+        "left",
+        "right",
+        "points",
+        "slope_left",
+        "slope_right",
+        "running_mean",
+        "running_std",
+        "stats_batches",
+        "phase",
+    } == set(other.state_dict())
 
 
 def test_pwlu_gets_no_gradient_in_phase_one_and_one_in_phase_two():
@@ -256,6 +278,7 @@ def test_pwlu_gets_no_gradient_in_phase_one_and_one_in_phase_two():
 
 # ---- LayerAct: papers/004 eq. 6 and its backward pass -------------------------------------------------------
 
+
 def layeract_reference(y, alpha, scale):
     """a = y·s(n), n = (y − μ)/sqrt(σ² + α), μ and σ² (biased, 1/d) over each sample's C·H·W elements."""
     flat = y.reshape(len(y), -1)
@@ -271,8 +294,9 @@ def layeract_reference(y, alpha, scale):
 @pytest.mark.parametrize("alpha", [1e-5, 0.1])
 def test_layeract_matches_eq_6(name, scale, alpha):
     torch.manual_seed(0)
-    y = (torch.randn(4, 3, 5, 6, dtype=torch.float64)
-         * torch.tensor([0.5, 1.0, 3.0, 6.0], dtype=torch.float64).view(4, 1, 1, 1))
+    y = torch.randn(4, 3, 5, 6, dtype=torch.float64) * torch.tensor([0.5, 1.0, 3.0, 6.0], dtype=torch.float64).view(
+        4, 1, 1, 1
+    )
     y = y + torch.tensor([-2.0, 0.0, 1.0, 4.0], dtype=torch.float64).view(4, 1, 1, 1)  # every sample its own μ, σ
     act = create_act(name, channels=3, alpha=alpha)
     expected = layeract_reference(y.numpy(), alpha, scale)
@@ -303,6 +327,7 @@ def test_la_silu_gradient_is_the_papers_backward_pass():
 
 # ---- baselines -----------------------------------------------------------------------------------------------
 
+
 def test_fixed_baselines_match_their_formulas():
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64) * 3
     for name in ("relu", "silu", "gelu"):
@@ -328,6 +353,7 @@ def test_prelu_has_one_slope_per_channel_when_channels_are_given():
 
 # ---- the registry --------------------------------------------------------------------------------------------
 
+
 def test_list_acts_names_every_family():
     assert list_acts() == ALL_ACTS
 
@@ -341,20 +367,27 @@ def test_every_activation_takes_channels_and_inplace(name):
         assert act.train()(x.clone()).shape == x.shape and act.eval()(x.clone()).shape == x.shape
 
 
-@pytest.mark.parametrize("name, kwargs, match", [
-    ("swish9", {}, r"unknown activation 'swish9'; valid choices: "
-                   r"gelu, la_hardsilu, la_silu, leaky_relu, lslu, prelu, pwlu, relu, silu"),
-    ("pwlu", {"n": 3}, r"'pwlu' got unknown argument\(s\) n; valid arguments: intervals, granularity"),
-    ("la_silu", {"eps": 1e-5}, r"valid arguments: alpha"),
-    ("prelu", {"slope": 0.1}, r"valid arguments: init"),
-    ("leaky_relu", {"slope": 0.1}, r"valid arguments: negative_slope"),
-    ("relu", {"n": 1}, r"valid arguments: none besides channels and inplace"),
-    ("pwlu", {"intervals": 0}, r"intervals >= 1"),
-    ("pwlu", {"granularity": "pixel"}, r"granularity 'pixel' is not one of layer, channel"),
-    ("pwlu", {"granularity": "channel"}, r"needs channels >= 1"),
-    ("la_hardsilu", {"alpha": 0.0}, r"alpha must be a number > 0"),
-    ("leaky_relu", {"negative_slope": "steep"}, r"negative_slope must be a number"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        (
+            "swish9",
+            {},
+            r"unknown activation 'swish9'; valid choices: "
+            r"gelu, la_hardsilu, la_silu, leaky_relu, lslu, prelu, pwlu, relu, silu",
+        ),
+        ("pwlu", {"n": 3}, r"'pwlu' got unknown argument\(s\) n; valid arguments: intervals, granularity"),
+        ("la_silu", {"eps": 1e-5}, r"valid arguments: alpha"),
+        ("prelu", {"slope": 0.1}, r"valid arguments: init"),
+        ("leaky_relu", {"slope": 0.1}, r"valid arguments: negative_slope"),
+        ("relu", {"n": 1}, r"valid arguments: none besides channels and inplace"),
+        ("pwlu", {"intervals": 0}, r"intervals >= 1"),
+        ("pwlu", {"granularity": "pixel"}, r"granularity 'pixel' is not one of layer, channel"),
+        ("pwlu", {"granularity": "channel"}, r"needs channels >= 1"),
+        ("la_hardsilu", {"alpha": 0.0}, r"alpha must be a number > 0"),
+        ("leaky_relu", {"negative_slope": "steep"}, r"negative_slope must be a number"),
+    ],
+)
 def test_unknown_names_and_bad_arguments_fail(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_act(name, **kwargs)
@@ -371,14 +404,22 @@ def test_a_replaced_site_stays_a_site(name):
 
 
 def test_learnable_state_reports_lslu_theta_omega_and_pwlu_boundaries():
-    model = torch.nn.Sequential(LSLU(4, n=2), create_act("pwlu", channels=4, granularity="channel"), create_act("pwlu"),
-                                create_act("la_silu"), create_act("prelu", channels=4))
+    model = torch.nn.Sequential(
+        LSLU(4, n=2),
+        create_act("pwlu", channels=4, granularity="channel"),
+        create_act("pwlu"),
+        create_act("la_silu"),
+        create_act("prelu", channels=4),
+    )
     with torch.no_grad():
         model[1].left.copy_(torch.tensor([-1.0, -2.0, -3.0, -6.0]))
         model[1].right.copy_(torch.tensor([1.0, 2.0, 3.0, 2.0]))
     state = learnable_act_state(model)
-    assert state == {"0": {"theta/1": 1.0, "theta/2": 1.0, "omega/1": 0.0, "omega/2": 0.0},
-                     "1": {"pwlu_left": -3.0, "pwlu_right": 2.0}, "2": {"pwlu_left": -3.0, "pwlu_right": 3.0}}
+    assert state == {
+        "0": {"theta/1": 1.0, "theta/2": 1.0, "omega/1": 0.0, "omega/2": 0.0},
+        "1": {"pwlu_left": -3.0, "pwlu_right": 2.0},
+        "2": {"pwlu_left": -3.0, "pwlu_right": 3.0},
+    }
     metrics = act_metrics(state)
     assert metrics["pwlu_left/1"] == -3.0 and metrics["pwlu_right/2"] == 3.0 and metrics["theta/0/2"] == 1.0
     assert len(metrics) == 4 + 4
@@ -389,13 +430,18 @@ def test_learnable_state_reports_lslu_theta_omega_and_pwlu_boundaries():
 def test_activation_parameters_are_exempt_from_weight_decay():
     from trainables.recipe import param_groups
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), LSLU(4, n=2, granularity="channel"),
-                                create_act("pwlu", channels=4, granularity="channel"), create_act("prelu", channels=4))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        LSLU(4, n=2, granularity="channel"),
+        create_act("pwlu", channels=4, granularity="channel"),
+        create_act("prelu", channels=4),
+    )
     decay, no_decay = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {"0.weight", "1.weight"}  # conv kernels, LSLU's depthwise kernel
     assert {"1.theta", "1.omega", "2.points", "2.left", "2.right", "2.slope_left", "2.slope_right", "3.weight"} <= {
-        names[id(p)] for p in no_decay["params"]}
+        names[id(p)] for p in no_decay["params"]
+    }
 
 
 @pytest.mark.parametrize("name", ALL_ACTS)

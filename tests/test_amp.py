@@ -1,6 +1,7 @@
 """Mixed precision: ``amp`` takes bf16 and fp16 besides true/false/auto; fp16 alone steps through a gradient scaler,
 which unscales before clipping and travels in the checkpoint; a CPU trial trains in float32 whatever the setting.
 The CUDA side (autocast in each dtype, the scaler in a real run) is in tests/test_cuda.py."""
+
 import io
 
 import pytest
@@ -10,8 +11,18 @@ from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.loop import Training, amp_dtype
 
-FAST = dict(epochs=1, n=1, policy="mask", mask="0101", batch_size=64, lr=4e-3, seed=3, train_samples=512,
-            val_samples=128, device="cpu")
+FAST = dict(
+    epochs=1,
+    n=1,
+    policy="mask",
+    mask="0101",
+    batch_size=64,
+    lr=4e-3,
+    seed=3,
+    train_samples=512,
+    val_samples=128,
+    device="cpu",
+)
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")  # a device object needs no CUDA to exist
 
 
@@ -26,8 +37,9 @@ def test_an_unknown_amp_setting_names_the_key():
     assert err.value.key.startswith("amp")
 
 
-@pytest.mark.parametrize("setting, on_cuda", [("fp16", "fp16"), ("bf16", "bf16"), (True, "bf16"), ("auto", "bf16"),
-                                              (False, "off")])
+@pytest.mark.parametrize(
+    "setting, on_cuda", [("fp16", "fp16"), ("bf16", "bf16"), (True, "bf16"), ("auto", "bf16"), (False, "off")]
+)
 def test_amp_dtype_is_bf16_by_default_on_cuda_and_off_on_cpu(setting, on_cuda):
     assert amp_dtype(setting, CUDA) == on_cuda
     assert amp_dtype(setting, CPU) == "off"
@@ -53,7 +65,7 @@ def test_the_scaled_step_unscales_before_clipping_and_matches_the_plain_step():
     """Scaling the loss by a power of two and the gradients back is exact in float32: with the unscale before the
     clipping, the scaled run is the plain run."""
     plain, scaled = _trained(False), _trained(True)
-    assert scaled.scaler.get_scale() == 2.0 ** 16  # no overflow, fewer than growth_interval steps: unchanged
+    assert scaled.scaler.get_scale() == 2.0**16  # no overflow, fewer than growth_interval steps: unchanged
     for p, q in zip(plain.model.parameters(), scaled.model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
 

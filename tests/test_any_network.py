@@ -2,6 +2,7 @@
 downsamples (checked against shapes from a real forward pass) and a `downsampling` policy with a site per downsampling
 stage; a one-epoch trial of each runs with LSLU where the mask says; a policy that puts LSLU at an ineligible site is
 refused by `validate`, naming the site and why."""
+
 import math
 import sys
 import textwrap
@@ -17,8 +18,14 @@ from trainables.insertion import list_sites, mask_of, select_sites, trace_sites
 from trainables.loop import Training, build_network
 from trainables.models import build_model
 
-MODELS = [("convnext_atto", False), ("regnetx_002", False), ("efficientnet_b0", False),
-          ("mobilenetv3_small_050", False), ("torchvision.models:resnet18", False), ("resnet18", True)]
+MODELS = [
+    ("convnext_atto", False),
+    ("regnetx_002", False),
+    ("efficientnet_b0", False),
+    ("mobilenetv3_small_050", False),
+    ("torchvision.models:resnet18", False),
+    ("resnet18", True),
+]
 FLAT_HEAD = "tests.user_models:build_mlp_head"  # two conv–ReLU sites, then a Hardswish on (B, F) features
 
 
@@ -32,11 +39,17 @@ def _table(out: str) -> list[dict]:
         if not line[:5].strip().isdigit():
             break
         index, path, stage = line.split()[:3]
-        rows.append({"index": int(index), "path": path, "stage": int(stage),
-                     "downsampling": line[col["downsampling"]:col["downsampling"] + 12].strip() == "yes",
-                     "layout": line[col["layout"]:col["selected"]].strip(),
-                     "selected": line[col["selected"]:col["eligible"]].strip() == "x",
-                     "eligible": line[col["eligible"]:].startswith("yes")})
+        rows.append(
+            {
+                "index": int(index),
+                "path": path,
+                "stage": int(stage),
+                "downsampling": line[col["downsampling"] : col["downsampling"] + 12].strip() == "yes",
+                "layout": line[col["layout"] : col["selected"]].strip(),
+                "selected": line[col["selected"] : col["eligible"]].strip() == "x",
+                "eligible": line[col["eligible"] :].startswith("yes"),
+            }
+        )
     return rows
 
 
@@ -47,6 +60,7 @@ def _real_resolutions(model: torch.nn.Module, paths: list[str], size: tuple) -> 
     def record(path):
         def hook(module, args):
             seen.setdefault(path, tuple(args[0].shape[2:4]))
+
         return hook
 
     hooks = [model.get_submodule(p).register_forward_pre_hook(record(p)) for p in paths]
@@ -111,10 +125,25 @@ def test_sites_gives_stages_where_the_network_downsamples(name, cifar_stem, caps
 @pytest.mark.parametrize("name", sorted({name for name, _ in MODELS}))
 def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name):
     # 32×32 synthetic images, each network with its family's CIFAR stem (3×3 stride 1: the maps stay large enough)
-    cfg = TrialConfig.from_flat({"model": name, "dataset": "synthetic", "image_size": 32, "cifar_stem": True,
-                                 "act": "native", "insert_act": "lslu", "n": 1, "policy": "downsampling", "epochs": 1,
-                                 "warmup_epochs": 0, "train_samples": 8, "val_samples": 4, "batch_size": 8,
-                                 "bn_recalibrate_batches": 1, "device": "cpu"})
+    cfg = TrialConfig.from_flat(
+        {
+            "model": name,
+            "dataset": "synthetic",
+            "image_size": 32,
+            "cifar_stem": True,
+            "act": "native",
+            "insert_act": "lslu",
+            "n": 1,
+            "policy": "downsampling",
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "train_samples": 8,
+            "val_samples": 4,
+            "batch_size": 8,
+            "bn_recalibrate_batches": 1,
+            "device": "cpu",
+        }
+    )
     plain, _ = build_network(TrialConfig.from_flat({**cfg.to_dict(), "policy": "none"}), num_classes=10, in_chans=3)
     expected = mask_of(list_sites(plain), select_sites(list_sites(plain), "downsampling"))
     training = Training(cfg)
@@ -129,15 +158,19 @@ def test_a_one_epoch_trial_runs_with_lslu_at_the_downsampling_sites(name):
             assert inner.weight.shape[0] == site.channels  # its depthwise conv fits the site's channels
     metrics = training.run_epoch()
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
-    assert any(p.grad is not None and torch.isfinite(p.grad).all()
-               for m in training.model.modules() if isinstance(m, LSLU) for p in m.parameters())
+    assert any(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for m in training.model.modules()
+        if isinstance(m, LSLU)
+        for p in m.parameters()
+    )
 
 
 def _sweep(tmp_path, trial: str, space: str = "", points: str = "") -> str:
     text = textwrap.dedent(f"""\
         name: flat_head
         trial: {{model: "{FLAT_HEAD}", dataset: digits, image_size: 8, epochs: 3, pwlu_warmup_epochs: 1, {trial}}}
-        space: {{{space or 'lr: {type: float, low: 0.001, high: 0.01}'}}}
+        space: {{{space or "lr: {type: float, low: 0.001, high: 0.01}"}}}
         search: {{algorithm: random, num_samples: 2{points}}}
         """)
     path = tmp_path / "sweep.yaml"
@@ -145,13 +178,16 @@ def _sweep(tmp_path, trial: str, space: str = "", points: str = "") -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("trial,space,where", [
-    ('policy: mask, mask: "101"', "", "trial.mask"),
-    ("policy: stages, stages: '2'", "", "trial.stages"),
-    ("policy: last_k, k: 1", "", "trial.k"),
-    ("policy: mask", "mask: ['110', '011']", "space.mask"),
-    ("policy: mask, mask: '001'", "insert_act: [pwlu, lslu]", "trial.mask"),
-])
+@pytest.mark.parametrize(
+    "trial,space,where",
+    [
+        ('policy: mask, mask: "101"', "", "trial.mask"),
+        ("policy: stages, stages: '2'", "", "trial.stages"),
+        ("policy: last_k, k: 1", "", "trial.k"),
+        ("policy: mask", "mask: ['110', '011']", "space.mask"),
+        ("policy: mask, mask: '001'", "insert_act: [pwlu, lslu]", "trial.mask"),
+    ],
+)
 def test_lslu_at_an_ineligible_site_is_refused_before_ray(tmp_path, capsys, trial, space, where):
     assert main(["validate", _sweep(tmp_path, trial, space)]) == 2
     err = capsys.readouterr().err
@@ -168,10 +204,15 @@ def test_the_same_sites_take_an_activation_without_that_need(tmp_path, capsys):
 def test_points_to_evaluate_count_only_eligible_sites_for_lslu(tmp_path, capsys):
     from search_spaces.schema import load_sweep
 
-    sweep = load_sweep(_sweep(tmp_path, "seed: 0", "mask: {type: sites}",
-                              ", points_to_evaluate: [{policy: all}, {policy: first_k, k: 2}]"))
+    sweep = load_sweep(
+        _sweep(
+            tmp_path, "seed: 0", "mask: {type: sites}", ", points_to_evaluate: [{policy: all}, {policy: first_k, k: 2}]"
+        )
+    )
     assert [{k: v for k, v in p.items() if k.startswith("site_")} for p in sweep.points] == [
-        {"site_0": 1, "site_1": 1, "site_2": 0}, {"site_0": 1, "site_1": 1, "site_2": 0}]
+        {"site_0": 1, "site_1": 1, "site_2": 0},
+        {"site_0": 1, "site_1": 1, "site_2": 0},
+    ]
     bad = _sweep(tmp_path, "seed: 0", "mask: {type: sites}", ", points_to_evaluate: [{policy: last_k, k: 1}]")
     assert main(["validate", bad]) == 2
     err = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The benchmarks run and measure what they say, at tiny sizes on the CPU (their figures are in benchmarks/README.md;
 speed is never asserted here)."""
+
 import time
 
 import pytest
@@ -12,8 +13,9 @@ from search_spaces.schema import parse_sweep
 
 def test_activation_benchmark_counts_what_autograd_keeps():
     shape = [2, 8, 8, 8]  # 8 channels: the CPU kernel serves shipped
-    rows = bench_activation.measure(torch.device("cpu"), shape, "relu", [1], channels_last=False, dtype=torch.float32,
-                                    rounds=1)
+    rows = bench_activation.measure(
+        torch.device("cpu"), shape, "relu", [1], channels_last=False, dtype=torch.float32, rounds=1
+    )
     by = {r["variant"]: r for r in rows}
     # ops only: LSLU_KERNEL=eager
     assert list(by) == ["relu", "lslu n=1 naive", "lslu n=1 shipped", "lslu n=1 ops only"]
@@ -27,8 +29,9 @@ def test_activation_benchmark_counts_what_autograd_keeps():
 
 
 def test_model_benchmark_measures_every_policy_against_none():
-    rows = bench_model.measure("digits_cnn", torch.device("cpu"), batch=2, size=8, channels_last=False, amp=False,
-                               width=1.0, rounds=1)
+    rows = bench_model.measure(
+        "digits_cnn", torch.device("cpu"), batch=2, size=8, channels_last=False, amp=False, width=1.0, rounds=1
+    )
     assert [r["policy"] for r in rows] == list(bench_model.POLICIES)
     none = rows[0]
     assert none["train_x"] == none["latency_x"] == none["saved_x"] == 1
@@ -51,8 +54,9 @@ def test_repeated_sweeps_are_split_at_the_median_of_each_size():
     assert bench_sweep.median_row(smalls)["idle_slot_s"] == 40.0 and bench_sweep.median_row(larges)["trials"] == 32
     # per trial 10/24, 14/24, 14/24 s; fixed (idle − 8 × that) / 2
     singles = [bench_sweep.split_fixed_marginal(small, large) for small, large in zip(smalls, larges)]
-    assert bench_sweep.spread(singles) == (" — from the medians of 3 sweeps of each size; "
-                                           "single pairs give 0.42–0.58 s per trial and 16.7–18.7 s fixed")
+    assert bench_sweep.spread(singles) == (
+        " — from the medians of 3 sweeps of each size; single pairs give 0.42–0.58 s per trial and 16.7–18.7 s fixed"
+    )
     assert bench_sweep.spread(singles[:1]) == ""
 
 

@@ -1,5 +1,6 @@
 """BatchNorm recalibration before each evaluation (issue: fair early evaluation): only BatchNorm buffers change,
 to the cumulative average of the batches' statistics, and an LSLU network's early val_acc stops being noise."""
+
 import copy
 
 import torch
@@ -11,8 +12,20 @@ from trainables.loop import Training
 from trainables.recipe import recalibrate_bn
 
 # the quickstart's recipe, LSLU n = 1 at every site of digits_cnn: the case where the running statistics lag most
-QUICKSTART_LSLU = dict(model="digits_cnn", dataset="digits", image_size=16, insert_act="lslu", n=1, policy="all",
-                       optimizer="adamw", weight_decay=0.05, epochs=6, warmup_epochs=1, batch_size=64, seed=0)
+QUICKSTART_LSLU = dict(
+    model="digits_cnn",
+    dataset="digits",
+    image_size=16,
+    insert_act="lslu",
+    n=1,
+    policy="all",
+    optimizer="adamw",
+    weight_decay=0.05,
+    epochs=6,
+    warmup_epochs=1,
+    batch_size=64,
+    seed=0,
+)
 
 
 def _batch_statistics_accuracy(training: Training) -> float:

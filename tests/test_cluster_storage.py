@@ -1,4 +1,5 @@
 """Ray Tune's storage path as the driver handles it: paths and URIs alike, and finding a sweep to resume in it."""
+
 import os
 
 import pytest
@@ -19,14 +20,20 @@ def test_paths_become_absolute_and_bucket_uris_stay(tmp_path, monkeypatch):
 
 def test_text_round_trips_and_sweeps_are_found_newest_last(tmp_path):
     root = str(tmp_path / "storage")
-    for name, mtime in (("quick-20260101-000000", 100), ("quick-20260102-000000", 300),
-                        ("quickstart-20260101-000000", 200)):
+    for name, mtime in (
+        ("quick-20260101-000000", 100),
+        ("quick-20260102-000000", 300),
+        ("quickstart-20260101-000000", 200),
+    ):
         st.write_text(st.join(root, name, MANIFEST), f'{{"name": "{name}"}}')
         os.utime(tmp_path / "storage" / name / MANIFEST, (mtime, mtime))
     (tmp_path / "storage" / "not-a-sweep").mkdir()
     assert st.read_text(st.join(root, "quick-20260101-000000", MANIFEST)) == '{"name": "quick-20260101-000000"}'
-    assert [n for n, _ in st.dirs_holding(root, MANIFEST)] == ["quick-20260101-000000", "quickstart-20260101-000000",
-                                                               "quick-20260102-000000"]
+    assert [n for n, _ in st.dirs_holding(root, MANIFEST)] == [
+        "quick-20260101-000000",
+        "quickstart-20260101-000000",
+        "quick-20260102-000000",
+    ]
     assert find_experiment("quick", root) == st.join(root, "quick-20260102-000000")  # the newest of that sweep
     assert find_experiment("quickstart", root) == st.join(root, "quickstart-20260101-000000")
     assert find_experiment("quick-20260101-000000", root) == st.join(root, "quick-20260101-000000")  # an exact name

@@ -1,5 +1,6 @@
 """The deployment templates in cluster/templates and cluster/mlflow_server.sh: they parse, hold what their platform
 requires, agree with the installed Ray and MLflow and with the CLI's options, and hold no secrets or local paths."""
+
 import re
 import shlex
 import subprocess
@@ -25,7 +26,7 @@ def _yaml(name):
 def _parses_as_cli(command: str) -> None:
     """``lslu-sweep …`` as the CLI parses it (argparse exits on an unknown option)."""
     words = shlex.split(command)
-    _parser().parse_args(words[words.index("lslu-sweep") + 1:])
+    _parser().parse_args(words[words.index("lslu-sweep") + 1 :])
 
 
 def _groups(spec):
@@ -48,8 +49,11 @@ def test_kuberay_manifests(name, kind):
         assert container["resources"]["limits"] == container["resources"]["requests"], group
     assert images == {"REGISTRY/lslu-sweep:0.1.0"}  # the image cluster/templates/Dockerfile builds
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    ]
     assert gpu_groups and all(g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] for g in gpu_groups)
     if kind == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
@@ -92,8 +96,9 @@ def test_aws_launcher_config_passes_rays_own_validation():
     assert workers and all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers)  # GPU families
     assert any("pip install -e ~/lslu-sweep" in c for c in raw["setup_commands"])
     assert raw["file_mounts"] == {"~/lslu-sweep": "."}
-    (command,) = re.findall(r'ray exec \S+ "cd lslu-sweep && (lslu-sweep run [^"]+)"',
-                            (TEMPLATES / "aws-gpu.yaml").read_text())
+    (command,) = re.findall(
+        r'ray exec \S+ "cd lslu-sweep && (lslu-sweep run [^"]+)"', (TEMPLATES / "aws-gpu.yaml").read_text()
+    )
     _parses_as_cli(command)
     assert "--storage s3://" in command
 
@@ -111,8 +116,9 @@ def test_compose_file_runs_the_server_script_on_postgres():
     assert (TEMPLATES / source).resolve() == SCRIPT and target in mlflow["command"][-1]
     assert "--host 0.0.0.0" in mlflow["command"][-1]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert set(doc["volumes"]) == {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
-                                   if not v.startswith(".")}
+    assert set(doc["volumes"]) == {
+        v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")
+    }
 
 
 def test_every_template_has_a_readme_section_with_its_command():
@@ -123,8 +129,10 @@ def test_every_template_has_a_readme_section_with_its_command():
 
 
 # a key naming a credential, with a value on the same line: `KEY: value`, `KEY=value`, `--from-literal=KEY=value`
-SECRET_KEY = re.compile(r"(?im)(?:^|[\s,=])[\"']?(\w*(?:password|secret|token|access_key)\w*)[\"']?"
-                        r"[ \t]*[:=][ \t]*(\S+)")
+SECRET_KEY = re.compile(
+    r"(?im)(?:^|[\s,=])[\"']?(\w*(?:password|secret|token|access_key)\w*)[\"']?"
+    r"[ \t]*[:=][ \t]*(\S+)"
+)
 URI_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
 
 
@@ -137,10 +145,21 @@ def _literal_credentials(text: str) -> list[str]:
 
 
 def test_the_credential_scan_tells_placeholders_from_values():
-    assert _literal_credentials("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it}\n  secretRef:\n    name: x\n"
-                                "--from-literal=AWS_SECRET_ACCESS_KEY=... postgresql://USER:PASSWORD@HOST/db") == []
-    assert len(_literal_credentials("POSTGRES_PASSWORD: s3cr3t\nexport RAY_AUTH_TOKEN=abc123\n"
-                                    "uri: postgresql://mlflow:pw@db:5432/mlflow")) == 3
+    assert (
+        _literal_credentials(
+            "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it}\n  secretRef:\n    name: x\n"
+            "--from-literal=AWS_SECRET_ACCESS_KEY=... postgresql://USER:PASSWORD@HOST/db"
+        )
+        == []
+    )
+    assert (
+        len(
+            _literal_credentials(
+                "POSTGRES_PASSWORD: s3cr3t\nexport RAY_AUTH_TOKEN=abc123\nuri: postgresql://mlflow:pw@db:5432/mlflow"
+            )
+        )
+        == 3
+    )
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -153,8 +172,13 @@ def test_templates_hold_no_secrets_or_paths_of_this_machine(path):
 
 def test_server_script_refuses_a_missing_or_local_backend(tmp_path):
     def run(*args, **env):
-        return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path,
-                              env={"PATH": "/usr/bin:/bin", **env})
+        return subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
 
     missing = run()
     assert missing.returncode == 2 and "set MLFLOW_BACKEND_STORE_URI" in missing.stderr
@@ -167,18 +191,55 @@ def test_server_script_refuses_a_missing_or_local_backend(tmp_path):
 def test_server_script_starts_mlflow_with_proxied_artifacts_on_loopback(tmp_path):
     """With ``echo`` as the mlflow binary the script prints the command it would run (the real start is in
     test_multinode)."""
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "MLFLOW_BIN": "echo",
-                              "MLFLOW_BACKEND_STORE_URI": "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow"})
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MLFLOW_BIN": "echo",
+            "MLFLOW_BACKEND_STORE_URI": "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow",
+        },
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["server", "--backend-store-uri", "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow",
-                                  "--serve-artifacts", "--artifacts-destination", "./mlartifacts",
-                                  "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
+    assert out.stdout.split() == [
+        "server",
+        "--backend-store-uri",
+        "postgresql://sweeper:not-a-secret@db.internal:5432/mlflow",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        "./mlartifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+        "--workers",
+        "1",
+    ]
     # the banner hides it
     assert "not-a-secret" not in out.stderr and "postgresql://db.internal:5432/mlflow" in out.stderr
-    wide = subprocess.run(["bash", str(SCRIPT), "--host", "0.0.0.0", "--allowed-hosts", "mlflow.internal:5000", "--",
-                           "--static-prefix", "/mlflow"], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "MLFLOW_BIN": "echo", "MLFLOW_BACKEND_STORE_URI": "postgresql://db/mlflow"})
+    wide = subprocess.run(
+        [
+            "bash",
+            str(SCRIPT),
+            "--host",
+            "0.0.0.0",
+            "--allowed-hosts",
+            "mlflow.internal:5000",
+            "--",
+            "--static-prefix",
+            "/mlflow",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "MLFLOW_BIN": "echo", "MLFLOW_BACKEND_STORE_URI": "postgresql://db/mlflow"},
+    )
     words = wide.stdout.split()
-    assert words[words.index("--host") + 1] == "0.0.0.0" and words[-4:] == ["--allowed-hosts", "mlflow.internal:5000",
-                                                                            "--static-prefix", "/mlflow"]
+    assert words[words.index("--host") + 1] == "0.0.0.0" and words[-4:] == [
+        "--allowed-hosts",
+        "mlflow.internal:5000",
+        "--static-prefix",
+        "/mlflow",
+    ]

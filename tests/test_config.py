@@ -9,25 +9,28 @@ def test_site_keys_fold_into_a_mask():
     assert "site_0" not in cfg.to_dict()
 
 
-@pytest.mark.parametrize("flat, key", [
-    ({"epochz": 3}, "epochz"),
-    ({"epochs": "ten"}, "epochs"),
-    ({"n": 1.5}, "n"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"model": "resnet9000"}, "model"),
-    ({"insert_act": "swish9"}, "insert_act"),
-    ({"act": "prelu_x"}, "act"),
-    ({"policy": "mask:0101"}, "policy"),
-    ({"policy": "mask", "mask": "01a1"}, "mask"),
-    ({"site_0": 1, "site_2": 1}, "site_*"),
-    ({"site_0": 1, "policy": "all"}, "policy"),
-    ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs"),
-    ({"pwlu_intervals": 0}, "pwlu_intervals"),
-    ({"pwlu_warmup_epochs": 0}, "pwlu_warmup_epochs"),
-    ({"la_alpha": 0.0}, "la_alpha"),
-    ({"insert_act": "pwlu", "epochs": 5}, "pwlu_warmup_epochs"),  # default 5 warm-up epochs: PWLU would stay ReLU
-    ({"act": "pwlu", "insert_act": "la_silu", "epochs": 3, "pwlu_warmup_epochs": 3}, "pwlu_warmup_epochs"),
-])
+@pytest.mark.parametrize(
+    "flat, key",
+    [
+        ({"epochz": 3}, "epochz"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"n": 1.5}, "n"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"model": "resnet9000"}, "model"),
+        ({"insert_act": "swish9"}, "insert_act"),
+        ({"act": "prelu_x"}, "act"),
+        ({"policy": "mask:0101"}, "policy"),
+        ({"policy": "mask", "mask": "01a1"}, "mask"),
+        ({"site_0": 1, "site_2": 1}, "site_*"),
+        ({"site_0": 1, "policy": "all"}, "policy"),
+        ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs"),
+        ({"pwlu_intervals": 0}, "pwlu_intervals"),
+        ({"pwlu_warmup_epochs": 0}, "pwlu_warmup_epochs"),
+        ({"la_alpha": 0.0}, "la_alpha"),
+        ({"insert_act": "pwlu", "epochs": 5}, "pwlu_warmup_epochs"),  # default 5 warm-up epochs: PWLU would stay ReLU
+        ({"act": "pwlu", "insert_act": "la_silu", "epochs": 3, "pwlu_warmup_epochs": 3}, "pwlu_warmup_epochs"),
+    ],
+)
 def test_bad_values_name_the_key(flat, key):
     with pytest.raises(ConfigError) as err:
         TrialConfig.from_flat(flat)
@@ -68,6 +71,7 @@ def test_native_act_keeps_the_model_and_gives_lslu_a_relu_base():
 def test_pwlu_warmup_only_matters_where_pwlu_is_used():
     assert TrialConfig.from_flat({"insert_act": "lslu", "epochs": 5}).pwlu_warmup_epochs == 5
     assert TrialConfig.from_flat({"insert_act": "pwlu", "policy": "none", "epochs": 5}).epochs == 5
-    cfg = TrialConfig.from_flat({"insert_act": "pwlu", "epochs": 6, "pwlu_warmup_epochs": 2, "pwlu_intervals": 8,
-                                 "la_alpha": "0.1"})
+    cfg = TrialConfig.from_flat(
+        {"insert_act": "pwlu", "epochs": 6, "pwlu_warmup_epochs": 2, "pwlu_intervals": 8, "la_alpha": "0.1"}
+    )
     assert (cfg.pwlu_warmup_epochs, cfg.pwlu_intervals, cfg.la_alpha) == (2, 8, 0.1)

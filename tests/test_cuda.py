@@ -5,6 +5,7 @@ on a GPU machine with
 
     python -m pytest --noconftest tests/test_cuda.py
 """
+
 import copy
 
 import pytest
@@ -63,8 +64,18 @@ def test_every_activation_agrees_on_cuda_and_cpu(name, train):
 
 def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
     # 45 steps an epoch: BatchNorm's running statistics need some hundred steps before eval mode matches training
-    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=5,
-                      batch_size=32, lr=1e-3, warmup_epochs=1, ema_decay=0.9)
+    cfg = TrialConfig(
+        model="resnet18",
+        cifar_stem=True,
+        policy="downsampling",
+        n=3,
+        image_size=32,
+        epochs=5,
+        batch_size=32,
+        lr=1e-3,
+        warmup_epochs=1,
+        ema_decay=0.9,
+    )
     training = Training(cfg)
     assert training.device.type == "cuda" and training.amp_dtype == "bf16" and training.channels_last
     assert training.scaler is None
@@ -73,13 +84,26 @@ def test_a_training_run_uses_bf16_and_channels_last_on_cuda_and_learns():
         metrics = training.run_epoch()
         print({k: round(v, 4) for k, v in metrics.items()})
     assert training.best_val_acc > 80, metrics
-    print(f"resnet18 LSLU(downsampling) on {torch.cuda.get_device_name()}: epoch {metrics['epoch_time_s']:.2f}s, "
-          f"val_acc {metrics['val_acc']:.1f}, record {training.summary()}")
+    print(
+        f"resnet18 LSLU(downsampling) on {torch.cuda.get_device_name()}: epoch {metrics['epoch_time_s']:.2f}s, "
+        f"val_acc {metrics['val_acc']:.1f}, record {training.summary()}"
+    )
 
 
 def test_fp16_trains_through_the_gradient_scaler_and_its_state_is_checkpointed():
-    cfg = TrialConfig(model="resnet18", cifar_stem=True, policy="downsampling", n=3, image_size=32, epochs=3,
-                      batch_size=32, lr=1e-3, warmup_epochs=1, amp="fp16", clip_grad=1.0)
+    cfg = TrialConfig(
+        model="resnet18",
+        cifar_stem=True,
+        policy="downsampling",
+        n=3,
+        image_size=32,
+        epochs=3,
+        batch_size=32,
+        lr=1e-3,
+        warmup_epochs=1,
+        amp="fp16",
+        clip_grad=1.0,
+    )
     training = Training(cfg)
     assert training.amp_dtype == "fp16" and isinstance(training.scaler, torch.amp.GradScaler)
     with training._autocast():
@@ -101,8 +125,17 @@ def test_pwlu_realigns_and_learns_on_cuda():
 
 
 def test_out_of_memory_raises_the_error_the_trainable_reports_as_oom():
-    cfg = TrialConfig(model="resnet50", dataset="synthetic", image_size=224, train_samples=4096, val_samples=8,
-                      batch_size=4096, epochs=1, warmup_epochs=0, policy="none")
+    cfg = TrialConfig(
+        model="resnet50",
+        dataset="synthetic",
+        image_size=224,
+        train_samples=4096,
+        val_samples=8,
+        batch_size=4096,
+        epochs=1,
+        warmup_epochs=0,
+        policy="none",
+    )
     training = Training(cfg)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         training.run_epoch()

@@ -1,4 +1,5 @@
 """Data sets, loaded by the real code from files the tests write (no data set can be downloaded here)."""
+
 import pickle
 
 import numpy as np
@@ -34,8 +35,9 @@ def test_digits_split_and_batches():
     # each batch: bilinear resize of the 8×8 images, then (x - mean) / std with the train split's statistics
     raw = data.train_x
     assert abs(raw.mean().item() - data.mean[0]) < 1e-6 and abs(raw.std().item() - data.std[0]) < 1e-6
-    expected = (torch.nn.functional.interpolate(data.val_x, size=(16, 16), mode="bilinear", align_corners=False)
-                - data.mean[0]) / data.std[0]
+    expected = (
+        torch.nn.functional.interpolate(data.val_x, size=(16, 16), mode="bilinear", align_corners=False) - data.mean[0]
+    ) / data.std[0]
     assert torch.allclose(x, expected, atol=1e-6)
 
 
@@ -44,12 +46,16 @@ def write_cifar(root, name="cifar10", n_train=20, n_test=10, seed=0):
     rng = np.random.default_rng(seed)
     folder, train_files, label_key, classes = (
         ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], b"labels", 10)
-        if name == "cifar10" else ("cifar-100-python", ["train"], b"fine_labels", 100))
+        if name == "cifar10"
+        else ("cifar-100-python", ["train"], b"fine_labels", 100)
+    )
     test_files = ["test_batch"] if name == "cifar10" else ["test"]
     (root / folder).mkdir(parents=True)
     for fname, n in [(f, n_train) for f in train_files] + [(f, n_test) for f in test_files]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 label_key: rng.integers(0, classes, n).tolist()}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: rng.integers(0, classes, n).tolist(),
+        }
         with open(root / folder / fname, "wb") as f:
             pickle.dump(batch, f)
     return root
@@ -76,15 +82,17 @@ def test_cifar_augmentation_is_a_padded_crop_and_a_flip():
     """Each augmented image equals some window of the zero-padded image, maybe mirrored; windows vary."""
     torch.manual_seed(0)
     x = torch.rand(64, 3, 8, 8)
-    data = TensorData(x, torch.zeros(64, dtype=torch.long), x[:1], torch.zeros(1, dtype=torch.long), 10,
-                      crop_pad=2, flip=True)
+    data = TensorData(
+        x, torch.zeros(64, dtype=torch.long), x[:1], torch.zeros(1, dtype=torch.long), 10, crop_pad=2, flip=True
+    )
     out = data._augment(x, torch.Generator().manual_seed(1))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     shifts, flips = set(), 0
     for i in range(64):
-        windows = [(dy, dx, padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5)]
-        match = [(dy, dx, f) for dy, dx, w in windows for f in (False, True)
-                 if torch.equal(out[i], w.flip(2) if f else w)]
+        windows = [(dy, dx, padded[i, :, dy : dy + 8, dx : dx + 8]) for dy in range(5) for dx in range(5)]
+        match = [
+            (dy, dx, f) for dy, dx, w in windows for f in (False, True) if torch.equal(out[i], w.flip(2) if f else w)
+        ]
         assert match, f"image {i} is no padded crop"
         shifts.add(match[0][:2])
         flips += match[0][2]
@@ -92,8 +100,11 @@ def test_cifar_augmentation_is_a_padded_crop_and_a_flip():
 
 
 def test_missing_or_malformed_cifar_names_path_and_layout(tmp_path):
-    with pytest.raises(DataError, match=r"expected cifar-10-batches-py/ with data_batch_1, .* "
-                                        r"missing: data_batch_1, .*Set download: true"):
+    with pytest.raises(
+        DataError,
+        match=r"expected cifar-10-batches-py/ with data_batch_1, .* "
+        r"missing: data_batch_1, .*Set download: true",
+    ):
         load_dataset("cifar10", 32, str(tmp_path / "nowhere"))
     root = write_cifar(tmp_path)
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")

@@ -1,4 +1,5 @@
 """The depthwise convolution with its own CPU backward: exact gradients in both memory formats, by either route."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -25,6 +25,7 @@ def test_sites_in_forward_order_with_channels_of_the_tensors_through_them():
         def fn(module, inputs, output):
             seen[name] = output.shape[1]
             order.append(name)
+
         return fn
 
     for s in sites:
@@ -34,11 +35,19 @@ def test_sites_in_forward_order_with_channels_of_the_tensors_through_them():
     assert {s.path: s.channels for s in sites} == seen
 
 
-@pytest.mark.parametrize("policy, expected", [
-    ("none", []), ("all", PATHS), ("first_k:1", PATHS[:1]), ("last_k:2", PATHS[2:]), ("last_k:0", []),
-    ("mask:0101", [PATHS[1], PATHS[3]]), ("paths:stages.*", PATHS[1:]),
-    ("paths:stem.*,stages.2.*", [PATHS[0], PATHS[3]]),
-])
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        ("none", []),
+        ("all", PATHS),
+        ("first_k:1", PATHS[:1]),
+        ("last_k:2", PATHS[2:]),
+        ("last_k:0", []),
+        ("mask:0101", [PATHS[1], PATHS[3]]),
+        ("paths:stages.*", PATHS[1:]),
+        ("paths:stem.*,stages.2.*", [PATHS[0], PATHS[3]]),
+    ],
+)
 def test_policies_select_the_right_sites(policy, expected):
     model = _cnn()
     replaced = apply_policy(model, policy, "lslu", n=2)
@@ -50,7 +59,8 @@ def test_policies_select_the_right_sites(policy, expected):
             assert module.channels == next(s.channels for s in list_sites(_cnn()) if s.path == path)
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     assert mask_of(list_sites(model), select_sites(list_sites(model), policy)) == "".join(
-        "1" if p in expected else "0" for p in PATHS)
+        "1" if p in expected else "0" for p in PATHS
+    )
 
 
 def test_wrong_length_mask_states_the_site_count():
@@ -64,10 +74,14 @@ def test_malformed_policies_are_refused(policy):
         apply_policy(_cnn(), policy)
 
 
-@pytest.mark.parametrize("policy, message", [
-    ("paths:stagez.*", "matches none of the model's 4 sites"), ("first_k:5", "asks for 5 sites; the model has 4"),
-    ("last_k:9", "asks for 9 sites; the model has 4"),
-])
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ("paths:stagez.*", "matches none of the model's 4 sites"),
+        ("first_k:5", "asks for 5 sites; the model has 4"),
+        ("last_k:9", "asks for 9 sites; the model has 4"),
+    ],
+)
 def test_policies_that_select_no_intended_site_are_refused(policy, message):
     """A glob with a typo would otherwise train the plain network as if it were the insertion; a k beyond the sites
     would silently mean `all`."""

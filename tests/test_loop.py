@@ -1,4 +1,5 @@
 """The plain-torch loop: it learns digits, it is reproducible, and a restored state continues exactly."""
+
 import io
 
 import numpy as np
@@ -80,8 +81,18 @@ def test_no_weight_decay_on_norms_biases_theta_omega():
 
 
 def test_vanillanet_deep_training_lambda_rises_each_epoch_and_the_record_is_fused():
-    cfg = TrialConfig(model="vanillanet_5", width=0.25, cifar_stem=True, epochs=3, deep_train_epochs=2, n=2,
-                      policy="stages:1", train_samples=128, val_samples=64, batch_size=64)
+    cfg = TrialConfig(
+        model="vanillanet_5",
+        width=0.25,
+        cifar_stem=True,
+        epochs=3,
+        deep_train_epochs=2,
+        n=2,
+        policy="stages:1",
+        train_samples=128,
+        val_samples=64,
+        batch_size=64,
+    )
     training = Training(cfg)
     seen = []
     for _ in range(3):
@@ -102,12 +113,15 @@ def test_subsets_take_the_first_images_of_each_split():
     assert torch.equal(training.data.train_y, full.train_y[:100])
 
 
-@pytest.mark.parametrize("recipe", [
-    dict(optimizer="lamb", loss="bce", label_smoothing=0.1, ema_decay=0.9, lr=5e-3),
-    dict(optimizer="adamw", loss="ce", lr=3e-3),
-    dict(optimizer="sgd", loss="ce", lr=0.05, weight_decay=5e-4),
-    dict(optimizer="adamw", loss="ce", mixup=0.2, cutmix=1.0, label_smoothing=0.1, clip_grad=1.0, lr=3e-3),
-])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        dict(optimizer="lamb", loss="bce", label_smoothing=0.1, ema_decay=0.9, lr=5e-3),
+        dict(optimizer="adamw", loss="ce", lr=3e-3),
+        dict(optimizer="sgd", loss="ce", lr=0.05, weight_decay=5e-4),
+        dict(optimizer="adamw", loss="ce", mixup=0.2, cutmix=1.0, label_smoothing=0.1, clip_grad=1.0, lr=3e-3),
+    ],
+)
 def test_each_recipe_learns_digits(recipe):
     training = Training(TrialConfig(**{**FAST, "epochs": 4, "warmup_epochs": 1, **recipe}))
     while not training.done:
@@ -120,8 +134,19 @@ def test_ema_and_augmentation_continue_exactly_after_a_restore(tmp_path):
     from tests.test_data import write_cifar
 
     root = write_cifar(tmp_path, n_train=40, n_test=20)
-    cfg = TrialConfig(dataset="cifar10", data_dir=str(root), image_size=32, epochs=3, batch_size=50, n=1,
-                      policy="last_k", k=2, ema_decay=0.8, seed=5, warmup_epochs=0)
+    cfg = TrialConfig(
+        dataset="cifar10",
+        data_dir=str(root),
+        image_size=32,
+        epochs=3,
+        batch_size=50,
+        n=1,
+        policy="last_k",
+        k=2,
+        ema_decay=0.8,
+        seed=5,
+        warmup_epochs=0,
+    )
     straight = Training(cfg)
     expected = [straight.run_epoch() for _ in range(3)][-1]
     first = Training(cfg)
@@ -156,15 +181,26 @@ def test_convergence_value_is_the_mean_and_std_of_the_last_ten_epochs():
 def test_oom_is_reported_with_the_batch_size():
     from trainables.trainable import _failure
 
-    status, reason = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                              TrialConfig(batch_size=4096))
+    status, reason = _failure(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), TrialConfig(batch_size=4096)
+    )
     assert status == "oom" and "batch_size 4096" in reason and "Tried to allocate 2.00 GiB" in reason
 
 
 # ---- learnable activations inside the loop -------------------------------------------------------------------
 
-PWLU_FAST = dict(epochs=3, insert_act="pwlu", pwlu_intervals=8, pwlu_warmup_epochs=1, policy="mask", mask="0101",
-                 batch_size=64, lr=4e-3, weight_decay=0.05, seed=3)
+PWLU_FAST = dict(
+    epochs=3,
+    insert_act="pwlu",
+    pwlu_intervals=8,
+    pwlu_warmup_epochs=1,
+    policy="mask",
+    mask="0101",
+    batch_size=64,
+    lr=4e-3,
+    weight_decay=0.05,
+    seed=3,
+)
 
 
 def _pwlu_units(training):
@@ -177,14 +213,22 @@ def _params(module):
 
 def test_insert_kwargs_come_from_the_trial_config():
     cases = [
-        ({"insert_act": "pwlu", "pwlu_intervals": 8, "granularity": "channel"},
-         lambda m: isinstance(m, PWLU) and m.intervals == 8 and m.points.shape == (m.channels, 9)),
-        ({"insert_act": "la_hardsilu", "la_alpha": 0.1},
-         lambda m: isinstance(m, LayerAct) and m.alpha == 0.1 and m.scale == "hardsigmoid"),
-        ({"insert_act": "prelu"},
-         lambda m: isinstance(m, PReLU) and m.weight.shape == (m.num_parameters,) and m.num_parameters > 1),
-        ({"insert_act": "lslu", "n": 2, "act": "silu", "granularity": "channel"},
-         lambda m: isinstance(m, LSLU) and m.n == 2 and m.base == "silu" and m.theta.shape == (2, m.channels)),
+        (
+            {"insert_act": "pwlu", "pwlu_intervals": 8, "granularity": "channel"},
+            lambda m: isinstance(m, PWLU) and m.intervals == 8 and m.points.shape == (m.channels, 9),
+        ),
+        (
+            {"insert_act": "la_hardsilu", "la_alpha": 0.1},
+            lambda m: isinstance(m, LayerAct) and m.alpha == 0.1 and m.scale == "hardsigmoid",
+        ),
+        (
+            {"insert_act": "prelu"},
+            lambda m: isinstance(m, PReLU) and m.weight.shape == (m.num_parameters,) and m.num_parameters > 1,
+        ),
+        (
+            {"insert_act": "lslu", "n": 2, "act": "silu", "granularity": "channel"},
+            lambda m: isinstance(m, LSLU) and m.n == 2 and m.base == "silu" and m.theta.shape == (2, m.channels),
+        ),
     ]
     for values, check in cases:
         cfg = TrialConfig(**{**FAST, **values})

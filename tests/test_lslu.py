@@ -1,4 +1,5 @@
 """LSLU against an independent numpy/scipy calculation of DESIGN.md §2's forward pass."""
+
 import math
 
 import numpy as np
@@ -55,8 +56,15 @@ def test_forward_matches_formula(base, granularity, n, train):
     act = randomized_lslu(base, granularity, n)
     act.train(train)
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64) * 2
-    expected = reference(x.numpy(), act.theta.detach().numpy(), act.omega.detach().numpy(),
-                         act.weight.detach().numpy(), _bn_numpy(act), base, train)
+    expected = reference(
+        x.numpy(),
+        act.theta.detach().numpy(),
+        act.omega.detach().numpy(),
+        act.weight.detach().numpy(),
+        _bn_numpy(act),
+        base,
+        train,
+    )
     out = act(x).detach().numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
 

@@ -1,5 +1,6 @@
 """The CPU inference kernel (trainables/activations/lslu_cpu.py, lslu_cpu.cpp): the series and the depthwise conv in
 one compiled pass, against the plain series followed by ``F.conv2d`` computed independently in float64."""
+
 import copy
 import gc
 import io
@@ -29,8 +30,13 @@ pytestmark = pytest.mark.skipif(lslu_cpu.library() is None, reason="no C++ compi
 def reference(x, theta, omega, weight, bias, channel):
     """conv(f(y_n)) in float64 from the plain series (lslu_series.series_forward), not the closed form."""
     series = series_forward(x.double(), theta.double(), omega.double(), "relu", channel)
-    out = F.conv2d(series, weight.double(), None if bias is None else bias.double(), padding=weight.shape[-1] // 2,
-                   groups=x.shape[1])
+    out = F.conv2d(
+        series,
+        weight.double(),
+        None if bias is None else bias.double(),
+        padding=weight.shape[-1] // 2,
+        groups=x.shape[1],
+    )
     return out
 
 
@@ -66,8 +72,10 @@ def test_the_kernel_equals_the_plain_series_then_a_depthwise_conv(case, layout):
                     assert_close(out, reference(x, theta, omega, weight, b, channel))
                     # without a form, x is taken as f(y_n) already (SiLU, GELU bases): the conv alone
                     plain = lslu_cpu.series_conv(x, weight, b, None, {})
-                    assert_close(plain, F.conv2d(x.double(), weight.double(), None if b is None else b.double(),
-                                                 padding=n, groups=c))
+                    assert_close(
+                        plain,
+                        F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=n, groups=c),
+                    )
     finally:
         torch.set_num_threads(threads)
 
@@ -163,8 +171,13 @@ def test_the_operands_follow_the_weights(calls, monkeypatch):
     """Remade when the weight changes in place, its storage is replaced, the bias changes, or θ, ω change."""
     act = randomized_lslu(channels=16).float().eval().fuse()
     x = torch.randn(1, 16, 6, 6)
-    changes = [lambda: act.weight.mul_(-2), lambda: setattr(act.weight, "data", torch.randn_like(act.weight)),
-               lambda: act.bias.add_(1), lambda: act.theta.mul_(0.5), lambda: act.omega.sub_(0.25)]
+    changes = [
+        lambda: act.weight.mul_(-2),
+        lambda: setattr(act.weight, "data", torch.randn_like(act.weight)),
+        lambda: act.bias.add_(1),
+        lambda: act.theta.mul_(0.5),
+        lambda: act.omega.sub_(0.25),
+    ]
     with torch.no_grad():
         previous = act(x)
         for change in changes:
@@ -263,8 +276,12 @@ def test_the_weight_gradient_kernel_equals_autograd():
                 series = x if form is None else series_forward(x, theta.double(), omega.double(), "relu", channel)
                 (ref,) = torch.autograd.grad(F.conv2d(series, weight, padding=n, groups=c), weight, g)
                 for layout in LAYOUTS.values():
-                    dw = lslu_cpu.weight_grad(x.float().contiguous(memory_format=layout),
-                                              g.float().contiguous(memory_format=layout), form, 2 * n + 1)
+                    dw = lslu_cpu.weight_grad(
+                        x.float().contiguous(memory_format=layout),
+                        g.float().contiguous(memory_format=layout),
+                        form,
+                        2 * n + 1,
+                    )
                     assert dw.shape == weight.shape
                     assert_close(dw, ref)
 
@@ -297,8 +314,9 @@ def test_it_is_built_once_per_cache_and_without_a_compiler_inference_keeps_the_c
     env.pop("LSLU_KERNEL", None)
 
     def run(env):
-        return subprocess.run([sys.executable, "-c", BUILD], env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", BUILD], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
 
     first = run(env)
     assert first.returncode == 0 and first.stdout.splitlines()[0] == "built", first.stderr

@@ -1,5 +1,6 @@
 """The closed form of LSLU's ReLU series (clamp(A x + B, lo, hi)) and the one-function training site built on it,
 against the series step by step and the site's modules, and what each keeps for backward."""
+
 import copy
 
 import pytest

@@ -2,6 +2,7 @@
 interpreter on the CPU: forward, deploy form and every gradient against autograd on the unfused site, and the LSLU
 module through it against the module's CPU route; and Triton's compilation of the kernels for a GPU. The module on a
 real GPU with ``LSLU_KERNEL=site`` is in tests/test_cuda.py."""
+
 import textwrap
 
 import pytest
@@ -124,6 +125,7 @@ def test_triton_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
 
     from trainables.activations.lslu import triton_site as S
     from trainables.activations.lslu import triton_series as T
+
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile, do not load an earlier result
     data, params = f"*{dtype}", "*fp32"
     layouts = [dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=128, BLOCK_C=8)]  # channels_last, NCHW (S._blocks)
@@ -131,17 +133,31 @@ def test_triton_kernels_compile_for_a_hopper_gpu(dtype, tmp_path, monkeypatch):
     grad_ptrs = dict(x_ptr=data, g_ptr=data, part_ptr=params, theta_ptr=params, omega_ptr=params)
     kernels = []
     for blocks in layouts:
-        kernels += [(S._dw_conv, conv_ptrs,
-                     dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, MODE=mode, **blocks))
-                    for bias in (False, True) for mode in (0, 2)]
-        kernels.append((S._dw_conv, conv_ptrs,
-                        dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, MODE=0, **blocks)))
+        kernels += [
+            (S._dw_conv, conv_ptrs, dict(K=7, FLIP=False, HAS_BIAS=bias, N_TERMS=3, BASE=0, MODE=mode, **blocks))
+            for bias in (False, True)
+            for mode in (0, 2)
+        ]
+        kernels.append(
+            (S._dw_conv, conv_ptrs, dict(K=7, FLIP=True, HAS_BIAS=False, N_TERMS=0, BASE=0, MODE=0, **blocks))
+        )
         kernels.append((S._dw_weight_grad, grad_ptrs, dict(K=5, N_TERMS=2, BASE=2, MODE=2, **blocks)))
     # the series' own pair, which shares the series' steps (lslu_triton._terms) with the site kernels
-    series_ptrs = dict(x_ptr=data, out_ptr=data, g_ptr=data, dx_ptr=data, theta_ptr=params, omega_ptr=params,
-                       dtheta_ptr=params, domega_ptr=params)
-    kernels += [(fn, series_ptrs, dict(N_TERMS=3, BASE=1, MODE=mode, BLOCK_R=16, BLOCK_K=256))
-                for fn in (T._series_fwd, T._series_bwd) for mode in (0, 1, 2)]
+    series_ptrs = dict(
+        x_ptr=data,
+        out_ptr=data,
+        g_ptr=data,
+        dx_ptr=data,
+        theta_ptr=params,
+        omega_ptr=params,
+        dtheta_ptr=params,
+        domega_ptr=params,
+    )
+    kernels += [
+        (fn, series_ptrs, dict(N_TERMS=3, BASE=1, MODE=mode, BLOCK_R=16, BLOCK_K=256))
+        for fn in (T._series_fwd, T._series_bwd)
+        for mode in (0, 1, 2)
+    ]
     for fn, ptrs, constexprs in kernels:
         signature = {name: ptrs.get(name, "i32") for name in fn.arg_names}
         signature.update({name: "constexpr" for name in constexprs})

@@ -1,4 +1,5 @@
 """The Triton kernels of LSLU's series, run by Triton's interpreter on the CPU (the GPU run is tests/test_cuda.py)."""
+
 import textwrap
 
 import pytest

@@ -1,5 +1,6 @@
 """`model:` in three forms (DESIGN.md §3): the project's registry, any timm name, an import path package.module:factory;
 with model_args, pretrained weights only from a file, did-you-mean for a typo, and cifar_stem recipes by family."""
+
 import pickle
 import textwrap
 
@@ -97,8 +98,9 @@ def test_pretrained_weights_come_only_from_a_file_or_the_cache(tmp_path):
     assert loaded.head.weight.shape == (5, 16)
     timm_source = build_model("regnetx_002", num_classes=10)
     torch.save(timm_source.state_dict(), tmp_path / "regnet.pth")
-    timm_loaded = build_model("regnetx_002", num_classes=10, pretrained=True,
-                              pretrained_file=str(tmp_path / "regnet.pth"))
+    timm_loaded = build_model(
+        "regnetx_002", num_classes=10, pretrained=True, pretrained_file=str(tmp_path / "regnet.pth")
+    )
     assert torch.equal(timm_loaded.stem.conv.weight, timm_source.stem.conv.weight)
 
 
@@ -134,8 +136,11 @@ def test_cifar_stem_without_a_recipe_names_the_class():
 
 
 def test_errors_raised_in_a_trial_survive_pickling():
-    for err in (ConfigError("model_args.width", "must be positive"), SpecError("s.yaml", "space.lr", "bad range"),
-                SpecError("s.yaml", "", "not valid YAML")):
+    for err in (
+        ConfigError("model_args.width", "must be positive"),
+        SpecError("s.yaml", "space.lr", "bad range"),
+        SpecError("s.yaml", "", "not valid YAML"),
+    ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err) and back.key == err.key and back.message == err.message
 
@@ -153,26 +158,35 @@ def test_a_registration_in_main_is_refused_before_any_trial():
 
 
 def test_a_sweep_searches_one_model_args_entry(tmp_path):
-    sweep = _sweep(f"""
+    sweep = _sweep(
+        f"""
         name: width_search
         trial: {{model: "{USER}", model_args: {{depth: 1}}, n: 0}}
         space: {{model_args.width: [0.25, 0.5]}}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert sweep.fixed_values()["model_args"] == {"depth": 1}
     cfg = TrialConfig.from_flat({**sweep.fixed_values(), "model_args.width": 0.5})
     assert cfg.model_args == {"depth": 1, "width": 0.5}
     with pytest.raises(SpecError, match="space.model_args.width: also fixed in trial.model_args.width"):
-        _sweep(f"""
+        _sweep(
+            f"""
             name: both
             trial: {{model: "{USER}", model_args: {{width: 1.0}}}}
             space: {{model_args.width: [0.25, 0.5]}}
-        """, tmp_path)
+        """,
+            tmp_path,
+        )
     with pytest.raises(SpecError, match="space.model_args.bogus.choices\\[0\\]"):
-        _sweep(f"""
+        _sweep(
+            f"""
             name: bad_entry
             trial: {{model: "{USER}"}}
             space: {{model_args.bogus: [1, 2]}}
-        """, tmp_path)
+        """,
+            tmp_path,
+        )
 
 
 def test_the_models_command_lists_matching_names(capsys):
@@ -189,13 +203,16 @@ def test_the_models_command_lists_matching_names(capsys):
 def test_a_sweep_trains_a_timm_model_the_project_does_not_register(ray_local, tmp_path, tracking_uri):
     from orchestrator.driver import run_sweep
 
-    sweep = _sweep("""
+    sweep = _sweep(
+        """
         name: timm_regnet
         trial: {model: regnetx_002, cifar_stem: true, epochs: 1, warmup_epochs: 0, train_samples: 128,
                 val_samples: 64, batch_size: 64, policy: first_k, k: 2}
         space: {model_args.drop_path_rate: [0.05]}
         search: {algorithm: random, num_samples: 1, max_concurrent: 1, scheduler: none}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     outcome = run_sweep(sweep, tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
     assert [r["status"] for r in outcome.rows] == ["completed"]
     assert outcome.rows[0]["config.model_args.drop_path_rate"] == 0.05

@@ -1,4 +1,5 @@
 """The model zoo and the insertion engine on real networks (DESIGN.md §3, §7)."""
+
 import pytest
 import torch
 from torch import nn
@@ -16,8 +17,11 @@ ZOO = [m for m in list_models() if m != "digits_cnn"]
 
 def _small(name, **kw):
     """VanillaNet at a quarter width (the authors' x0_25) keeps CPU tests quick; the others as published."""
-    return (build_model(name, num_classes=10, width=0.25, **kw) if name.startswith("vanillanet")
-            else build_model(name, num_classes=10, **kw))
+    return (
+        build_model(name, num_classes=10, width=0.25, **kw)
+        if name.startswith("vanillanet")
+        else build_model(name, num_classes=10, **kw)
+    )
 
 
 def _train_step(model, size, batch=2):
@@ -40,10 +44,18 @@ def test_builds_and_trains_at_native_size(name):
     _train_step(_small(name), NATIVE.get(name, 224))
 
 
-@pytest.mark.parametrize("name, params_m", [
-    ("resnet18", 11.69), ("resnet34", 21.80), ("resnet50", 25.56), ("resnet101", 44.55), ("shufflenet_v2_x1_0", 2.28),
-    ("vanillanet_5", 15.52), ("vanillanet_6", 32.51),
-])
+@pytest.mark.parametrize(
+    "name, params_m",
+    [
+        ("resnet18", 11.69),
+        ("resnet34", 21.80),
+        ("resnet50", 25.56),
+        ("resnet101", 44.55),
+        ("shufflenet_v2_x1_0", 2.28),
+        ("vanillanet_5", 15.52),
+        ("vanillanet_6", 32.51),
+    ],
+)
 def test_published_parameter_counts_of_the_deploy_form(name, params_m):
     with torch.device("meta"):  # counts need shapes only
         model = build_model(name, num_classes=1000)
@@ -80,24 +92,29 @@ def test_multiply_accumulates_count_lslu_depthwise_convolutions(kernel, monkeypa
     model = build_model("resnet18", num_classes=10, cifar_stem=True)
     apply_policy(model, "all", act="lslu", n=n)
     shapes = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape))
-             for m in model.modules() if isinstance(m, LSLU)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: shapes.append(inp[0].shape))
+        for m in model.modules()
+        if isinstance(m, LSLU)
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, *size))
     for hook in hooks:
         hook.remove()
     assert len(shapes) == 17
     depthwise = sum(c * h * w * (2 * n + 1) ** 2 for _, c, h, w in shapes) / 1e9
-    assert count_macs(fuse_model(model), size) == pytest.approx(count_macs(fuse_model(plain), size) + depthwise,
-                                                                rel=1e-9)
+    assert count_macs(fuse_model(model), size) == pytest.approx(
+        count_macs(fuse_model(plain), size) + depthwise, rel=1e-9
+    )
 
 
 def test_architecture_stats_measure_each_architecture_once(monkeypatch):
     from trainables.models import stats as stats_module
 
     measured = []
-    monkeypatch.setattr(stats_module, "model_stats",
-                        lambda model, size: measured.append(repr(model)) or {"latency_ms": len(measured)})
+    monkeypatch.setattr(
+        stats_module, "model_stats", lambda model, size: measured.append(repr(model)) or {"latency_ms": len(measured)}
+    )
     monkeypatch.setattr(stats_module, "_BY_ARCHITECTURE", {})
 
     def lslu_net(n, lr_seed=0):
@@ -118,18 +135,21 @@ def test_architecture_stats_measure_each_architecture_once(monkeypatch):
 R18 = ["act1"] + [f"layer{s}.{b}.act{a}" for s in range(1, 5) for b in range(2) for a in (1, 2)]
 
 
-@pytest.mark.parametrize("policy, indices", [
-    ("none", []),
-    ("all", list(range(17))),
-    ("downsampling", [0, 6, 10, 14]),  # the stem and the last site of layer2.0, layer3.0, layer4.0
-    ("stages:0", [0]),
-    ("stages:1,3", [1, 2, 3, 4, 9, 10, 11, 12]),
-    ("first_k:3", [0, 1, 2]),
-    ("last_k:2", [15, 16]),
-    ("mask:10000000000000001", [0, 16]),
-    ("paths:layer4.*", [13, 14, 15, 16]),
-    ("paths:*.act1,act1", [0, 1, 3, 5, 7, 9, 11, 13, 15]),
-])
+@pytest.mark.parametrize(
+    "policy, indices",
+    [
+        ("none", []),
+        ("all", list(range(17))),
+        ("downsampling", [0, 6, 10, 14]),  # the stem and the last site of layer2.0, layer3.0, layer4.0
+        ("stages:0", [0]),
+        ("stages:1,3", [1, 2, 3, 4, 9, 10, 11, 12]),
+        ("first_k:3", [0, 1, 2]),
+        ("last_k:2", [15, 16]),
+        ("mask:10000000000000001", [0, 16]),
+        ("paths:layer4.*", [13, 14, 15, 16]),
+        ("paths:*.act1,act1", [0, 1, 3, 5, 7, 9, 11, 13, 15]),
+    ],
+)
 def test_policies_select_the_right_sites_on_resnet18(policy, indices):
     model = build_model("resnet18", num_classes=10, cifar_stem=True)
     sites = list_sites(model)
@@ -156,9 +176,11 @@ def test_site_channels_and_order_agree_with_the_tensors_through_them(name):
     sites = list_sites(model)
     seen, order = {}, []
     for s in sites:
+
         def hook(module, inputs, output, path=s.path):
             seen[path] = output.shape[1]
             order.append(path)
+
         model.get_submodule(s.path).register_forward_hook(hook)
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
@@ -199,6 +221,7 @@ def test_unknown_models_and_arguments_fail_loudly():
 
 
 # VanillaNet
+
 
 def _vanilla_with_stats(depth=5, seed=0):
     """A quarter-width VanillaNet whose BatchNorms hold non-trivial running statistics."""
@@ -261,8 +284,13 @@ def test_vanillanet_sites_take_lslu_and_act_num_is_n():
     assert [s.downsampling for s in sites] == [True, True, True, True, False]  # stride 1 in the last stage
     assert all(model.get_submodule(s.path).weight.shape[-1] == 5 for s in sites)  # (2n+1)² kernels
     apply_policy(model, "stages:1,2", "lslu", n=2)
-    assert [type(model.get_submodule(s.path)).__name__ for s in sites] == ["VanillaAct", "LSLU", "LSLU", "VanillaAct",
-                                                                           "VanillaAct"]
+    assert [type(model.get_submodule(s.path)).__name__ for s in sites] == [
+        "VanillaAct",
+        "LSLU",
+        "LSLU",
+        "VanillaAct",
+        "VanillaAct",
+    ]
     _train_step(model, 32)
 
 

@@ -2,6 +2,7 @@
 process), a real MLflow server started by ``cluster/mlflow_server.sh`` on a throwaway PostgreSQL, and the real
 ``lslu-sweep`` CLI joining the cluster with ``--address``. Everything is read back over HTTP with MlflowClient.
 """
+
 import csv
 import glob
 import io
@@ -73,8 +74,9 @@ def _finish(proc, timeout=600):
 
 def test_local_tracking_store_is_refused_before_any_trial(cluster, tmp_path):
     # no --tracking-uri: the default, sqlite:///mlruns.db in the working directory, is what users forget
-    rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "local"), "--address", cluster.address,
-                                "--storage", "ray"))
+    rc, out, err = _finish(
+        _cli(tmp_path, _sweep_file(tmp_path, "local"), "--address", cluster.address, "--storage", "ray")
+    )
     assert rc == 2, (out, err)
     assert f"error: --tracking-uri: sqlite:///{tmp_path / 'mlruns.db'} is a local store" in err
     assert "this Ray cluster has 3 nodes and trials on the others cannot write to it" in err
@@ -91,15 +93,32 @@ def test_storage_a_node_cannot_see_is_refused(cluster, server, tmp_path):
     storage.mkdir()
     before = set(cluster.alive())
     ray_bin = Path(sys.executable).parent / "ray"
-    inner = (f"mount -t tmpfs lslu-hidden {shlex.quote(str(storage))} && "
-             f"exec {shlex.quote(str(ray_bin))} start --address {cluster.address} --num-cpus 1 --block")
+    inner = (
+        f"mount -t tmpfs lslu-hidden {shlex.quote(str(storage))} && "
+        f"exec {shlex.quote(str(ray_bin))} start --address {cluster.address} --num-cpus 1 --block"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
-    node = subprocess.Popen(["unshare", "-m", "sh", "-c", inner], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "hidden-node.log", "w"), start_new_session=True)
+    node = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", inner],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "hidden-node.log", "w"),
+        start_new_session=True,
+    )
     try:
         (hidden,) = set(cluster.wait_alive(len(before) + 1, timeout_s=120)) - before
-        rc, out, err = _finish(_cli(tmp_path, _sweep_file(tmp_path, "hidden"), "--address", cluster.address,
-                                    "--tracking-uri", server.uri, "--storage", str(storage)))
+        rc, out, err = _finish(
+            _cli(
+                tmp_path,
+                _sweep_file(tmp_path, "hidden"),
+                "--address",
+                cluster.address,
+                "--tracking-uri",
+                server.uri,
+                "--storage",
+                str(storage),
+            )
+        )
         assert rc == 2, (out, err)
         assert f"error: --storage: {storage} is not shared by every Ray node (node {hidden[:12]} " in err
         assert "is not there: this node does not see the driver's storage" in err and "s3://" in err
@@ -122,7 +141,8 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
     package = "lslu_user_e2e"
     user = write_factory_package(tmp_path / "user_project", package)
     (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
-    (user / "sweep.yaml").write_text(textwrap.dedent(f"""
+    (user / "sweep.yaml").write_text(
+        textwrap.dedent(f"""
         name: userpackage
         trial: {{model: '{package}.nets:build', dataset: '{package}.data:build', data_args: {{n: 48, classes: 3}},
                 insert_act: lslu, policy: downsampling, image_size: 12, epochs: 2, warmup_epochs: 0, batch_size: 16,
@@ -131,11 +151,22 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
         search: {{algorithm: grid, max_concurrent: 2, scheduler: none}}
         resources: {{cpu: 1}}
         runtime_env: {{working_dir: .}}
-    """))
+    """)
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    rc, out, err = _finish(_cli(elsewhere, str(user / "sweep.yaml"), "--address", cluster.address,
-                                "--tracking-uri", server.uri, "--storage", str(tmp_path / "storage")))
+    rc, out, err = _finish(
+        _cli(
+            elsewhere,
+            str(user / "sweep.yaml"),
+            "--address",
+            cluster.address,
+            "--tracking-uri",
+            server.uri,
+            "--storage",
+            str(tmp_path / "storage"),
+        )
+    )
     assert rc == 0, (out[-3000:], err[-5000:])
     assert "trials: 2 (2 completed)" in out
     assert "search.max_failures: 3 (a cluster of 3 nodes" in out  # the file leaves it out: a cluster's default
@@ -146,8 +177,15 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
     assert {c.data.tags["ray_node_id"] for c in children} <= set(cluster.workers)
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
-        sites = list(csv.DictReader(io.StringIO(
-            open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))).read())))
+        sites = list(
+            csv.DictReader(
+                io.StringIO(
+                    open(
+                        client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path / child.info.run_id))
+                    ).read()
+                )
+            )
+        )
         # the user's network as the traced forward saw it: stages where the resolution halves, the MLP's GELU on
         # (B, H, W, C), and LSLU at the downsampling sites (the stem and each stage's first block)
         columns = ("path", "stage", "channels", "layout", "downsampling", "inserted")
@@ -155,7 +193,8 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
             ("stem.act", "0", "8", "nchw", "True", "1"),
             ("stages.0.0.act", "1", "16", "nchw", "True", "1"),
             ("stages.0.1.act", "1", "32", "nhwc", "False", "0"),
-            ("stages.1.0.act", "2", "32", "nchw", "True", "1")]
+            ("stages.1.0.act", "2", "32", "nchw", "True", "1"),
+        ]
         assert child.data.tags["mask"] == "1101" and len(client.get_metric_history(child.info.run_id, "val_acc")) == 2
 
 
@@ -163,8 +202,16 @@ def test_sweep_survives_a_lost_worker_node(cluster, server, tmp_path):
     storage = tmp_path / "storage"
     client = MlflowClient(server.uri)
     t0 = time.monotonic()
-    driver = _cli(tmp_path, _sweep_file(tmp_path, "multinode"), "--address", cluster.address,
-                  "--tracking-uri", server.uri, "--storage", str(storage))
+    driver = _cli(
+        tmp_path,
+        _sweep_file(tmp_path, "multinode"),
+        "--address",
+        cluster.address,
+        "--tracking-uri",
+        server.uri,
+        "--storage",
+        str(storage),
+    )
     try:
         victim = _kill_node_of_a_running_trial(cluster, client, driver)
         rc, out, err = _finish(driver)
@@ -203,8 +250,10 @@ def test_sweep_survives_a_lost_worker_node(cluster, server, tmp_path):
     moved_at = nodes.index(survivor)
     assert set(nodes[:moved_at]) == {victim["node_id"]} and set(nodes[moved_at:]) == {survivor}
     assert 2 <= moved_at + 1 <= victim["logged_epochs"] + 1
-    print(f"multi-node sweep: {elapsed:.0f} s; trial {victim['trial_id']} lost its node after epoch "
-          f"{victim['logged_epochs']} and continued at epoch {moved_at + 1}")
+    print(
+        f"multi-node sweep: {elapsed:.0f} s; trial {victim['trial_id']} lost its node after epoch "
+        f"{victim['logged_epochs']} and continued at epoch {moved_at + 1}"
+    )
 
 
 def _kill_node_of_a_running_trial(cluster, client, driver, timeout_s=420) -> dict:

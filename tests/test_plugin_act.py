@@ -1,4 +1,5 @@
 """A new activation added in one place: a class in a user's module, named by import path in the trial config."""
+
 import textwrap
 
 import pytest
@@ -12,8 +13,16 @@ from trainables.config import ConfigError, TrialConfig
 from trainables.loop import Training
 
 PLUGIN = "tests.plugin_act:SlopeReLU"
-FAST = dict(epochs=2, warmup_epochs=0, insert_act=PLUGIN, policy="mask", mask="0101", train_samples=256,
-            val_samples=128, batch_size=64)
+FAST = dict(
+    epochs=2,
+    warmup_epochs=0,
+    insert_act=PLUGIN,
+    policy="mask",
+    mask="0101",
+    train_samples=256,
+    val_samples=128,
+    batch_size=64,
+)
 
 
 def test_an_import_path_builds_the_class_with_its_arguments():
@@ -62,6 +71,10 @@ def test_a_sweep_logs_its_parameter_every_epoch(ray_local, tmp_path, tracking_ur
         assert [m.step for m in history] == [1, 2] and history[-1].value != 0.25
         assert not any(k.startswith("slope_conv") for k in child.data.metrics)  # a single value, not a series
     sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path))).read().splitlines()
-    assert [line.split(",")[-2:] for line in sites[1:]] == [["ReLU", "0"], ["SlopeReLU", "1"], ["ReLU", "0"],
-                                                            ["SlopeReLU", "1"]]
+    assert [line.split(",")[-2:] for line in sites[1:]] == [
+        ["ReLU", "0"],
+        ["SlopeReLU", "1"],
+        ["ReLU", "0"],
+        ["SlopeReLU", "1"],
+    ]
     assert isinstance(SlopeReLU(), torch.nn.Module)

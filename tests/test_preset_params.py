@@ -2,6 +2,7 @@
 puts it, leaves ResNet-18 at 11.69 M parameters and adds 0.04 G multiply–accumulates at 224²; the stem and the three
 downsampling blocks would make it 11.74 M. Every trial config of each grid is built on the meta device (no memory, no
 weights drawn) and counted in its deploy form, as a trial's ``params_m`` is."""
+
 import dataclasses
 
 import pytest
@@ -65,8 +66,9 @@ def test_resnet_presets_build_the_networks_the_paper_counts(preset):
             plain[cfg.dataset] = _params_m(_deploy(dataclasses.replace(cfg, policy="none"), classes))
         if placement == "stages:0":
             assert abs(_params_m(_deploy(cfg, classes)) - plain[cfg.dataset]) < 0.01, (preset, cfg.insert_act, cfg.n)
-    lslu_stem = [c for c in configs
-                 if c.inserts and c.insert_act == "lslu" and c.n == 3 and c.policy_spec == "stages:0"]
+    lslu_stem = [
+        c for c in configs if c.inserts and c.insert_act == "lslu" and c.n == 3 and c.policy_spec == "stages:0"
+    ]
     assert lslu_stem, f"{preset} trains no ResNet-18-LSLU (n = 3) at the stem"
     base = dataclasses.replace(lslu_stem[0], **IMAGENET)
     added = _macs_g(_deploy(base, 1000), 224) - _macs_g(_deploy(dataclasses.replace(base, policy="none"), 1000), 224)

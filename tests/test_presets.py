@@ -1,5 +1,6 @@
 """Every preset of papers/000's experiments runs end to end with --smoke-test on a real local Ray, and its
 outputs are read back from the SQLite MLflow store with MlflowClient (issue 6's "done when")."""
+
 import io
 
 import pandas as pd
@@ -112,17 +113,26 @@ def test_insertion_resnet18_smoke_finds_masks_a_pareto_front_and_a_runnable_best
     assert ("param_importance.png" in artifacts) == (len(done) >= 3 and len({r["best_val_acc"] for r in done}) > 1)
     # the Pareto front, recomputed here: no finished trial is at least as accurate and at least as fast, and better
     # in one
-    front = {r["trial_id"] for r in done
-             if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
-                        and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"]) for o in done)}
-    pareto = pd.read_csv(io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)),
-                         dtype={"mask": str, "trial_id": str})
+    front = {
+        r["trial_id"]
+        for r in done
+        if not any(
+            o["best_val_acc"] >= r["best_val_acc"]
+            and o["latency_ms"] <= r["latency_ms"]
+            and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
+            for o in done
+        )
+    }
+    pareto = pd.read_csv(
+        io.StringIO(_text(client, run_id, "pareto.csv", tmp_path)), dtype={"mask": str, "trial_id": str}
+    )
     assert set(pareto["trial_id"]) == front
     importance = pd.read_csv(io.StringIO(_text(client, run_id, "site_importance.csv", tmp_path)))
     assert list(importance["site"]) == [f"site_{i}" for i in range(17)]
     top = sorted(done, key=lambda r: -r["best_val_acc"])[: -(-len(done) // 4)]
-    assert list(importance["on_in_top_quartile"]) == [sum(r["mask"][i] == "1" for r in top) / len(top)
-                                                      for i in range(17)]
+    assert list(importance["on_in_top_quartile"]) == [
+        sum(r["mask"][i] == "1" for r in top) / len(top) for i in range(17)
+    ]
 
     # best_config.yaml is a sweep file that `lslu-sweep run` accepts and runs: one trial, the best trial's mask
     best_file = tmp_path / "best_config.yaml"
@@ -132,5 +142,5 @@ def test_insertion_resnet18_smoke_finds_masks_a_pareto_front_and_a_runnable_best
     assert best.base.policy == "mask" and best.base.mask == best_row["mask"] and best.spec.search.num_samples == 1
     assert main(["run", str(best_file), "--tracking-uri", f"sqlite:///{tmp_path / 'best.db'}"]) == 0
     best_client = MlflowClient(f"sqlite:///{tmp_path / 'best.db'}")
-    (_, ), (rerun,) = _sweep_runs(best_client, best.name)
+    (_,), (rerun,) = _sweep_runs(best_client, best.name)
     assert rerun.data.tags["mask"] == best_row["mask"] and rerun.data.tags["status"] == "completed"

@@ -1,6 +1,7 @@
 """The paper-style report of a finished sweep, its Pareto and site-importance tables, and `lslu-sweep report NAME`,
 checked against independent calculations over hand-made trial rows (no Ray: the rows are what
 ``summary.trial_rows`` gives)."""
+
 import io
 import itertools
 import math
@@ -41,12 +42,24 @@ def _table2_rows():
     rows = []
     for k, (act, policy, seed) in enumerate(itertools.product(["relu", "silu", "gelu"], ["none", "all"], [0, 1, 2])):
         base = {"relu": 90.0, "silu": 91.0, "gelu": 92.0}[act] + (1.5 if policy == "all" else 0.0)
-        rows.append({"trial_id": f"t{k:02d}", "status": "completed", "mlflow_run_id": f"run{k}",
-                     "mask": "1111" if policy == "all" else "0000",
-                     "config.act": act, "config.policy": policy, "config.seed": seed, "config.n": 2,
-                     "best_val_acc": base + rng.uniform(-0.5, 0.5), "min_val_loss": rng.uniform(0.1, 0.3),
-                     "params_m": 0.05 if policy == "none" else 0.06, "flops_g": 0.001,
-                     "latency_ms": rng.uniform(0.2, 0.4), "train_s_per_epoch": rng.uniform(1, 2)})
+        rows.append(
+            {
+                "trial_id": f"t{k:02d}",
+                "status": "completed",
+                "mlflow_run_id": f"run{k}",
+                "mask": "1111" if policy == "all" else "0000",
+                "config.act": act,
+                "config.policy": policy,
+                "config.seed": seed,
+                "config.n": 2,
+                "best_val_acc": base + rng.uniform(-0.5, 0.5),
+                "min_val_loss": rng.uniform(0.1, 0.3),
+                "params_m": 0.05 if policy == "none" else 0.06,
+                "flops_g": 0.001,
+                "latency_ms": rng.uniform(0.2, 0.4),
+                "train_s_per_epoch": rng.uniform(1, 2),
+            }
+        )
     rows.append({**rows[0], "trial_id": "bad", "status": "diverged", "best_val_acc": float("nan")})
     return rows
 
@@ -55,12 +68,16 @@ def test_report_groups_by_the_varied_keys_and_averages_over_seeds():
     sweep, rows = _sweep(TABLE2), _table2_rows()
     table = report_frame(sweep, rows)
     # groups in the file's order of choices, seed averaged away; the diverged trial counts nowhere
-    assert list(zip(table["act"], table["policy"])) == list(itertools.product(["relu", "silu", "gelu"],
-                                                                              ["none", "all"]))
+    assert list(zip(table["act"], table["policy"])) == list(
+        itertools.product(["relu", "silu", "gelu"], ["none", "all"])
+    )
     assert list(table["trials"]) == [3] * 6
     for _, group in table.iterrows():
-        accs = [r["best_val_acc"] for r in rows[:-1]
-                if (r["config.act"], r["config.policy"]) == (group["act"], group["policy"])]
+        accs = [
+            r["best_val_acc"]
+            for r in rows[:-1]
+            if (r["config.act"], r["config.policy"]) == (group["act"], group["policy"])
+        ]
         assert group["best_val_acc_mean"] == pytest.approx(statistics.mean(accs))
         assert group["best_val_acc_std"] == pytest.approx(statistics.stdev(accs))
         assert group["params_m_mean"] == pytest.approx(0.06 if group["policy"] == "all" else 0.05)
@@ -71,8 +88,9 @@ def test_report_groups_by_the_varied_keys_and_averages_over_seeds():
     assert "18 finished trials, grouped by act, policy; mean ± std over each group's trials (the seeds)" in text
     assert lines[4].startswith("| act | policy | trials | best_val_acc | min_val_loss | params_m |")
     first = table.iloc[0]
-    assert lines[6].startswith(f"| relu | none | 3 | {first['best_val_acc_mean']:.4g} ± "
-                               f"{first['best_val_acc_std']:.2g} |")
+    assert lines[6].startswith(
+        f"| relu | none | 3 | {first['best_val_acc_mean']:.4g} ± {first['best_val_acc_std']:.2g} |"
+    )
     assert len(lines) == 6 + 6
 
 
@@ -86,13 +104,25 @@ def test_a_conditional_key_groups_the_trials_that_did_not_sample_it_apart():
           seed: [0, 1]
         search: {algorithm: grid, scheduler: none}
     """)
-    rows = [{"trial_id": f"t{k}", "status": "completed", "config.insert_act": act, "config.n": n, "config.seed": seed,
-             "best_val_acc": float(10 * k)}
-            for k, (act, n, seed) in enumerate([("lslu", 1, 0), ("lslu", 1, 1), ("lslu", 2, 0), ("pwlu", 1, 0),
-                                                ("pwlu", 1, 1)])]
+    rows = [
+        {
+            "trial_id": f"t{k}",
+            "status": "completed",
+            "config.insert_act": act,
+            "config.n": n,
+            "config.seed": seed,
+            "best_val_acc": float(10 * k),
+        }
+        for k, (act, n, seed) in enumerate(
+            [("lslu", 1, 0), ("lslu", 1, 1), ("lslu", 2, 0), ("pwlu", 1, 0), ("pwlu", 1, 1)]
+        )
+    ]
     table = report_frame(sweep, rows)
-    assert [(a, n, t) for a, n, t in zip(table["insert_act"], table["n"], table["trials"])] == \
-           [("lslu", 1, 2), ("lslu", 2, 1), ("pwlu", OFF, 2)]
+    assert [(a, n, t) for a, n, t in zip(table["insert_act"], table["n"], table["trials"])] == [
+        ("lslu", 1, 2),
+        ("lslu", 2, 1),
+        ("pwlu", OFF, 2),
+    ]
     assert list(table["best_val_acc_mean"]) == [5.0, 20.0, 35.0]
     assert math.isnan(table["best_val_acc_std"][1])  # one trial: no spread
     assert "| lslu | 2 | 1 | 20 |" in report_markdown(sweep, table, "cond")
@@ -114,11 +144,20 @@ def _masked_rows(count=12):
     rows = []
     for k in range(count):
         mask = "".join(rng.choice("01") for _ in range(4))
-        rows.append({"trial_id": f"t{k}", "status": "completed", "mlflow_run_id": f"run{k}", "mask": mask,
-                     "config.mask": mask,
-                     "config.lr": 10 ** rng.uniform(-3, -2), "config.policy": "mask", "lslu_sites": mask.count("1"),
-                     "best_val_acc": 80 + 10 * int(mask[1]) - 5 * int(mask[3]) + rng.uniform(0, 1),
-                     "latency_ms": 1 + 0.2 * mask.count("1") + rng.uniform(0, 0.05)})
+        rows.append(
+            {
+                "trial_id": f"t{k}",
+                "status": "completed",
+                "mlflow_run_id": f"run{k}",
+                "mask": mask,
+                "config.mask": mask,
+                "config.lr": 10 ** rng.uniform(-3, -2),
+                "config.policy": "mask",
+                "lslu_sites": mask.count("1"),
+                "best_val_acc": 80 + 10 * int(mask[1]) - 5 * int(mask[3]) + rng.uniform(0, 1),
+                "latency_ms": 1 + 0.2 * mask.count("1") + rng.uniform(0, 0.05),
+            }
+        )
     return rows
 
 
@@ -141,12 +180,20 @@ def test_pareto_table_and_report_are_logged_and_lslu_sweep_report_prints_them(tr
     ctx = open_parent_run(tracking_uri, sweep, "masked-20260101-000000", smoke_test=False)
     client = MlflowClient(tracking_uri)
     tables = log_sweep_tables(client, ctx.parent_run_id, sweep, rows, "masked-20260101-000000")
-    assert {a.path for a in client.list_artifacts(ctx.parent_run_id)} >= {"report.md", "report.csv", "pareto.csv",
-                                                                          "site_importance.csv"}
-    front = {r["trial_id"] for r in rows
-             if not any(o["best_val_acc"] > r["best_val_acc"] and o["latency_ms"] < r["latency_ms"] for o in rows)}
-    logged = pd.read_csv(client.download_artifacts(ctx.parent_run_id, "pareto.csv", "."),
-                         dtype={"mask": str, "trial_id": str})
+    assert {a.path for a in client.list_artifacts(ctx.parent_run_id)} >= {
+        "report.md",
+        "report.csv",
+        "pareto.csv",
+        "site_importance.csv",
+    }
+    front = {
+        r["trial_id"]
+        for r in rows
+        if not any(o["best_val_acc"] > r["best_val_acc"] and o["latency_ms"] < r["latency_ms"] for o in rows)
+    }
+    logged = pd.read_csv(
+        client.download_artifacts(ctx.parent_run_id, "pareto.csv", "."), dtype={"mask": str, "trial_id": str}
+    )
     assert set(logged["trial_id"]) == set(tables["pareto.csv"]["trial_id"]) == front
     assert list(logged["best_val_acc"]) == sorted(logged["best_val_acc"], reverse=True)
     assert all(len(m) == 4 for m in logged["mask"])  # a mask stays text: 0011 is not the number 11
@@ -188,10 +235,14 @@ def test_pareto_figure_draws_the_front_in_red_over_every_finished_trial():
     from orchestrator.sweep_plots import PLOTS
 
     sweep, rows = _sweep(MASKED), _masked_rows()
-    front = sorted((r for r in rows
-                    if not any(o["best_val_acc"] > r["best_val_acc"] and o["latency_ms"] < r["latency_ms"]
-                               for o in rows)),
-                   key=lambda r: r["latency_ms"])
+    front = sorted(
+        (
+            r
+            for r in rows
+            if not any(o["best_val_acc"] > r["best_val_acc"] and o["latency_ms"] < r["latency_ms"] for o in rows)
+        ),
+        key=lambda r: r["latency_ms"],
+    )
     fig = PLOTS["pareto.png"](sweep, rows)
     try:
         ax = fig.axes[0]

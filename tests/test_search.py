@@ -1,6 +1,7 @@
 """The searchers a sweep file asks for, driven directly (no Ray cluster): the same ``make_searcher`` the driver
 builds (our ``SweepSearcher`` over its own Optuna study, with the define-by-run ``SpaceSampler``), fed results
 by hand."""
+
 import itertools
 import math
 import random
@@ -39,6 +40,7 @@ def _drive(sweep, objective, trials=None):
 
 
 # --- points_to_evaluate: sweep-file terms become the searcher's own values ---------------------------------------
+
 
 def _policy_mask(policy: str) -> str:
     """The mask ``policy`` gives on ResNet-18 with the CIFAR stem, read from the modules apply_policy replaced."""
@@ -94,8 +96,10 @@ GRID = """
 def test_grid_runs_every_distinct_point_once_and_its_size_is_the_budget():
     sweep = _sweep(GRID)
     # n only matters for lslu: (3 n values + pwlu + relu) × 2 seeds
-    expected = {(act, n if act == "lslu" else None, seed)
-                for act, n, seed in itertools.product(["lslu", "pwlu", "relu"], [1, 2, 3], [0, 1])}
+    expected = {
+        (act, n if act == "lslu" else None, seed)
+        for act, n, seed in itertools.product(["lslu", "pwlu", "relu"], [1, 2, 3], [0, 1])
+    }
     assert sweep.spec.search.num_samples == len(expected) == 10
 
     searcher, configs = _drive(sweep, lambda c: {"best_val_acc": random.random()})
@@ -126,6 +130,7 @@ def test_a_mask_grid_with_max_sites_enumerates_the_feasible_masks():
 
 # --- conditional keys, max_sites --------------------------------------------------------------------------------
 
+
 def test_a_conditional_key_is_sampled_only_where_its_condition_holds():
     sweep = _sweep("""
         name: cond
@@ -144,8 +149,9 @@ def test_a_conditional_key_is_sampled_only_where_its_condition_holds():
             assert config["n"] in (3, 4) and trial.params["n"] == config["n"]
         else:  # not an Optuna parameter of this trial: the trial keeps trial.n
             assert config["n"] == 2 and "n" not in trial.params
-        assert sweep.active_keys(config) == (["insert_act", "n", "mask"] if config["insert_act"] == "lslu"
-                                             else ["insert_act", "mask"])
+        assert sweep.active_keys(config) == (
+            ["insert_act", "n", "mask"] if config["insert_act"] == "lslu" else ["insert_act", "mask"]
+        )
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "nsga2"])
@@ -156,8 +162,9 @@ def test_masks_over_max_sites_are_rejected_before_they_train(algorithm):
         space: {{mask: {{type: sites}}}}
         search: {{algorithm: {algorithm}, metric: [best_val_acc, lslu_sites], num_samples: 24, max_sites: 4, seed: 0}}
     """)
-    searcher, configs = _drive(sweep,
-                               lambda c: {"best_val_acc": random.random(), "lslu_sites": _mask(c, 17).count("1")})
+    searcher, configs = _drive(
+        sweep, lambda c: {"best_val_acc": random.random(), "lslu_sites": _mask(c, 17).count("1")}
+    )
     assert all(_mask(c, 17).count("1") <= 4 for c in configs)
     # random draws of 17 bits are rarely within 4 (P = 0.025): many were told to the study as infeasible, none ran
     trials = searcher.study.trials
@@ -166,11 +173,12 @@ def test_masks_over_max_sites_are_rejected_before_they_train(algorithm):
         ones = sum(trial.params[f"site_{i}"] for i in range(17))
         assert trial.constraints == {MAX_SITES_CONSTRAINT: ones - 4}  # Optuna's record of the max_sites violation
     # the sampler learns from the rejections: random placement would reject about 1/p - 1 ≈ 40 masks per feasible one
-    p_feasible = sum(math.comb(17, k) for k in range(5)) / 2 ** 17
+    p_feasible = sum(math.comb(17, k) for k in range(5)) / 2**17
     assert searcher.rejected < 0.25 * len(configs) * (1 / p_feasible - 1), searcher.rejected
 
 
 # --- multi-objective ----------------------------------------------------------------------------------------------
+
 
 def test_nsga2_optimizes_two_objectives_and_the_pareto_front_is_the_non_dominated_trials():
     sweep = _sweep("""
@@ -188,13 +196,22 @@ def test_nsga2_optimizes_two_objectives_and_the_pareto_front_is_the_non_dominate
 
     searcher, configs = _drive(sweep, result)
     assert [d.name for d in searcher.study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    rows = [{"trial_id": t.number, "status": "completed", "best_val_acc": t.values[0], "latency_ms": t.values[1]}
-            for t in searcher.study.trials]
+    rows = [
+        {"trial_id": t.number, "status": "completed", "best_val_acc": t.values[0], "latency_ms": t.values[1]}
+        for t in searcher.study.trials
+    ]
     front = pareto_rows(rows, sweep.objectives)
-    brute = [r for r in rows if not any(o["best_val_acc"] >= r["best_val_acc"] and o["latency_ms"] <= r["latency_ms"]
-                                        and o is not r
-                                        and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
-                                        for o in rows)]
+    brute = [
+        r
+        for r in rows
+        if not any(
+            o["best_val_acc"] >= r["best_val_acc"]
+            and o["latency_ms"] <= r["latency_ms"]
+            and o is not r
+            and (o["best_val_acc"], o["latency_ms"]) != (r["best_val_acc"], r["latency_ms"])
+            for o in rows
+        )
+    ]
     assert {r["trial_id"] for r in front} == {r["trial_id"] for r in brute} and len(front) >= 3
     assert [r["best_val_acc"] for r in front] == sorted((r["best_val_acc"] for r in front), reverse=True)
     # Optuna's own front agrees
@@ -225,7 +242,7 @@ def _best_found(algorithm, seed) -> int:
 
 def _expected_best_of_random(sites: int, draws: int) -> float:
     """E[max of `draws` Binomial(sites, 1/2)]: the best score random placement reaches on average, computed exactly."""
-    cdf = [sum(math.comb(sites, j) for j in range(k + 1)) / 2 ** sites for k in range(sites + 1)]
+    cdf = [sum(math.comb(sites, j) for j in range(k + 1)) / 2**sites for k in range(sites + 1)]
     return sum(k * (cdf[k] ** draws - (cdf[k - 1] ** draws if k else 0.0)) for k in range(sites + 1))
 
 
@@ -316,19 +333,32 @@ def test_a_study_in_an_rdb_storage_is_restored_and_told_through_it(tmp_path):
     from orchestrator.search import SpaceSampler, SweepSearcher, make_sampler
 
     sweep = _sweep(RESUMED["tpe"])
-    space = SpaceSampler({k: d.model_dump() for k, d in sweep.spec.space.items()}, sweep.fixed_values(),
-                         sweep.site_count, sweep.spec.search.max_sites)
+    space = SpaceSampler(
+        {k: d.model_dump() for k, d in sweep.spec.space.items()},
+        sweep.fixed_values(),
+        sweep.site_count,
+        sweep.spec.search.max_sites,
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = SweepSearcher(space, metric="best_val_acc", mode="max", sampler=make_sampler(sweep), max_sites=5,
-                             site_count=17, storage=storage, study_name="resumed-1")
+    searcher = SweepSearcher(
+        space,
+        metric="best_val_acc",
+        mode="max",
+        sampler=make_sampler(sweep),
+        max_sites=5,
+        site_count=17,
+        storage=storage,
+        study_name="resumed-1",
+    )
     for i in range(6):
         searcher.suggest(f"t{i}")
         searcher.on_trial_complete(f"t{i}", {"best_val_acc": float(i)})
     searcher.suggest("t6")
     searcher.save(str(tmp_path / "state.pkl"))
     assert searcher.rejected > 0
-    other = SweepSearcher(space, metric="best_val_acc", mode="max", sampler=make_sampler(sweep), max_sites=5,
-                          site_count=17)
+    other = SweepSearcher(
+        space, metric="best_val_acc", mode="max", sampler=make_sampler(sweep), max_sites=5, site_count=17
+    )
     other.restore(str(tmp_path / "state.pkl"))
     assert other.study.study_name == "resumed-1" and len(other.study.trials) == 7 + searcher.rejected
     other.on_trial_complete("t6", {"best_val_acc": 9.0})

@@ -1,5 +1,6 @@
 """Where a sweep's Optuna study lives (orchestrator/study_storage.py), and a searcher on an RDB storage restored in a
 new process, as `lslu-sweep resume` restores it after the driver was restarted (no Ray cluster)."""
+
 import pickle
 import subprocess
 import sys
@@ -37,7 +38,9 @@ def _objective(config):
 
 def test_the_default_storage_is_optuna_db_beside_a_local_tracking_store(tmp_path):
     assert resolve_optuna_storage(None, f"sqlite:///{tmp_path / 'mlruns.db'}") == (
-        f"sqlite:///{tmp_path / 'optuna.db'}", None)
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        None,
+    )
     assert resolve_optuna_storage(None, (tmp_path / "mlruns").as_uri()) == (f"sqlite:///{tmp_path / 'optuna.db'}", None)
 
 
@@ -45,7 +48,9 @@ def test_a_tracking_server_keeps_the_study_in_memory_and_says_how_to_keep_it(tmp
     storage, note = resolve_optuna_storage(None, "http://head:5000")
     assert storage is None and "--optuna-storage URL" in note and "http://head:5000" in note and "\n" not in note
     assert resolve_optuna_storage("postgresql://u:pw@db:5432/optuna", "http://head:5000") == (
-        "postgresql://u:pw@db:5432/optuna", None)
+        "postgresql://u:pw@db:5432/optuna",
+        None,
+    )
 
 
 def test_the_option_is_taken_as_given_memory_and_relative_sqlite_paths(tmp_path, monkeypatch):
@@ -89,8 +94,13 @@ assert gen.searcher.suggest("t4")  # asked after the last save, then the driver 
 def test_a_restored_searcher_in_a_new_process_tells_the_same_study_in_its_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     root = Path(__file__).parent.parent
-    subprocess.run([sys.executable, "-c", FIRST_DRIVER, storage, str(tmp_path)], check=True, cwd=root,
-                   env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", FIRST_DRIVER, storage, str(tmp_path)],
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     from ray.tune.search import SearchGenerator
 
     gen = SearchGenerator(pickle.loads((tmp_path / "tuner.pkl").read_bytes()))  # what Tuner.restore loads
@@ -105,7 +115,8 @@ def test_a_restored_searcher_in_a_new_process_tells_the_same_study_in_its_storag
     states = {s: sum(t.state == s for t in study.trials) for s in TrialState}
     # t0…t7 once each, all complete; the sample asked after the save failed; the rest rejected over max_sites
     assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in trained if t.state == TrialState.COMPLETE) == [
-        f"t{i}" for i in range(8)]
+        f"t{i}" for i in range(8)
+    ]
     assert states[TrialState.FAIL] == 1 and states[TrialState.RUNNING] == 0
     # every other finished trial is a sample rejected over max_sites (before the save or after it: the restored
     # counter knows only the former)
@@ -129,8 +140,9 @@ def test_a_study_on_postgresql_in_a_database_of_its_own(postgres):
     """The cluster's case: --optuna-storage names a database beside MLflow's on the tracking PostgreSQL."""
     import psycopg
 
-    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=postgres.USER, dbname="postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1", port=postgres.port, user=postgres.USER, dbname="postgres", autocommit=True
+    ) as conn:
         conn.execute("DROP DATABASE IF EXISTS optuna")
         conn.execute("CREATE DATABASE optuna")
     url, _ = resolve_optuna_storage(f"postgresql://{postgres.USER}@127.0.0.1:{postgres.port}/optuna", "http://h:5000")
@@ -141,4 +153,8 @@ def test_a_study_on_postgresql_in_a_database_of_its_own(postgres):
     restored.on_trial_complete("t3", _objective(restored.suggest("t3")))
     study = optuna.load_study(study_name="pg-1", storage=url)
     assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in study.trials if TUNE_TRIAL_ID in t.user_attrs) == [
-        "t0", "t1", "t2", "t3"]
+        "t0",
+        "t1",
+        "t2",
+        "t3",
+    ]

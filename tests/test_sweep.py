@@ -1,4 +1,5 @@
 """Whole sweeps on a real local Ray, logged to a real SQLite MLflow store and read back with MlflowClient."""
+
 import csv
 import json
 import os
@@ -23,8 +24,16 @@ from search_spaces.schema import SpecError, load_sweep, parse_sweep
 
 pytestmark = pytest.mark.slow
 # every trial's, completed or stopped by the scheduler (whose run the driver closes)
-TRIAL_ARTIFACTS = {"config.yaml", "sites.csv", "sites.png", "theta_omega.csv", "theta_omega.png", "learning_curves.png",
-                   "model_final.pt", "model_summary.txt"}
+TRIAL_ARTIFACTS = {
+    "config.yaml",
+    "sites.csv",
+    "sites.png",
+    "theta_omega.csv",
+    "theta_omega.png",
+    "learning_curves.png",
+    "model_final.pt",
+    "model_summary.txt",
+}
 INSERT_MODULES = {"lslu": "LSLU", "pwlu": "PWLU", "la_silu": "LayerAct"}  # quickstart's insert_act choices
 
 
@@ -76,15 +85,20 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     recorded = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))).read())
     assert recorded["trial"]["bn_recalibrate_batches"] == 2 and recorded["name"] == "quickstart"
     assert {c.data.params["bn_recalibrate_batches"] for c in children} == {"2"}
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "best_config.yaml",
-                                                                           "sweep.yaml", "parallel_coordinates.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "results.csv",
+        "best_config.yaml",
+        "sweep.yaml",
+        "parallel_coordinates.png",
+    }
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"  # completed, or stopped by ASHA (tags.status tells which)
         assert child.data.tags["status"] in ("completed", "stopped_early")
         assert {a.path for a in client.list_artifacts(child.info.run_id)} == TRIAL_ARTIFACTS
-        weights = torch.load(client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)),
-                             weights_only=True)
+        weights = torch.load(
+            client.download_artifacts(child.info.run_id, "model_final.pt", str(tmp_path)), weights_only=True
+        )
         assert weights["fc.weight"].shape == (10, 64)  # digits_cnn's classifier
         for key in ("params_m", "flops_g", "latency_ms", "lslu_sites"):  # known before training: every trial has them
             assert key in child.data.metrics and len(client.get_metric_history(child.info.run_id, key)) == 1
@@ -137,8 +151,9 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     # the sweep's saved UI view lists exactly its trials, best first
     experiment_tags = client.get_experiment(parent.info.experiment_id).tags
     view = json.loads(experiment_tags[f"mlflow.sharedViewState.{parent.info.run_name}"])
-    listed = client.search_runs([parent.info.experiment_id], view["searchFilter"],
-                                order_by=[f"{view['orderByKey']} DESC"])
+    listed = client.search_runs(
+        [parent.info.experiment_id], view["searchFilter"], order_by=[f"{view['orderByKey']} DESC"]
+    )
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
     accs = [r.data.metrics["best_val_acc"] for r in listed]
     assert accs == sorted(accs, reverse=True)
@@ -187,7 +202,8 @@ def _assert_models_in_mlflow(client, uri, parent, children, tmp_path, capsys):
             assert (loaded(x) - fuse_model(model)(x)).abs().max() <= 1e-5
         assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, *shape)
         assert info.metadata["config"] == yaml.safe_load(
-            open(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / "c"))))
+            open(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / "c")))
+        )
     best_run_id = parent.data.tags["best_trial_run_id"]
     versions = client.search_model_versions("name = 'quickstart'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", best_run_id)]
@@ -218,17 +234,24 @@ def _sweep(tmp_path, name, samples):
     return parse_sweep(yaml.safe_load(text), text, str(tmp_path / f"{name}.yaml"))
 
 
-@pytest.mark.parametrize("resources, asks", [("{cpu: 1, gpu: 1}", "1 CPU and 1 GPU"),
-                                              ("{cpu: 1, gpu: 0.5}", "1 CPU and 0.5 GPU"),
-                                              ("{cpu: 3}", "3 CPU and 0 GPU")])
+@pytest.mark.parametrize(
+    "resources, asks",
+    [
+        ("{cpu: 1, gpu: 1}", "1 CPU and 1 GPU"),
+        ("{cpu: 1, gpu: 0.5}", "1 CPU and 0.5 GPU"),
+        ("{cpu: 3}", "3 CPU and 0 GPU"),
+    ],
+)
 def test_a_trial_no_node_can_hold_is_refused_before_mlflow(ray_local, tmp_path, tracking_uri, resources, asks):
     """The embedded Ray (2 CPUs, no GPU, as ray_local starts it) never grows: Tune would keep such trials pending."""
     text = textwrap.dedent(SPEC.format(name="toobig", samples=2)) + f"resources: {resources}\n"
     sweep = parse_sweep(yaml.safe_load(text), text, str(tmp_path / "toobig.yaml"))
     with pytest.raises(SpecError) as refused:
         run_sweep(sweep, tracking_uri=tracking_uri, storage=str(tmp_path / "ray"))
-    assert str(refused.value).startswith(f"{tmp_path / 'toobig.yaml'}: resources: each trial asks {asks}, "
-                                         "but no node of an embedded local Ray has that (2 CPU, 0 GPU)")
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'toobig.yaml'}: resources: each trial asks {asks}, "
+        "but no node of an embedded local Ray has that (2 CPU, 0 GPU)"
+    )
     assert MlflowClient(tracking_uri).get_experiment_by_name("toobig") is None  # refused before MLflow
     assert not (tmp_path / "ray").exists()
 
@@ -252,8 +275,9 @@ class KillTrialProcess(Callback):
 
 def test_killed_trial_continues_from_its_checkpoint_in_the_same_run(ray_local, tmp_path, tracking_uri):
     killer = KillTrialProcess(tmp_path / "killed")
-    outcome = run_sweep(_sweep(tmp_path, "crash", 2), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"),
-                        callbacks=(killer,))
+    outcome = run_sweep(
+        _sweep(tmp_path, "crash", 2), tracking_uri=tracking_uri, storage=str(tmp_path / "ray"), callbacks=(killer,)
+    )
     killed = (tmp_path / "killed").read_text()
     assert killer.recovered == [killed]
     assert [r["status"] for r in outcome.rows] == ["completed", "completed"]
@@ -282,8 +306,12 @@ class InterruptDriver(Callback):
 
 def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, tracking_uri):
     storage = str(tmp_path / "ray")
-    first = run_sweep(_sweep(tmp_path, "stopgo", 3), tracking_uri=tracking_uri, storage=storage,
-                      callbacks=(InterruptDriver(tmp_path / "sent"),))
+    first = run_sweep(
+        _sweep(tmp_path, "stopgo", 3),
+        tracking_uri=tracking_uri,
+        storage=storage,
+        callbacks=(InterruptDriver(tmp_path / "sent"),),
+    )
     assert first.interrupted and first.best is None
     client, parents, _ = _runs(tracking_uri, "stopgo")
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["sweep_status"] == "interrupted"
@@ -301,8 +329,9 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
         assert child.info.status == "FINISHED"
         _assert_each_epoch_once(client, child, 4)
     # the resumed searcher told the same study in the same storage: each trial once
-    _assert_study_holds_the_trials(f"sqlite:///{tmp_path / 'optuna.db'}", first.name,
-                                   {r["trial_id"]: r["best_val_acc"] for r in second.rows})
+    _assert_study_holds_the_trials(
+        f"sqlite:///{tmp_path / 'optuna.db'}", first.name, {r["trial_id"]: r["best_val_acc"] for r in second.rows}
+    )
 
 
 def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp_path, tracking_uri):
@@ -335,8 +364,11 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path
         space: {lr: [0.01, 1.0e+8]}
         search: {algorithm: random, num_samples: 4, max_concurrent: 2, scheduler: none, seed: 7}
     """)
-    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "diverge.yaml"), tracking_uri=tracking_uri,
-                        storage=str(tmp_path / "ray"))
+    outcome = run_sweep(
+        parse_sweep(yaml.safe_load(text), text, "diverge.yaml"),
+        tracking_uri=tracking_uri,
+        storage=str(tmp_path / "ray"),
+    )
     by_lr = {}
     for row in outcome.rows:
         by_lr.setdefault(row["config.lr"], set()).add(row["status"])
@@ -351,8 +383,9 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path
             reason = child.data.tags["status_reason"]
             assert "loss became nan" in reason or "loss became inf" in reason
         else:
-            assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch",
-                    "train_s_per_epoch"} <= set(child.data.metrics)
+            assert {"theta_conv/stem.act/1", "theta_conv_std/stem.act/1", "best_epoch", "train_s_per_epoch"} <= set(
+                child.data.metrics
+            )
             assert "model_summary.txt" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 
@@ -364,8 +397,11 @@ def test_a_failing_trial_gets_a_failed_run_with_its_error_and_the_console_says_w
         space: {device: [cpu, cuda]}
         search: {algorithm: grid, max_concurrent: 2, scheduler: none}
     """)
-    outcome = run_sweep(parse_sweep(yaml.safe_load(text), text, "failing.yaml"), tracking_uri=tracking_uri,
-                        storage=str(tmp_path / "ray"))
+    outcome = run_sweep(
+        parse_sweep(yaml.safe_load(text), text, "failing.yaml"),
+        tracking_uri=tracking_uri,
+        storage=str(tmp_path / "ray"),
+    )
     statuses = {r["config.device"]: r for r in outcome.rows}
     assert {d: r["status"] for d, r in statuses.items()} == {"cpu": "completed", "cuda": "failed"}
     failed = statuses["cuda"]
@@ -393,5 +429,8 @@ def test_the_readmes_python_api_example_runs_as_written(ray_local, tmp_path, mon
     assert re.search(r"trial \w+ epoch 1: val_acc [\d.]+", out)  # the callback ran on the driver
     assert re.search(r"quickstart-smoke-\d{8}-\d{6} best: \w+ [\d.]+", out)
     client, parents, children = _runs(f"sqlite:///{tmp_path / 'mlruns.db'}", "quickstart")
-    assert len(parents) == 1 and len(children) == 2 and parents[0].data.tags["overrides"] == \
-        "trial.epochs=3 search.num_samples=2"
+    assert (
+        len(parents) == 1
+        and len(children) == 2
+        and parents[0].data.tags["overrides"] == "trial.epochs=3 search.num_samples=2"
+    )

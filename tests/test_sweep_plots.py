@@ -1,4 +1,5 @@
 """The sweep's figures on its parent run: parallel coordinates and parameter importance, from summary rows."""
+
 import math
 import random
 
@@ -36,11 +37,17 @@ def _rows(count, seed=0):
     rows = []
     for k in range(count):
         lr = 10 ** rng.uniform(-3, -2)
-        rows.append({"trial_id": f"t{k}", "status": "completed" if k % 3 else "stopped_early",
-                     "config.n": rng.randint(1, 3),
-                     "config.dropout": rng.uniform(0, 0.3), "config.lr": lr,
-                     "config.mask": "".join(rng.choice("01") for _ in range(4)),
-                     "best_val_acc": 99.0 - 30 * abs(math.log10(lr) - math.log10(3e-3)) + rng.uniform(0, 0.01)})
+        rows.append(
+            {
+                "trial_id": f"t{k}",
+                "status": "completed" if k % 3 else "stopped_early",
+                "config.n": rng.randint(1, 3),
+                "config.dropout": rng.uniform(0, 0.3),
+                "config.lr": lr,
+                "config.mask": "".join(rng.choice("01") for _ in range(4)),
+                "best_val_acc": 99.0 - 30 * abs(math.log10(lr) - math.log10(3e-3)) + rng.uniform(0, 0.01),
+            }
+        )
     rows.append({**rows[0], "trial_id": "nan", "status": "diverged", "best_val_acc": float("nan")})
     return rows
 
@@ -50,8 +57,16 @@ def test_parallel_coordinates_places_each_trial_on_every_searched_axis(quickstar
     fig = sweep_plots.parallel_coordinates_figure(quickstart, rows)
     try:
         ax = fig.axes[0]
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["n", "dropout", "lr", "site_0", "site_1", "site_2",
-                                                               "site_3", "best_val_acc"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == [
+            "n",
+            "dropout",
+            "lr",
+            "site_0",
+            "site_1",
+            "site_2",
+            "site_3",
+            "best_val_acc",
+        ]
         trials = [line for line in ax.get_lines() if len(line.get_xdata()) == 8]  # not the axes' own vertical lines
         red = [line for line in trials if to_rgba(line.get_color()) == to_rgba("red")]
         assert len(red) == 1 and len(trials) == 6 + 1  # one line per finished trial, the best one underlined in red
@@ -63,8 +78,13 @@ def test_parallel_coordinates_places_each_trial_on_every_searched_axis(quickstar
             values = [f(r[key]) for r in finished]
             return (f(value) - min(values)) / (max(values) - min(values))
 
-        expected = [scaled("config.n", best["config.n"]), scaled("config.dropout", best["config.dropout"]),
-                    scaled("config.lr", best["config.lr"], math.log10), *(int(b) for b in best["config.mask"]), 1.0]
+        expected = [
+            scaled("config.n", best["config.n"]),
+            scaled("config.dropout", best["config.dropout"]),
+            scaled("config.lr", best["config.lr"], math.log10),
+            *(int(b) for b in best["config.mask"]),
+            1.0,
+        ]
         assert list(red[0].get_ydata()) == pytest.approx(expected)
     finally:
         plt.close(fig)
@@ -90,7 +110,9 @@ def test_too_few_trials_give_no_figure(quickstart):
 def test_sweep_plots_are_logged_on_the_parent_run(tracking_uri, quickstart):
     ctx = open_parent_run(tracking_uri, quickstart, "quickstart-20260101-000000", smoke_test=False)
     client = MlflowClient(tracking_uri)
-    assert sweep_plots.log_sweep_plots(client, ctx.parent_run_id, quickstart, _rows(8)) == ["parallel_coordinates.png",
-                                                                                             "param_importance.png"]
+    assert sweep_plots.log_sweep_plots(client, ctx.parent_run_id, quickstart, _rows(8)) == [
+        "parallel_coordinates.png",
+        "param_importance.png",
+    ]
     logged = {a.path for a in client.list_artifacts(ctx.parent_run_id)}
     assert {"parallel_coordinates.png", "param_importance.png"} <= logged

@@ -1,5 +1,6 @@
 """Sites from one traced forward (DESIGN.md §3): layouts, stages where the network downsamples, eligibility, the
 permuting adapter at channels-last sites, and the count of activations applied as functions."""
+
 import pytest
 import timm
 import torch
@@ -48,6 +49,7 @@ def test_stages_change_where_the_network_downsamples(name):
 
 def test_resnet18_cifar_answers_stay():
     from trainables.models import build_model
+
     sites = list_sites(build_model("resnet18", num_classes=10, cifar_stem=True))
     assert "".join("1" if s.downsampling else "0" for s in sites) == "10000010001000100"
     assert [s.stage for s in sites] == [0] + [k for k in range(1, 5) for _ in range(4)]
@@ -114,9 +116,12 @@ def test_a_tiny_network_gives_exactly_the_sites_layouts_and_functional_calls():
     rows = [(s.path, s.layout, s.stage, s.channels, s.downsampling, s.eligible) for s in trace.sites]
     assert rows == [
         ("stem.1", "nchw", 0, 8, True, True),
-        ("stage1.0.act", "nchw", 1, 8, False, True), ("stage1.0.mlp.1", "nhwc", 1, 16, False, True),
-        ("stage2.0.act", "nchw", 2, 16, False, True), ("stage2.0.mlp.1", "nhwc", 2, 32, True, True),
-        ("stage2.1.act", "nchw", 2, 16, False, True), ("stage2.1.mlp.1", "nhwc", 2, 32, False, True),
+        ("stage1.0.act", "nchw", 1, 8, False, True),
+        ("stage1.0.mlp.1", "nhwc", 1, 16, False, True),
+        ("stage2.0.act", "nchw", 2, 16, False, True),
+        ("stage2.0.mlp.1", "nhwc", 2, 32, True, True),
+        ("stage2.1.act", "nchw", 2, 16, False, True),
+        ("stage2.1.mlp.1", "nhwc", 2, 32, False, True),
         ("head.1", "flat", 3, 12, False, False),
     ]
     assert trace.sites[-1].reason == "no spatial map: layout flat"
@@ -145,6 +150,7 @@ def test_a_real_cpu_model_is_traced_without_touching_it():
 
 def test_the_sites_command_shows_layout_eligibility_and_functional_calls():
     from orchestrator.cli import sites_table
+
     table = sites_table("resnet18", "downsampling", cifar_stem=True)
     assert "layout" in table and "eligible" in table and "functional activation calls: 0" in table
     assert "mask: 10000010001000100" in table

@@ -1,4 +1,5 @@
 """In-trial MLflow logging against a real SQLite store, read back with MlflowClient."""
+
 import sqlite3
 import time
 
@@ -25,9 +26,15 @@ def _context(uri):
 
 
 def _history(epochs):
-    return [{"epoch": e, "state": {"stages.0.act": {"theta/1": 1 + e / 10, "theta/2": 1 - e / 10, "omega/1": e / 100,
-                                                     "omega/2": -e / 100}}}
-            for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "state": {
+                "stages.0.act": {"theta/1": 1 + e / 10, "theta/2": 1 - e / 10, "omega/1": e / 100, "omega/2": -e / 100}
+            },
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def test_each_epoch_is_logged_once_across_a_reopen(tracking_uri):
@@ -105,9 +112,14 @@ def test_finish_logs_the_record_and_status_and_the_driver_draws_the_figures(trac
     # the trial draws nothing
     assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv"}
     draw_trial_figures(client, run.run_id)  # what the driver's figure queue does once Tune reports the trial ended
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml", "sites.csv", "sites.png",
-                                                                  "theta_omega.csv", "theta_omega.png",
-                                                                  "learning_curves.png"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {
+        "config.yaml",
+        "sites.csv",
+        "sites.png",
+        "theta_omega.csv",
+        "theta_omega.png",
+        "learning_curves.png",
+    }
     csv_text = open(client.download_artifacts(run.run_id, "theta_omega.csv", str(tmp_path))).read().splitlines()
     assert csv_text[0] == "epoch,site,i,theta,omega"
     assert csv_text[1] == "1,stages.0.act,1,1.1,0.01" and len(csv_text) == 1 + 3 * 2
@@ -150,8 +162,9 @@ def test_a_new_run_logs_its_files_without_asking_the_store_for_the_run(tracking_
 def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tmp_path):
     ctx = _context(tracking_uri)
     other = SITES.replace(",LSLU,1", ",ReLU,0")  # the same network with its site kept
-    runs = [TrialRun.create(ctx, TrialConfig(), f"trial_{k}", "1", sites)
-            for k, sites in enumerate((SITES, SITES, other))]
+    runs = [
+        TrialRun.create(ctx, TrialConfig(), f"trial_{k}", "1", sites) for k, sites in enumerate((SITES, SITES, other))
+    ]
     client = MlflowClient(tracking_uri)
     sites_png.cache_clear()
     pictures = []
@@ -164,8 +177,10 @@ def test_trials_of_one_network_and_mask_share_one_sites_drawing(tracking_uri, tm
 
 
 def test_act_metric_keys_round_trip():
-    assert act_metrics({"layer1.0.act1": {"theta/1": 2.0, "omega/1": 0.5}}) == {"theta/layer1.0.act1/1": 2.0,
-                                                                               "omega/layer1.0.act1/1": 0.5}
+    assert act_metrics({"layer1.0.act1": {"theta/1": 2.0, "omega/1": 0.5}}) == {
+        "theta/layer1.0.act1/1": 2.0,
+        "omega/layer1.0.act1/1": 0.5,
+    }
     assert parse_act_metric_key("omega/layer1.0.act1/12") == ("layer1.0.act1", "omega/12")
     assert parse_act_metric_key("val_acc") is None and parse_act_metric_key("theta/x/y") is None
     assert parse_act_metric_key("theta_conv/x/1") is None  # logged once, at the end
@@ -185,10 +200,17 @@ def test_a_trial_restarted_without_checkpoint_finds_its_run(tracking_uri):
 def test_pwlu_boundaries_are_logged_and_rebuilt_beside_theta_omega(tracking_uri):
     ctx = _context(tracking_uri)
     run = TrialRun.create(ctx, TrialConfig(insert_act="pwlu"), "trial_5", "1010", "index,path\n")
-    history = [{"epoch": e, "state": {"stem.act": {"pwlu_left": -3.0 + e / 10, "pwlu_right": 3.0 - e / 10},
-                                      "stages.0.act": {"theta/1": 1.5, "omega/1": 0.25 * e},
-                                      "stages.1.act": {"pwlu_left": -1.0, "pwlu_right": 2.0 + e}}}
-               for e in (1, 2)]
+    history = [
+        {
+            "epoch": e,
+            "state": {
+                "stem.act": {"pwlu_left": -3.0 + e / 10, "pwlu_right": 3.0 - e / 10},
+                "stages.0.act": {"theta/1": 1.5, "omega/1": 0.25 * e},
+                "stages.1.act": {"pwlu_left": -1.0, "pwlu_right": 2.0 + e},
+            },
+        }
+        for e in (1, 2)
+    ]
     for entry in history:
         run.log_epoch(entry["epoch"], act_metrics(entry["state"]))
     run.finish("completed", {})
@@ -251,11 +273,15 @@ def test_epochs_logged_during_an_outage_are_queued_then_sent_once(tracking_uri, 
     # the first process sends its copy too (as if the answer to its request had been lost): no second row
     run.client = store
     assert run.flush(0) and run.unsent == []
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [(1, 1.0), (2, 0.5),
-                                                                                                  (3, 0.25)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train_loss")] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, 0.25),
+    ]
     # a restore whose checkpoint queued epochs the run already holds sends nothing again
-    again = TrialRun.open(ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id,
-                          unsent=[(2, [("train_loss", 9.0, 1, 2)])])
+    again = TrialRun.open(
+        ctx, TrialConfig(), "trial_5", "1111", "", run_id=run.run_id, unsent=[(2, [("train_loss", 9.0, 1, 2)])]
+    )
     assert again.unsent == [] and again.logged_through == 3
     assert len(client.get_metric_history(run.run_id, "train_loss")) == 3
 
@@ -296,8 +322,9 @@ def test_final_metrics_skip_what_the_epochs_logged_and_go_with_the_status(tracki
     assert got.data.tags["status"] == "stopped_early" and got.data.tags["status_reason"] == "asha"
     assert got.info.status == "FINISHED" and got.data.params["n"] == str(TrialConfig().n)
     # restored from a checkpoint: the record is not logged twice
-    TrialRun.open(ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id,
-                  record={"params_m": 0.1, "lslu_sites": 4})
+    TrialRun.open(
+        ctx, TrialConfig(), "trial_7", "1111", "", run_id=run.run_id, record={"params_m": 0.1, "lslu_sites": 4}
+    )
     assert points("params_m") == [(0, 0.1)] and points("lslu_sites") == [(0, 4.0)]
 
 
@@ -309,12 +336,21 @@ def test_the_driver_closes_a_stopped_trials_run_with_its_record_and_summary(trac
     from orchestrator.runs import RunCloser
 
     ctx = _context(tracking_uri)
-    run = TrialRun.open(ctx, TrialConfig(), "trial_8", "1111", "index,path\n", record={"params_m": 0.1},
-                        summary="the network")
+    run = TrialRun.open(
+        ctx, TrialConfig(), "trial_8", "1111", "index,path\n", record={"params_m": 0.1}, summary="the network"
+    )
     run.log_epoch(1, {"train_loss": 1.0, "best_val_acc": 40.0})
-    last_result = {"mlflow_run_id": run.run_id, "epoch": 1, "train_loss": 1.0, "best_val_acc": 40.0, "params_m": 0.1,
-                   "train_s_per_epoch": 2.5, "best_epoch": 1, "theta_conv/stages.0.act/1": 1.1,
-                   "theta_conv_std/stages.0.act/1": 0.0}
+    last_result = {
+        "mlflow_run_id": run.run_id,
+        "epoch": 1,
+        "train_loss": 1.0,
+        "best_val_acc": 40.0,
+        "params_m": 0.1,
+        "train_s_per_epoch": 2.5,
+        "best_epoch": 1,
+        "theta_conv/stages.0.act/1": 1.1,
+        "theta_conv_std/stages.0.act/1": 0.0,
+    }
     RunCloser(tracking_uri).on_trial_complete(0, [], SimpleNamespace(last_result=last_result, checkpoint=None))
     client = MlflowClient(tracking_uri)
     got = client.get_run(run.run_id)

@@ -1,5 +1,6 @@
 """A real ``mlflow server`` process killed and restarted while a trial trains on the local Ray: the trial goes on,
 and once the server is back every epoch is in its run exactly once."""
+
 import textwrap
 
 import pytest
@@ -55,12 +56,14 @@ def test_a_tracking_server_that_does_not_answer_is_refused_before_anything_start
 
 
 def test_a_server_outage_mid_trial_loses_no_epoch_and_logs_none_twice(ray_local, tmp_path):
-    server = mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts",
-                           tmp_path / "server.log").start()
+    server = mlflow_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "server.log"
+    ).start()
     bouncer = BounceServer(server)
     try:
-        outcome = run_sweep(_sweep(tmp_path), tracking_uri=server.uri, storage=str(tmp_path / "ray"),
-                            callbacks=(bouncer,))
+        outcome = run_sweep(
+            _sweep(tmp_path), tracking_uri=server.uri, storage=str(tmp_path / "ray"), callbacks=(bouncer,)
+        )
         assert bouncer.events == ["killed", "restarted"]
         assert [r["status"] for r in outcome.rows] == ["completed"] and outcome.best is not None
 
@@ -78,7 +81,13 @@ def test_a_server_outage_mid_trial_loses_no_epoch_and_logs_none_twice(ray_local,
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (key, history)
         # the trial's files and the driver's figures, through the server's artifact proxy
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
-            "config.yaml", "sites.csv", "model_final.pt", "theta_omega.csv", "theta_omega.png", "learning_curves.png",
-            "sites.png"}
+            "config.yaml",
+            "sites.csv",
+            "model_final.pt",
+            "theta_omega.csv",
+            "theta_omega.png",
+            "learning_curves.png",
+            "sites.png",
+        }
     finally:
         server.stop()

@@ -1,4 +1,5 @@
 """Where the MLflow UI shows a sweep: the saved view, the links, the newest sweep, and ``lslu-sweep ui``."""
+
 import json
 import os
 import signal
@@ -16,8 +17,16 @@ from mlflow.tracking import MlflowClient
 from cluster.ui_server import UiError, UiServer, free_port
 from orchestrator.progress import SweepReporter
 from orchestrator.runs import open_parent_run
-from orchestrator.ui import (VIEW_TAG_PREFIX, artifact_url, browse_lines, newest_sweep, serve, sweep_url,
-                             sweep_view_state, ui_base)
+from orchestrator.ui import (
+    VIEW_TAG_PREFIX,
+    artifact_url,
+    browse_lines,
+    newest_sweep,
+    serve,
+    sweep_url,
+    sweep_view_state,
+    ui_base,
+)
 from search_spaces.schema import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,9 +38,12 @@ def quickstart():
 
 
 def _child(client, ctx, trial_id, value, start):
-    run = client.create_run(ctx.experiment_id, run_name=f"trial-{trial_id}", start_time=start,
-                            tags={"mlflow.parentRunId": ctx.parent_run_id, "trial_id": trial_id,
-                                  "sweep": ctx.sweep_name})
+    run = client.create_run(
+        ctx.experiment_id,
+        run_name=f"trial-{trial_id}",
+        start_time=start,
+        tags={"mlflow.parentRunId": ctx.parent_run_id, "trial_id": trial_id, "sweep": ctx.sweep_name},
+    )
     client.log_metric(run.info.run_id, "best_val_acc", value)
     return run.info.run_id
 
@@ -49,8 +61,13 @@ def test_the_saved_view_selects_one_sweeps_trials_best_first(tracking_uri, quick
     # insert_act, n, dropout, lr, mask: in the file's order
     searched = [f"params.`{key}`" for key in quickstart.spec.space]
     assert searched[-1] == "params.`mask`" and len(searched) >= 4
-    assert state["selectedColumns"] == ["tags.`status`", "metrics.`best_val_acc`", "metrics.`val_acc`",
-                                        "metrics.`val_loss`", *searched]
+    assert state["selectedColumns"] == [
+        "tags.`status`",
+        "metrics.`best_val_acc`",
+        "metrics.`val_acc`",
+        "metrics.`val_loss`",
+        *searched,
+    ]
     # the UI runs the view's filter and order through MLflow's own search: the same query here
     order = f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"
     found = client.search_runs([ctx.experiment_id], state["searchFilter"], order_by=[order])
@@ -64,8 +81,9 @@ def test_newest_sweep_is_the_last_parent_run_started_in_any_experiment(tracking_
     time.sleep(0.01)
     text = (REPO / "search_spaces" / "quickstart.yaml").read_text().replace("name: quickstart", "name: other")
     (tmp_path / "other.yaml").write_text(text)
-    second = open_parent_run(tracking_uri, load_sweep(str(tmp_path / "other.yaml")), "other-20260101-000000",
-                             smoke_test=False)
+    second = open_parent_run(
+        tracking_uri, load_sweep(str(tmp_path / "other.yaml")), "other-20260101-000000", smoke_test=False
+    )
     assert second.experiment_id != first.experiment_id
     _child(client, first, "late", 50.0, int(time.time() * 1000) + 60_000)  # a trial that started later is no sweep
     client.create_run(first.experiment_id, run_name="a run of someone else's")
@@ -74,10 +92,12 @@ def test_newest_sweep_is_the_last_parent_run_started_in_any_experiment(tracking_
 
 def test_links_open_the_sweep_view_and_the_theta_omega_figure(tracking_uri):
     base = "http://127.0.0.1:5000"
-    assert sweep_url(base, "3", "qs-1 x") == (f"{base}/#/experiments/3/runs"
-                                              "?workflowType=machine_learning&viewStateShareKey=qs-1%20x")
-    assert artifact_url(base, "3", "abc") == (f"{base}/#/experiments/3/runs/abc/artifacts/theta_omega.png"
-                                              "?workflowType=machine_learning")
+    assert sweep_url(base, "3", "qs-1 x") == (
+        f"{base}/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=qs-1%20x"
+    )
+    assert artifact_url(base, "3", "abc") == (
+        f"{base}/#/experiments/3/runs/abc/artifacts/theta_omega.png?workflowType=machine_learning"
+    )
     assert ui_base("https://mlflow.lab.example/") == "https://mlflow.lab.example"
     assert ui_base(tracking_uri) == base
 
@@ -95,7 +115,8 @@ def test_browse_lines_say_how_to_open_the_ui(tracking_uri, quickstart, monkeypat
     monkeypatch.chdir(tmp_path)  # tracking_uri is ./mlruns.db here: the default store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert browse_lines(tracking_uri, parent)[0].startswith(
-        "  lslu-sweep ui    (or: mlflow ui --backend-store-uri sqlite:///mlruns.db ")
+        "  lslu-sweep ui    (or: mlflow ui --backend-store-uri sqlite:///mlruns.db "
+    )
     server_lines = browse_lines("http://mlflow.lab:5000", parent)
     assert server_lines[0].startswith("  trials, best first:  http://mlflow.lab:5000/#/experiments/")
 
@@ -112,14 +133,19 @@ def test_ui_refuses_a_missing_store_and_a_taken_port(tmp_path):
 
 
 def _trial(trial_id, status, acc=None):
-    return SimpleNamespace(trial_id=trial_id, status=status,
-                           last_result={"best_val_acc": acc} if acc is not None else {})
+    return SimpleNamespace(
+        trial_id=trial_id, status=status, last_result={"best_val_acc": acc} if acc is not None else {}
+    )
 
 
 def test_progress_table_is_reprinted_only_when_something_changed(quickstart):
     reporter = SweepReporter(quickstart, min_interval_s=0.0, heartbeat_s=3600)
-    assert reporter._metric_columns == {"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best_val_acc",
-                                        "mask": "mask"}
+    assert reporter._metric_columns == {
+        "epoch": "epoch",
+        "val_acc": "val_acc",
+        "best_val_acc": "best_val_acc",
+        "mask": "mask",
+    }
     # every searched key but the mask, which is searched per site: its column is the folded mask
     assert reporter._parameter_columns == [key for key in quickstart.spec.space if key != "mask"]
     assert {"n", "dropout", "lr"} <= set(reporter._parameter_columns)
@@ -144,9 +170,14 @@ def test_ui_command_serves_the_store_and_stops_on_ctrl_c(tracking_uri, quickstar
     ctx = open_parent_run(tracking_uri, quickstart, "quickstart-20260101-000000", smoke_test=False)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}  # the server log lands here
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", tracking_uri,
-                             "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", tracking_uri, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     try:
         lines = []
         for line in proc.stdout:

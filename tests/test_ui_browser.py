@@ -4,6 +4,7 @@ Chromium loads each page until the React app has fetched what it shows (``--virt
 advance while requests are pending), then writes the DOM and a screenshot. Screenshots go to
 ``$LSLU_SWEEP_SCREENSHOTS`` when set (kept), else to the test's temporary directory.
 """
+
 import os
 import re
 import shutil
@@ -20,11 +21,25 @@ from orchestrator.ui import artifact_url, sweep_url
 from search_spaces.schema import load_sweep
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None,
-                                                   reason="Chromium is not installed: `make test` installs "
-                                                   "Debian's chromium where apt works (apt-get install chromium)")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--hide-scrollbars", "--window-size=1920,1080", "--virtual-time-budget=20000"]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Chromium is not installed: `make test` installs "
+        "Debian's chromium where apt works (apt-get install chromium)",
+    ),
+]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1920,1080",
+    "--virtual-time-budget=20000",
+]
 TRIAL_FIGURES = ("theta_omega.png", "learning_curves.png", "sites.png")
 
 
@@ -32,17 +47,21 @@ TRIAL_FIGURES = ("theta_omega.png", "learning_curves.png", "sites.png")
 def sweep_store(ray_local, tmp_path_factory):
     work = tmp_path_factory.mktemp("browser")
     uri = f"sqlite:///{work / 'mlruns.db'}"
-    outcome = run_sweep(load_sweep("quickstart"), tracking_uri=uri, storage=str(work / "ray"), smoke_test=True,
-                        echo=lambda text: None)
+    outcome = run_sweep(
+        load_sweep("quickstart"), tracking_uri=uri, storage=str(work / "ray"), smoke_test=True, echo=lambda text: None
+    )
     assert outcome.best is not None
     return uri, outcome
 
 
 def _browse(url: str, screenshot: Path, profile: Path) -> str:
     """The page's DOM once the app has loaded it; a screenshot of it on the way."""
-    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--dump-dom",
-                           url],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     image = matplotlib.image.imread(screenshot)
     assert image.shape[:2] == (1080, 1920) and image[..., :3].std() > 0.05, f"{screenshot} is blank"
@@ -51,8 +70,12 @@ def _browse(url: str, screenshot: Path, profile: Path) -> str:
 
 def _loaded_images(dom: str) -> set[str]:
     """Artifact images the app fetched and shows (it renders them from blob: URLs)."""
-    return {alt for tag in re.findall(r"<img\b[^>]*>", dom)
-            for alt in re.findall(r'alt="([^"]+)"', tag) if re.search(r'src="blob:', tag)}
+    return {
+        alt
+        for tag in re.findall(r"<img\b[^>]*>", dom)
+        for alt in re.findall(r'alt="([^"]+)"', tag)
+        if re.search(r'src="blob:', tag)
+    }
 
 
 def test_the_browser_shows_the_sweeps_trials_and_a_trials_figures(sweep_store, tmp_path):
@@ -82,8 +105,11 @@ def test_the_browser_shows_the_sweeps_trials_and_a_trials_figures(sweep_store, t
         assert best_name in dom
 
         # the sweep's own figure on the parent run
-        dom = _browse(artifact_url(ui.url, exp_id, parent.info.run_id, "parallel_coordinates.png"),
-                      shots / "sweep_parallel_coordinates.png", tmp_path / "profile")
+        dom = _browse(
+            artifact_url(ui.url, exp_id, parent.info.run_id, "parallel_coordinates.png"),
+            shots / "sweep_parallel_coordinates.png",
+            tmp_path / "profile",
+        )
         assert "parallel_coordinates.png" in _loaded_images(dom)
         assert "results.csv" in dom and "best_config.yaml" in dom
     print(f"screenshots in {shots}")

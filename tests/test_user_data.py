@@ -1,5 +1,6 @@
 """``dataset:`` by import path (a torchvision class, a user's factory), ``data_args``, the data_dir check before
 Ray and the sweep file's ``runtime_env`` (DESIGN.md §4): real files, real loading code."""
+
 import textwrap
 import time
 
@@ -31,8 +32,18 @@ def test_fashion_mnist_in_its_own_files_loads_with_channels_and_classes_from_the
 
 def test_a_fashion_mnist_trial_trains_a_one_channel_network(tmp_path):
     root = write_fashion_mnist(tmp_path / "data")
-    cfg = TrialConfig.from_flat({"dataset": FASHION, "data_dir": str(root), "model": "digits_cnn", "epochs": 1,
-                                 "warmup_epochs": 0, "batch_size": 8, "workers": 0, "n": 1})
+    cfg = TrialConfig.from_flat(
+        {
+            "dataset": FASHION,
+            "data_dir": str(root),
+            "model": "digits_cnn",
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "batch_size": 8,
+            "workers": 0,
+            "n": 1,
+        }
+    )
     training = Training(cfg)
     assert training.data.in_chans == 1 and next(training.model.parameters()).shape[1] == 1
     metrics = training.run_epoch()
@@ -42,8 +53,9 @@ def test_a_fashion_mnist_trial_trains_a_one_channel_network(tmp_path):
 def test_a_user_factory_gets_data_args_and_gives_the_classes(tmp_path, monkeypatch):
     write_factory_package(tmp_path / "user", "lslu_test_factory_a")
     monkeypatch.syspath_prepend(str(tmp_path / "user"))
-    cfg = TrialConfig.from_flat({"dataset": "lslu_test_factory_a.data:build", "data_args.n": 30,
-                                 "data_args.classes": 5})
+    cfg = TrialConfig.from_flat(
+        {"dataset": "lslu_test_factory_a.data:build", "data_args.n": 30, "data_args.classes": 5}
+    )
     assert cfg.data_args == {"n": 30, "classes": 5}
     assert cfg.params()["data_args.n"] == 30 and "data_args" not in cfg.params()
     data = load_dataset(cfg.dataset, 8, data_args=cfg.data_args)
@@ -60,20 +72,26 @@ def test_data_args_are_refused_for_a_named_dataset():
 
 def _sweep_file(folder, trial: str, extra: str = "") -> str:
     path = folder / "s.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: userdata
         trial: {trial}
         search: {{algorithm: random, num_samples: 1, scheduler: none}}
-    """) + textwrap.dedent(extra))
+    """)
+        + textwrap.dedent(extra)
+    )
     return str(path)
 
 
-@pytest.mark.parametrize("trial, expected", [
-    ("{dataset: cifar10, data_dir: /nonexistent/cifar}", "cifar-10-batches-py/"),
-    ("{dataset: cifar100, data_dir: /nonexistent/cifar}", "cifar-100-python/"),
-    ("{dataset: imagefolder, data_dir: /nonexistent/cifar}", "one folder of images per class"),
-    (f"{{dataset: '{FASHION}', data_dir: /nonexistent/cifar}}", "Dataset not found"),
-])
+@pytest.mark.parametrize(
+    "trial, expected",
+    [
+        ("{dataset: cifar10, data_dir: /nonexistent/cifar}", "cifar-10-batches-py/"),
+        ("{dataset: cifar100, data_dir: /nonexistent/cifar}", "cifar-100-python/"),
+        ("{dataset: imagefolder, data_dir: /nonexistent/cifar}", "one folder of images per class"),
+        (f"{{dataset: '{FASHION}', data_dir: /nonexistent/cifar}}", "Dataset not found"),
+    ],
+)
 def test_validate_refuses_a_data_dir_without_the_data_naming_the_path(tmp_path, capsys, trial, expected):
     file = _sweep_file(tmp_path, trial)
     assert main(["validate", file]) == 2
@@ -105,16 +123,22 @@ def test_a_missing_module_fails_in_validation_naming_it(tmp_path):
 def test_runtime_env_paths_are_relative_to_the_sweep_file_and_make_the_code_importable(tmp_path, monkeypatch):
     sweep_dir = write_factory_package(tmp_path / "project", "lslu_test_factory_c")
     (sweep_dir / "extra").mkdir()
-    file = _sweep_file(sweep_dir, "{dataset: 'lslu_test_factory_c.data:build', data_args: {n: 10}}",
-                       "runtime_env: {working_dir: ., py_modules: [extra], env_vars: {A: '1'}}\n")
+    file = _sweep_file(
+        sweep_dir,
+        "{dataset: 'lslu_test_factory_c.data:build', data_args: {n: 10}}",
+        "runtime_env: {working_dir: ., py_modules: [extra], env_vars: {A: '1'}}\n",
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
     sweep = load_sweep(file)
     env = sweep.spec.runtime_env
-    assert env == {"working_dir": str(sweep_dir.resolve()), "py_modules": [str((sweep_dir / "extra").resolve())],
-                   "env_vars": {"A": "1"}}
+    assert env == {
+        "working_dir": str(sweep_dir.resolve()),
+        "py_modules": [str((sweep_dir / "extra").resolve())],
+        "env_vars": {"A": "1"},
+    }
     assert sweep.base.data_args == {"n": 10}
     # resume reparses the stored text with the run's folder: the same absolute paths from any directory
     again = parse_sweep(yaml.safe_load(sweep.source), sweep.source, "s.yaml", base_dir=str(sweep_dir))
@@ -129,8 +153,11 @@ def test_a_missing_runtime_env_folder_is_refused(tmp_path):
 
 def test_a_data_args_entry_can_be_searched(tmp_path, monkeypatch):
     write_factory_package(tmp_path, "lslu_test_factory_d")
-    file = _sweep_file(tmp_path, "{dataset: 'lslu_test_factory_d.data:build'}",
-                       "space: {data_args.classes: [2, 4]}\nruntime_env: {working_dir: .}\n")
+    file = _sweep_file(
+        tmp_path,
+        "{dataset: 'lslu_test_factory_d.data:build'}",
+        "space: {data_args.classes: [2, 4]}\nruntime_env: {working_dir: .}\n",
+    )
     sweep = load_sweep(file)
     assert list(sweep.spec.space) == ["data_args.classes"]
     cfg = TrialConfig.from_flat({**sweep.fixed_values(), "data_args.classes": 4})

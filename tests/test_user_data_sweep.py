@@ -1,5 +1,6 @@
 """Whole sweeps on a user's data: a torchvision class from its own files, and a user's factory outside the project
 reaching the workers through the sweep file's ``runtime_env`` (a sweep started from another directory)."""
+
 import os
 import subprocess
 import sys
@@ -44,24 +45,43 @@ def test_a_fashion_mnist_sweep_from_its_own_files(ray_local, tmp_path, tracking_
 def test_a_user_factory_outside_the_project_runs_through_runtime_env_from_another_directory(tmp_path):
     package = "lslu_user_data_e2e"  # importable only from the sweep file's folder, never from the project
     user = write_factory_package(tmp_path / "user_project", package)
-    (user / "sweep.yaml").write_text(textwrap.dedent(f"""
+    (user / "sweep.yaml").write_text(
+        textwrap.dedent(f"""
         name: userfactory
         trial: {{dataset: '{package}.data:build', data_args: {{n: 24, classes: 3}}, model: digits_cnn, n: 1,
                 epochs: 1, warmup_epochs: 0, batch_size: 8, workers: 0}}
         search: {{algorithm: random, num_samples: 1, max_concurrent: 1, scheduler: none}}
         resources: {{cpu: 1}}
         runtime_env: {{working_dir: .}}
-    """))
+    """)
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}  # the project as if installed; the user's code is not on it
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(user / "sweep.yaml"), "--tracking-uri",
-                           uri, "--storage", str(tmp_path / "ray")], cwd=elsewhere, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(user / "sweep.yaml"),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (child,) = _children(uri, "userfactory")
     assert child.data.tags["status"] == "completed"
     params = child.data.params
-    assert params["dataset"] == f"{package}.data:build" and (params["data_args.n"], params["data_args.classes"]) == \
-        ("24", "3")
+    assert params["dataset"] == f"{package}.data:build" and (params["data_args.n"], params["data_args.classes"]) == (
+        "24",
+        "3",
+    )

@@ -1,4 +1,5 @@
 """Tiny data sets written in their own on-disk formats, for tests (nothing downloaded)."""
+
 from __future__ import annotations
 
 import struct

@@ -1,5 +1,6 @@
 """A user's own networks, known to no file of the project: named by import path (``tests.user_models:build``) in the
 trial config (tests/test_model_names.py)."""
+
 from torch import nn
 
 
@@ -34,8 +35,9 @@ class MlpHeadNet(nn.Module):
 
     def __init__(self, num_classes: int, in_chans: int):
         super().__init__()
-        self.blocks = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(),
-                                    nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.blocks = nn.Sequential(
+            nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.head = nn.Sequential(nn.Linear(16, 12), nn.Hardswish(), nn.Linear(12, num_classes))
 
     def forward(self, x):

@@ -1,5 +1,6 @@
 """Copied into a temp folder outside the project by test_multinode as ``<package>/nets.py``: a user's own network,
 with nested blocks, a GELU in an MLP on NHWC tensors, SiLUs and one functional relu."""
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,8 +32,10 @@ class Net(nn.Module):
     def __init__(self, num_classes, in_chans=3, width=8):
         super().__init__()
         self.stem = Block(in_chans, width, 1)
-        self.stages = nn.Sequential(nn.Sequential(Block(width, 2 * width, 2), ChannelMlp(2 * width)),
-                                    nn.Sequential(Block(2 * width, 4 * width, 2)))
+        self.stages = nn.Sequential(
+            nn.Sequential(Block(width, 2 * width, 2), ChannelMlp(2 * width)),
+            nn.Sequential(Block(2 * width, 4 * width, 2)),
+        )
         self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):

@@ -11,6 +11,7 @@ entry searched on its own); ``from_flat`` folds those keys into the mapping, and
 A searched insertion mask arrives as one key per site, ``site_0 … site_{k-1}`` (0/1, DESIGN.md §6);
 ``from_flat`` folds them into ``policy="mask"`` and ``mask="0101…"``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,15 @@ from typing import Annotated, Any, Literal, Union
 import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from trainables.activations import (check_config, config_fields, config_kwargs, create_act, inserts, is_registered_act,
-                                    list_acts)
+from trainables.activations import (
+    check_config,
+    config_fields,
+    config_kwargs,
+    create_act,
+    inserts,
+    is_registered_act,
+    list_acts,
+)
 from trainables.data import DATASETS, NEEDS_DIR, DataError
 from trainables.errors import ConfigError
 from trainables.models import model_arguments
@@ -163,11 +171,14 @@ class TrialConfig:
         Policy.from_config(self)  # policy and its argument (mask / stages / k / paths)
         _check_dataset(self)
         if self.dataset in NEEDS_DIR and not self.data_dir:
-            raise ConfigError("data_dir", f"dataset {self.dataset} reads its files from data_dir; "
-                                          "set it to the folder that holds them")
+            raise ConfigError(
+                "data_dir",
+                f"dataset {self.dataset} reads its files from data_dir; set it to the folder that holds them",
+            )
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise ConfigError("batch_size", "mixup/cutmix pair images within a batch: use an even batch size, "
-                                            f"got {self.batch_size}")
+            raise ConfigError(
+                "batch_size", f"mixup/cutmix pair images within a batch: use an even batch size, got {self.batch_size}"
+            )
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
 
@@ -229,11 +240,17 @@ def _check_dataset(cfg: TrialConfig) -> None:
     """A dataset name the project has, or an import path that imports (a typo fails here, in the driver, before Ray)."""
     if ":" not in cfg.dataset:
         if cfg.dataset not in DATASETS:
-            raise ConfigError("dataset", f"unknown dataset {cfg.dataset!r}; valid choices: {', '.join(DATASETS)}, or a "
-                                         "dataset class / factory by import path (package.module:Name)")
+            raise ConfigError(
+                "dataset",
+                f"unknown dataset {cfg.dataset!r}; valid choices: {', '.join(DATASETS)}, or a "
+                "dataset class / factory by import path (package.module:Name)",
+            )
         if cfg.data_args:
-            raise ConfigError("data_args", f"only a dataset given by import path takes arguments; {cfg.dataset} takes "
-                                           f"none, got {sorted(cfg.data_args)}")
+            raise ConfigError(
+                "data_args",
+                f"only a dataset given by import path takes arguments; {cfg.dataset} takes "
+                f"none, got {sorted(cfg.data_args)}",
+            )
         return
     from trainables.import_data import resolve
 
@@ -260,8 +277,9 @@ def _fold_site_keys(values: dict[str, Any]) -> dict[str, Any]:
     if not bits:
         return values
     if sorted(bits) != list(range(len(bits))):
-        raise ConfigError("site_*", f"site keys must be site_0 … site_{len(bits) - 1} without gaps, "
-                                    f"got indices {sorted(bits)}")
+        raise ConfigError(
+            "site_*", f"site keys must be site_0 … site_{len(bits) - 1} without gaps, got indices {sorted(bits)}"
+        )
     for i, bit in bits.items():
         if bit not in (0, 1, True, False, "0", "1"):
             raise ConfigError(f"site_{i}", f"expected 0 or 1, got {bit!r}")

@@ -14,6 +14,7 @@
 Small sets (digits, CIFAR, synthetic) live on the trial's device as tensors at their native resolution; each
 batch is augmented, resized to ``image_size`` and normalized there, with no DataLoader worker overhead.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,14 +74,21 @@ class TensorData:
     def head(self, train: int = 0, val: int = 0) -> "TensorData":
         """The first ``train`` / ``val`` images of each split (0 = all); the splits are already shuffled."""
         t, v = train or self.n_train, val or self.n_val
-        return _replace(self, train_x=self.train_x[:t], train_y=self.train_y[:t],
-                        val_x=self.val_x[:v], val_y=self.val_y[:v])
+        return _replace(
+            self, train_x=self.train_x[:t], train_y=self.train_y[:t], val_x=self.val_x[:v], val_y=self.val_y[:v]
+        )
 
     def to(self, device) -> "TensorData":
         return _replace(self, **{k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y")})
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, image_size: int, augment: bool = True,
-                      channels_last: bool = False):
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        image_size: int,
+        augment: bool = True,
+        channels_last: bool = False,
+    ):
         """Shuffled, augmented, resized, normalized training batches on the data's device."""
         order = torch.randperm(self.n_train, generator=generator).to(self.train_x.device)
         for start in range(0, self.n_train, batch_size):
@@ -92,8 +100,10 @@ class TensorData:
 
     def val_batches(self, batch_size: int, image_size: int, channels_last: bool = False):
         for start in range(0, self.n_val, batch_size):
-            yield (self._finish(self.val_x[start : start + batch_size], image_size, channels_last),
-                   self.val_y[start : start + batch_size])
+            yield (
+                self._finish(self.val_x[start : start + batch_size], image_size, channels_last),
+                self.val_y[start : start + batch_size],
+            )
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -104,8 +114,12 @@ class TensorData:
             dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                       torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+            x = padded[
+                torch.arange(n, device=x.device)[:, None, None, None],
+                torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                rows,
+                cols,
+            ]
         if self.flip:
             flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -113,8 +127,13 @@ class TensorData:
 
     def _finish(self, x: torch.Tensor, image_size: int, channels_last: bool) -> torch.Tensor:
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > image_size)
+            x = F.interpolate(
+                x,
+                size=(image_size, image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=x.shape[-1] > image_size,
+            )
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
@@ -128,8 +147,15 @@ def _replace(data: TensorData, **changes) -> TensorData:
     return replace(data, **changes)
 
 
-def load_dataset(name: str, image_size: int, data_dir: str = "", download: bool = False, train_samples: int = 0,
-                 val_samples: int = 0, data_args: dict | None = None):
+def load_dataset(
+    name: str,
+    image_size: int,
+    data_dir: str = "",
+    download: bool = False,
+    train_samples: int = 0,
+    val_samples: int = 0,
+    data_args: dict | None = None,
+):
     """The data set ``name``: a ``TensorData`` (digits, CIFAR, synthetic), an ``ImageFolderData`` or, for an import
     path, an ``ImportedData``."""
     if ":" in name:
@@ -218,8 +244,9 @@ def _cifar_folder(name: str, data_dir: str, download: bool) -> Path:
     """The folder that holds the CIFAR batches (downloaded there first where asked); a ``DataError`` if it does not."""
     folder_name, train_files, test_files, _ = CIFAR_LAYOUT[name]
     if not data_dir:
-        raise DataError(f"dataset {name} needs data_dir: a folder holding {folder_name}/ "
-                        "(torchvision's python-pickle layout)")
+        raise DataError(
+            f"dataset {name} needs data_dir: a folder holding {folder_name}/ (torchvision's python-pickle layout)"
+        )
     root = Path(data_dir).expanduser()
     folder = root if root.name == folder_name else root / folder_name
     if download and not folder.exists():
@@ -227,9 +254,11 @@ def _cifar_folder(name: str, data_dir: str, download: bool) -> Path:
     expected = train_files + test_files
     missing = [f for f in expected if not (folder / f).is_file()]
     if missing:
-        raise DataError(f"data_dir {root}: expected {folder_name}/ with {', '.join(expected)} "
-                        f"(torchvision's python-pickle layout); missing: {', '.join(missing)}"
-                        + ("" if download else ". Set download: true to fetch it"))
+        raise DataError(
+            f"data_dir {root}: expected {folder_name}/ with {', '.join(expected)} "
+            f"(torchvision's python-pickle layout); missing: {', '.join(missing)}"
+            + ("" if download else ". Set download: true to fetch it")
+        )
     return folder
 
 
@@ -240,8 +269,9 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except Exception as exc:  # a truncated file, a different pickle, a missing key
-        raise DataError(f"{path}: not a CIFAR batch (a pickled dict with b'data' (N×3072 uint8) and {label_key!r}): "
-                        f"{exc}") from None
+        raise DataError(
+            f"{path}: not a CIFAR batch (a pickled dict with b'data' (N×3072 uint8) and {label_key!r}): {exc}"
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
     return data.reshape(-1, 3, 32, 32), labels
@@ -260,5 +290,10 @@ def _download_cifar(name: str, root: Path) -> None:
 def _synthetic(image_size: int, n_train: int, n_val: int) -> TensorData:
     g = torch.Generator().manual_seed(SPLIT_SEED)
     make = lambda n: torch.randn(n, 3, image_size, image_size, generator=g)  # noqa: E731
-    return TensorData(make(n_train), torch.randint(0, 10, (n_train,), generator=g), make(n_val),
-                      torch.randint(0, 10, (n_val,), generator=g), num_classes=10)
+    return TensorData(
+        make(n_train),
+        torch.randint(0, 10, (n_train,), generator=g),
+        make(n_val),
+        torch.randint(0, 10, (n_val,), generator=g),
+        num_classes=10,
+    )

@@ -10,6 +10,7 @@ MLflow's ``log_model`` finds its store through the process's tracking URI and it
 a trial logs to an explicit run id with an explicit client, so the LoggedModel is created here in the run's
 experiment and ``log_model`` is given its id, the run id and (for the call) the trial's tracking URI.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ def export_program(deploy: nn.Module, example: torch.Tensor):
         return torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
-def log_deploy_model(client, experiment_id: str, run_id: str, model: nn.Module, input_shape: tuple[int, ...],
-                     config: dict) -> str:
+def log_deploy_model(
+    client, experiment_id: str, run_id: str, model: nn.Module, input_shape: tuple[int, ...], config: dict
+) -> str:
     """Log ``model``'s deploy form as the run's MLflow model; returns the LoggedModel's id."""
     import mlflow.pytorch
     import numpy as np
@@ -54,17 +56,30 @@ def log_deploy_model(client, experiment_id: str, run_id: str, model: nn.Module, 
     example = example_input(input_shape)
     with eager_kernels(), torch.no_grad():
         out = deploy(example)
-    signature = ModelSignature(Schema([TensorSpec(np.dtype("float32"), (-1, *input_shape), "images")]),
-                               Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "logits")]))
-    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
-                                        tags={"mlflow.modelFlavor": "pytorch", "model": str(config.get("model"))})
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, *input_shape), "images")]),
+        Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]), "logits")]),
+    )
+    logged = client.create_logged_model(
+        experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        tags={"mlflow.modelFlavor": "pytorch", "model": str(config.get("model"))},
+    )
     with using_tracking_uri(client.tracking_uri), eager_kernels():
         mlflow.pytorch.log_model(
-            deploy, name=MODEL_NAME, model_id=logged.model_id, run_id=run_id, signature=signature,
-            input_example=example.numpy(), metadata={"config": config, "input_shape": list(input_shape)},
+            deploy,
+            name=MODEL_NAME,
+            model_id=logged.model_id,
+            run_id=run_id,
+            signature=signature,
+            input_example=example.numpy(),
+            metadata={"config": config, "input_shape": list(input_shape)},
             serialization_format="pt2",
             # given, so MLflow neither infers them in a subprocess nor reloads the model to try the example (~1 s)
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], validate_serving_input=False)
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            validate_serving_input=False,
+        )
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return logged.model_id
 
@@ -101,8 +116,9 @@ class SystemMetrics:
                     super().publish_metrics(metrics)
                     self.published += 1
 
-            self.monitor = _Counting(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume,
-                                     tracking_uri=tracking_uri)
+            self.monitor = _Counting(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume, tracking_uri=tracking_uri
+            )
         except Exception as exc:  # psutil missing, or MLflow's API changed
             _warn(f"no system metrics for run {run_id}: {exc}")
 

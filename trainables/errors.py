@@ -3,6 +3,7 @@
 Raised inside a trial, it travels back to the driver pickled by Ray: ``__reduce__`` rebuilds it from its own
 arguments (an exception pickles its ``args``, here the one formatted message, which ``__init__`` cannot take).
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Conv–BatchNorm folding for deploy forms (LSLU's depthwise conv, VanillaNet's convs)."""
+
 from __future__ import annotations
 
 import torch

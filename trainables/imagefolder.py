@@ -3,6 +3,7 @@
 Read from disk by a DataLoader with workers (``trainables/loader_data.py``), with timm's usual
 transforms: random resized crop + flip for training, resize + center crop for validation, ImageNet statistics.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ class ImageFolderData(LoaderData):
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"data_dir {root}: {exc}") from None
         if train_set.classes != val_set.classes:
-            raise DataError(f"data_dir {root}: train/ and val/ must hold the same class folders; "
-                            f"train has {train_set.classes}, val has {val_set.classes}")
+            raise DataError(
+                f"data_dir {root}: train/ and val/ must hold the same class folders; "
+                f"train has {train_set.classes}, val has {val_set.classes}"
+            )
         super().__init__(train_set, val_set, len(train_set.classes), 3, image_size, workers)
         self.root = root
 
@@ -34,14 +37,17 @@ class ImageFolderData(LoaderData):
 def check_folders(data_dir: str) -> Path:
     """``data_dir`` as a path, once it holds ``train/`` and ``val/`` with a folder per class; else a ``DataError``."""
     if not data_dir:
-        raise DataError("dataset imagefolder needs data_dir: a folder with train/<class>/ and val/<class>/ image "
-                        "folders")
+        raise DataError(
+            "dataset imagefolder needs data_dir: a folder with train/<class>/ and val/<class>/ image folders"
+        )
     root = Path(data_dir).expanduser()
     for split in ("train", "val"):
         folder = root / split
         if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-            raise DataError(f"data_dir {root}: expected {split}/ with one folder of images per class "
-                            "(train/<class>/*.jpg, val/<class>/*.jpg)")
+            raise DataError(
+                f"data_dir {root}: expected {split}/ with one folder of images per class "
+                "(train/<class>/*.jpg, val/<class>/*.jpg)"
+            )
     return root
 
 

@@ -11,6 +11,7 @@ Either way the samples are ``(image, label)``, the image a PIL image or a tensor
 ``classes``), not from a table; a grayscale set stays one channel. Each image becomes a tensor, is resized to the
 trial's ``image_size`` and normalized with per-channel statistics of the first training images. No augmentation.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -49,8 +50,10 @@ def build_split(cls: type, train: bool, data_dir: str, download: bool, data_args
     elif open_kwargs:
         kwargs["train"] = train
     else:
-        raise DataError(f"{cls.__module__}:{cls.__name__} takes neither train= nor split=; give a factory "
-                        "(package.module:build) that returns (train_dataset, val_dataset, num_classes)")
+        raise DataError(
+            f"{cls.__module__}:{cls.__name__} takes neither train= nor split=; give a factory "
+            "(package.module:build) that returns (train_dataset, val_dataset, num_classes)"
+        )
     if "download" in params or open_kwargs:
         kwargs["download"] = download
     try:
@@ -68,15 +71,19 @@ def datasets(path: str, data_dir: str, download: bool, data_args: dict) -> tuple
     if inspect.isclass(obj):
         if not data_dir:
             raise DataError(f"dataset {path} needs data_dir: the root folder it reads (root=data_dir)")
-        return build_split(obj, True, data_dir, download, data_args), build_split(obj, False, data_dir, download,
-                                                                                 data_args), None
+        return (
+            build_split(obj, True, data_dir, download, data_args),
+            build_split(obj, False, data_dir, download, data_args),
+            None,
+        )
     try:
         built = obj(**data_args)
     except TypeError as exc:
         raise DataError(f"dataset {path}: calling it with data_args {data_args}: {exc}") from None
     if not (isinstance(built, tuple) and len(built) == 3):
-        raise DataError(f"dataset {path}: a factory returns (train_dataset, val_dataset, num_classes), "
-                        f"got {type(built).__name__}")
+        raise DataError(
+            f"dataset {path}: a factory returns (train_dataset, val_dataset, num_classes), got {type(built).__name__}"
+        )
     return built
 
 
@@ -116,8 +123,9 @@ class ImportedData(LoaderData):
         num_classes = int(num_classes or _count_classes(train_set, path))
         super().__init__(train_set, val_set, num_classes, first.shape[0], image_size, workers)
         self.native_size = tuple(first.shape[1:])
-        sample = torch.stack([_resize(to_tensor(train_set[i][0]), image_size)
-                              for i in range(min(STATS_SAMPLES, len(train_set)))])
+        sample = torch.stack(
+            [_resize(to_tensor(train_set[i][0]), image_size) for i in range(min(STATS_SAMPLES, len(train_set)))]
+        )
         self.mean = sample.mean(dim=(0, 2, 3))
         self.std = sample.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
@@ -138,8 +146,9 @@ class _Normalized:
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=x.shape[-1] > size)[0]
+    return F.interpolate(
+        x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size
+    )[0]
 
 
 def _count_classes(dataset, path: str) -> int:

@@ -1,5 +1,6 @@
 """``package.module:attr`` import paths: the one resolver behind a user's own models, datasets and activations
 (DESIGN.md §3, §4, §2), so each names a missing module or attribute the same way, with the closest names."""
+
 from __future__ import annotations
 
 import difflib
@@ -20,8 +21,10 @@ def import_object(path: str, what: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"{what} {path!r}: cannot import module {module_name!r} ({err}); is it installed, or shipped "
-                         "to the workers by the sweep file's runtime_env?") from None
+        raise ValueError(
+            f"{what} {path!r}: cannot import module {module_name!r} ({err}); is it installed, or shipped "
+            "to the workers by the sweep file's runtime_env?"
+        ) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):

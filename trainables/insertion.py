@@ -8,17 +8,30 @@ class says ``needs_spatial_map``) goes only to eligible sites (``nchw``, ``nhwc`
 eligible site, and any other policy that selects an ineligible site is refused, naming it and why. At an ``nhwc``
 site (channels last, as in ConvNeXt's MLP) the activation goes in through the permuting adapter ``ChannelsLast``.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
 from trainables.activations import ChannelsLast, create_act, needs_spatial_map
 from trainables.policy import Policy
-from trainables.sites import (ACTIVATION_TYPES, Site, SiteTrace, is_site_module, list_sites, register_site_type,
-                              trace_sites)
+from trainables.site_types import ACTIVATION_TYPES, is_site_module, register_site_type
+from trainables.sites import Site, SiteTrace, list_sites, trace_sites
 
-__all__ = ["ACTIVATION_TYPES", "Site", "SiteTrace", "apply_policy", "format_site_table", "is_site_module", "list_sites",
-           "mask_of", "register_site_type", "select_sites", "sites_for", "trace_sites"]
+__all__ = [
+    "ACTIVATION_TYPES",
+    "Site",
+    "SiteTrace",
+    "apply_policy",
+    "format_site_table",
+    "is_site_module",
+    "list_sites",
+    "mask_of",
+    "register_site_type",
+    "select_sites",
+    "sites_for",
+    "trace_sites",
+]
 
 
 def select_sites(sites: list[Site], policy: Policy | str) -> list[Site]:
@@ -34,12 +47,16 @@ def format_site_table(sites: list[Site], mask: str, mark: str = "selected") -> s
     """One line per site (index, path, stage, channels, downsampling, depth, layout, eligible with the reason where
     not) and a column marking the mask's sites."""
     width = max([len(s.path) for s in sites] + [4])
-    lines = [f"{'index':>5}  {'path':<{width}}  {'stage':>5}  {'channels':>8}  {'downsampling':>12}  {'depth':>5}  "
-             f"{'layout':<6}  {mark:<8}  eligible"]
+    lines = [
+        f"{'index':>5}  {'path':<{width}}  {'stage':>5}  {'channels':>8}  {'downsampling':>12}  {'depth':>5}  "
+        f"{'layout':<6}  {mark:<8}  eligible"
+    ]
     for s, bit in zip(sites, mask):
-        lines.append(f"{s.index:>5}  {s.path:<{width}}  {s.stage:>5}  {s.channels or '?':>8}  "
-                     f"{'yes' if s.downsampling else '':>12}  {s.depth_fraction:>5.2f}  {s.layout:<6}  "
-                     f"{'x' if bit == '1' else '':<8}  {'yes' if s.eligible else 'no: ' + s.reason}")
+        lines.append(
+            f"{s.index:>5}  {s.path:<{width}}  {s.stage:>5}  {s.channels or '?':>8}  "
+            f"{'yes' if s.downsampling else '':>12}  {s.depth_fraction:>5.2f}  {s.layout:<6}  "
+            f"{'x' if bit == '1' else '':<8}  {'yes' if s.eligible else 'no: ' + s.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -75,13 +92,21 @@ def sites_for(sites: list[Site], policy: Policy | str, act: str) -> list[Site]:
     refused = [s for s in selected if not s.eligible]
     if refused:
         named = "; ".join(f"{s.path} ({s.reason})" for s in refused[:4]) + ("; …" if len(refused) > 4 else "")
-        raise ValueError(f"policy {str(policy)!r} puts {act!r}, which needs a spatial map, at {len(refused)} "
-                         f"ineligible site(s): {named}")
+        raise ValueError(
+            f"policy {str(policy)!r} puts {act!r}, which needs a spatial map, at {len(refused)} "
+            f"ineligible site(s): {named}"
+        )
     return selected
 
 
-def apply_policy(model: nn.Module, policy: Policy | str, act: str = "lslu", input_size: int | tuple | None = None,
-                 sites: list[Site] | None = None, **act_kwargs) -> list[str]:
+def apply_policy(
+    model: nn.Module,
+    policy: Policy | str,
+    act: str = "lslu",
+    input_size: int | tuple | None = None,
+    sites: list[Site] | None = None,
+    **act_kwargs,
+) -> list[str]:
     """Replace the sites ``policy`` selects (``sites_for``) with ``create_act(act, channels=…, **act_kwargs)``, at an
     ``nhwc`` site inside the ``ChannelsLast`` adapter.
 
@@ -96,8 +121,9 @@ def apply_policy(model: nn.Module, policy: Policy | str, act: str = "lslu", inpu
     for site in selected:
         aliases = shared[id(modules[site.path])]
         if len(aliases) > 1:
-            raise ValueError(f"site {site.path!r} is one module shared by paths {aliases}; "
-                             "give each site its own module")
+            raise ValueError(
+                f"site {site.path!r} is one module shared by paths {aliases}; give each site its own module"
+            )
     for site in selected:
         parent_path, _, name = site.path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model

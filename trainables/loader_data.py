@@ -3,6 +3,7 @@ uses (``train_batches`` / ``val_batches``, ``head``, ``to``): a pair of map-styl
 and one transform per split. ``imagefolder`` and the import-path forms of ``dataset:`` (``trainables/import_data.py``)
 are built on it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,14 +48,26 @@ class LoaderData:
             dataset = self.train_set if train else self.val_set
             size = self.n_train if train else self.n_val
             view = Transformed(Subset(dataset, range(size)), self.transform(train and augment))
-            self._loaders[key] = DataLoader(view, batch_size=batch_size, shuffle=train,
-                                            generator=generator if train else None, num_workers=self.workers,
-                                            pin_memory=self.device.type == "cuda",
-                                            persistent_workers=self.workers > 0, drop_last=False)
+            self._loaders[key] = DataLoader(
+                view,
+                batch_size=batch_size,
+                shuffle=train,
+                generator=generator if train else None,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+                drop_last=False,
+            )
         return self._loaders[key]
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, image_size: int, augment: bool = True,
-                      channels_last: bool = False):
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        image_size: int,
+        augment: bool = True,
+        channels_last: bool = False,
+    ):
         yield from self._batches(self._loader(True, batch_size, generator, augment), channels_last)
 
     def val_batches(self, batch_size: int, image_size: int, channels_last: bool = False):

@@ -11,6 +11,7 @@ Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract
 A NaN/inf loss raises ``Diverged``;
 ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,9 +73,16 @@ def insert_kwargs(cfg: TrialConfig) -> dict:
 def model_kwargs(cfg: TrialConfig) -> dict:
     """Constructor arguments for the trial's model: the common ones and the trial-config fields its registration
     names."""
-    return {"cifar_stem": cfg.cifar_stem, "width": cfg.width, "act": cfg.act, "dropout": cfg.dropout,
-            "pretrained": cfg.pretrained, "pretrained_file": cfg.pretrained_file, "model_args": cfg.model_args,
-            **model_config_kwargs(cfg.model, cfg)}
+    return {
+        "cifar_stem": cfg.cifar_stem,
+        "width": cfg.width,
+        "act": cfg.act,
+        "dropout": cfg.dropout,
+        "pretrained": cfg.pretrained,
+        "pretrained_file": cfg.pretrained_file,
+        "model_args": cfg.model_args,
+        **model_config_kwargs(cfg.model, cfg),
+    }
 
 
 def build_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
@@ -110,8 +118,9 @@ class Training:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # a trial's shapes are fixed: let cuDNN pick its fastest convolutions
         _seed_everything(cfg.seed)
-        data = load_dataset(cfg.dataset, cfg.image_size, cfg.data_dir, cfg.download, cfg.train_samples, cfg.val_samples,
-                            cfg.data_args)
+        data = load_dataset(
+            cfg.dataset, cfg.image_size, cfg.data_dir, cfg.download, cfg.train_samples, cfg.val_samples, cfg.data_args
+        )
         if isinstance(data, LoaderData):
             data.workers = cfg.workers
         self.data = data.head(cfg.train_samples, cfg.val_samples).to(self.device)
@@ -163,8 +172,12 @@ class Training:
         epoch_time = time.perf_counter() - start
         self.epoch_times.append(epoch_time)
         self.act_history.append({"epoch": self.epoch, "state": learnable_act_state(self.model)})
-        metrics.update(best_val_acc=self.best_val_acc, min_val_loss=self.min_val_loss, epoch_time_s=epoch_time,
-                       lr=self.optimizer.param_groups[0]["lr"])
+        metrics.update(
+            best_val_acc=self.best_val_acc,
+            min_val_loss=self.min_val_loss,
+            epoch_time_s=epoch_time,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
         return metrics
 
     def _train_epoch(self) -> float:
@@ -172,8 +185,9 @@ class Training:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
-        batches = self.data.train_batches(self.cfg.batch_size, self.generator, self.cfg.image_size, self.cfg.augment,
-                                          self.channels_last)
+        batches = self.data.train_batches(
+            self.cfg.batch_size, self.generator, self.cfg.image_size, self.cfg.augment, self.channels_last
+        )
         for x, y in batches:
             if self.mixup is not None:
                 if len(y) % 2:  # mixup pairs images within the batch
@@ -222,8 +236,10 @@ class Training:
         self.min_val_loss = min(self.min_val_loss, *[v for v in losses if math.isfinite(v)])
         patience = self.cfg.early_stop_patience
         if patience and self.epoch - self.best_epoch >= patience and self.epoch < self.cfg.epochs:
-            self.stop_reason = (f"early stopping: no better val_acc for {patience} epochs "
-                                f"(best {self.best_val_acc:.2f} at epoch {self.best_epoch})")
+            self.stop_reason = (
+                f"early stopping: no better val_acc for {patience} epochs "
+                f"(best {self.best_val_acc:.2f} at epoch {self.best_epoch})"
+            )
         return metrics
 
     def recalibrate_bn(self, model: nn.Module) -> int:
@@ -262,13 +278,19 @@ class Training:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "scaler": self.scaler.state_dict() if self.scaler else None, "epoch": self.epoch,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch,
             "best_val_acc": self.best_val_acc,
-            "best_epoch": self.best_epoch, "min_val_loss": self.min_val_loss, "stop_reason": self.stop_reason,
-            "epoch_times": self.epoch_times, "act_history": self.act_history, "rng": _rng_state(self.generator),
+            "best_epoch": self.best_epoch,
+            "min_val_loss": self.min_val_loss,
+            "stop_reason": self.stop_reason,
+            "epoch_times": self.epoch_times,
+            "act_history": self.act_history,
+            "rng": _rng_state(self.generator),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -292,8 +314,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "batches": generator.get_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "batches": generator.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

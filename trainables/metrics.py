@@ -5,6 +5,7 @@ own values (``learnable_state()``, e.g. ``theta/1``); a trial logs them per site
 ``/`` as ``<name>/<path>``), and at its end, for a value of a series (``<family>/<i>``), its convergence value and std
 as ``theta_conv/<path>/1`` and ``theta_conv_std/<path>/1`` (papers/000 §4.2).
 """
+
 from __future__ import annotations
 
 # Reported to Ray Tune and logged to MLflow every epoch.
@@ -32,8 +33,17 @@ def lslu_sites(cfg, mask: str) -> int:
 
 
 # What a sweep may optimize or schedule on, and its natural direction.
-OBJECTIVES = {"val_acc": "max", "best_val_acc": "max", "val_loss": "min", "min_val_loss": "min", "train_loss": "min",
-              "params_m": "min", "flops_g": "min", "latency_ms": "min", "lslu_sites": "min"}
+OBJECTIVES = {
+    "val_acc": "max",
+    "best_val_acc": "max",
+    "val_loss": "min",
+    "min_val_loss": "min",
+    "train_loss": "min",
+    "params_m": "min",
+    "flops_g": "min",
+    "latency_ms": "min",
+    "lslu_sites": "min",
+}
 STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "failed")
 CONVERGENCE_EPOCHS = 10  # θ/ω convergence value: mean (and std) over the last 10 epochs (papers/000 §4.2)
 
@@ -62,7 +72,7 @@ def convergence_metrics(act_history: list[dict]) -> dict[str, float]:
     (a name ``<family>/<i>``, as LSLU's θ_i and ω_i) the last epoch reported, over the last epochs that reported it."""
     recent = act_history[-CONVERGENCE_EPOCHS:]
     out = {}
-    for path, values in (recent[-1]["state"].items() if recent else ()):
+    for path, values in recent[-1]["state"].items() if recent else ():
         for name in filter(lambda name: "/" in name, values):
             series = [entry["state"][path][name] for entry in recent if name in entry["state"].get(path, {})]
             mean_key, std_key = (act_metric_key(name, path, suffix) for suffix in CONVERGENCE_SUFFIXES)

@@ -3,6 +3,7 @@
 Below ``cluster/`` and ``orchestrator/``, beside ``trainables/retry.py`` (its retries): the trials need it, and
 ``trainables/`` imports neither of those. A SQLite store is kept in write-ahead-log mode.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ A trial config gives a policy in flat fields (``policy`` with its argument in ``
 
     Policy.parse("stages:1,3").select(list_sites(model))   # the sites of stages 1 and 3, in forward order
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -79,8 +80,10 @@ class Policy:
         get = fields.get if isinstance(fields, Mapping) else lambda key, default=None: getattr(fields, key, default)
         kind = get("policy")
         if kind not in KINDS:
-            raise ConfigError("policy", f"unknown policy {kind!r}; valid choices: {', '.join(KINDS)} "
-                                        "(arguments go in mask / k / paths)")
+            raise ConfigError(
+                "policy",
+                f"unknown policy {kind!r}; valid choices: {', '.join(KINDS)} (arguments go in mask / k / paths)",
+            )
         key = ARGUMENT_KEY.get(kind)
         if key is None:
             return cls(kind)
@@ -107,14 +110,16 @@ class Policy:
             wanted = {int(s) for s in arg.split(",")}
             present = sorted({s.stage for s in sites})
             if wanted - set(present):
-                raise ValueError(f"policy {str(self)!r} names stage(s) {sorted(wanted - set(present))}; "
-                                 f"this model's stages are {present}")
+                raise ValueError(
+                    f"policy {str(self)!r} names stage(s) {sorted(wanted - set(present))}; "
+                    f"this model's stages are {present}"
+                )
             return [s for s in sites if s.stage in wanted]
         if kind in ("first_k", "last_k"):
             k = int(arg)
             if k > len(sites):
                 raise ValueError(f"policy {str(self)!r} asks for {k} sites; the model has {len(sites)}")
-            return sites[:k] if kind == "first_k" else sites[len(sites) - k:]
+            return sites[:k] if kind == "first_k" else sites[len(sites) - k :]
         if kind == "mask":
             if len(arg) != len(sites):
                 raise ValueError(f"mask {arg!r} has {len(arg)} bits but the model has {len(sites)} activation sites")

@@ -1,5 +1,6 @@
 """The pieces of the papers' training recipes the loop assembles from a trial config (DESIGN.md §4):
 optimizer, learning-rate schedule, loss, mixup/cutmix, and an EMA of the weights."""
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,9 @@ def make_mixup(cfg: TrialConfig, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                 num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes
+    )
 
 
 class EMA:

@@ -36,11 +36,11 @@ first Linear's width). Each site records the shape of its first call's input. Fr
 Activations the forward applies as functions (``F.relu(x)``, ``torch.gelu``, ``x.relu()``) outside site modules
 cannot be replaced; the trace counts them (``SiteTrace.functional_calls``).
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -48,30 +48,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from trainables.activations import ChannelsLast, act_module_types
-
-# Module types that count as activation sites: whatever the activation registry builds (so a replaced
-# site stays a site), the permuting adapter, plus the activations timm / torchvision models build themselves.
-def _timm_activation_types() -> tuple[type, ...]:
-    """timm's own activation modules (ConvNeXt's GELU is timm's class, not ``nn.GELU``); gates are not sites."""
-    try:
-        from timm.layers import activations, activations_me
-    except ImportError:
-        return ()
-    names = ("GELU", "GELUTanh", "QuickGELU", "Swish", "Mish", "HardSwish", "HardMish", "PReLU", "SwishMe", "MishMe",
-             "HardSwishMe", "HardMishMe")
-    found = (getattr(mod, n, None) for mod in (activations, activations_me) for n in names)
-    return tuple(c for c in found if isinstance(c, type))
+from trainables.site_types import _SE_CLASS, FUNCTIONAL_ACTS, is_site_module
 
 
-ACTIVATION_TYPES: tuple[type, ...] = act_module_types() + (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
-    ChannelsLast) + _timm_activation_types()
-_EXTRA_SITE_TYPES: list[type] = []  # model-specific activations (e.g. VanillaNet's series activation)
-_SE_CLASS = re.compile(r"SqueezeExcit|^SEModule$|^EffectiveSEModule$|^SqueezeExcitation$")
-# functions a forward may call in place of an activation module (gates such as sigmoid are not counted)
-FUNCTIONAL_ACTS = frozenset({"relu", "relu6", "gelu", "silu", "hardswish", "elu", "leaky_relu", "mish", "selu",
-                             "celu", "prelu", "rrelu", "softplus"})
 _CHANNELS_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
 _SPATIAL = ("nchw", "nhwc")
 
@@ -105,17 +84,6 @@ class SiteTrace:
         return sum(self.functional_calls.values())
 
 
-def register_site_type(cls: type) -> type:
-    """Make a model-specific activation class a site (its module is replaced like any other activation)."""
-    if cls not in _EXTRA_SITE_TYPES:
-        _EXTRA_SITE_TYPES.append(cls)
-    return cls
-
-
-def is_site_module(module: nn.Module) -> bool:
-    return isinstance(module, (*ACTIVATION_TYPES, *act_module_types(), *_EXTRA_SITE_TYPES))  # imported ones too
-
-
 def within(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + ".")
 
@@ -132,8 +100,10 @@ def trace_sites(model: nn.Module, input_size: int | tuple | None = None) -> Site
             return _trace(model, size)
         except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
             errors.append(f"{size}: {exc}")
-    raise ValueError(f"cannot trace the forward of {type(model).__name__} to find its activation sites "
-                     f"(give input_size); tried {'; '.join(errors)}")
+    raise ValueError(
+        f"cannot trace the forward of {type(model).__name__} to find its activation sites "
+        f"(give input_size); tried {'; '.join(errors)}"
+    )
 
 
 def _input_sizes(model: nn.Module, given) -> list[tuple]:
@@ -288,7 +258,7 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
             first = next(q for q in order if within(q, part)) if part else p
             if first != stage_first and previous not in stem:
                 stage, stage_first = stage + 1, first
-                stages.update({q: stage for q in order[order.index(first):i] if q not in stem})
+                stages.update({q: stage for q in order[order.index(first) : i] if q not in stem})
             block = _downsampling_block(p, calls)
             if block is not None:
                 down.add([q for q in order if within(q, block)][-1])
@@ -346,8 +316,14 @@ def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None
     parts = path.split(".")
     for k in range(1, len(parts)):
         record = calls.get(".".join(parts[:k]))
-        if record and record[1] and record[2] and len(record[1]) == len(record[2]) == 4 \
-                and record[1][2:4] == before and record[2][2:4] == after:
+        if (
+            record
+            and record[1]
+            and record[2]
+            and len(record[1]) == len(record[2]) == 4
+            and record[1][2:4] == before
+            and record[2][2:4] == after
+        ):
             return ".".join(parts[:k])
     return None
 
@@ -358,7 +334,12 @@ def _downsampling_block(path: str, calls: dict) -> str | None:
     for k in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:k])
         record = calls.get(prefix)
-        if record and record[1] and record[2] and len(record[1]) == len(record[2]) == 4 \
-                and _smaller(record[2][2:4], record[1][2:4]):
+        if (
+            record
+            and record[1]
+            and record[2]
+            and len(record[1]) == len(record[2]) == 4
+            and _smaller(record[2][2:4], record[1][2:4])
+        ):
             return prefix
     return None

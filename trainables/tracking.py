@@ -11,6 +11,7 @@ epoch once the server answers again. A resent batch carries the same timestamps,
 takes as the same rows, so a batch whose answer was lost is not logged twice. Opening and finishing the
 run wait for the server (``LSLU_MLFLOW_OUTAGE_WAIT_S``, default 900 s) rather than lose the trial.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,13 @@ from trainables.retry import is_transient, retry
 log = logging.getLogger(__name__)
 # A trial ASHA stopped ended as its search meant it to, with valid metrics: FINISHED, as Ray's own MLflow callback
 # ends it (KILLED would read as an interruption and drop it from `attributes.status = 'FINISHED'`); tags.status tells.
-RUN_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "oom": "FAILED",
-              "failed": "FAILED"}
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "stopped_early": "FINISHED",
+    "diverged": "FAILED",
+    "oom": "FAILED",
+    "failed": "FAILED",
+}
 _BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 _METRICS = 1000  # ... and at most 1000 metrics, 1000 entries in all
 
@@ -71,8 +77,15 @@ def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
 
 
 class TrialRun:
-    def __init__(self, client: MlflowClient, run_id: str, logged_through: int, unsent: list | None = None,
-                 logged_keys: set[str] | None = None, artifact_uri: str | None = None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        logged_through: int,
+        unsent: list | None = None,
+        logged_keys: set[str] | None = None,
+        artifact_uri: str | None = None,
+    ):
         self.client, self.run_id, self.logged_through = client, run_id, logged_through
         self.artifact_uri = artifact_uri  # known to a run this trial created; asked for when first needed otherwise
         self.unsent: list[tuple[int, list[Metric]]] = unsent or []  # (epoch, batch) not yet sent, oldest first
@@ -81,9 +94,19 @@ class TrialRun:
         self.logged_keys = logged_keys
 
     @classmethod
-    def open(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str | None,
-             run_id: str | None = None, unsent: list | None = None, tags: dict[str, str] | None = None,
-             record: dict[str, float] | None = None, summary: str | None = None) -> "TrialRun":
+    def open(
+        cls,
+        ctx: SweepContext,
+        cfg: TrialConfig,
+        trial_id: str,
+        mask: str,
+        sites_csv: str | None,
+        run_id: str | None = None,
+        unsent: list | None = None,
+        tags: dict[str, str] | None = None,
+        record: dict[str, float] | None = None,
+        summary: str | None = None,
+    ) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
         without a checkpoint (found by parent run and trial id), else a new one. ``unsent`` is
         ``unsent_state()`` from the checkpoint: batches the run did not get before the trial stopped.
@@ -92,8 +115,9 @@ class TrialRun:
         run's ``model_summary.txt``."""
         if run_id is None:
             client = mlflow_client(ctx.tracking_uri)
-            run_id = retry(lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(),
-                           what="finding the trial's run")
+            run_id = retry(
+                lambda: find_trial_run(client, ctx, trial_id), budget_s=outage_wait_s(), what="finding the trial's run"
+            )
         if run_id:
             run = cls.reopen(ctx, run_id, tags)
         else:
@@ -104,13 +128,31 @@ class TrialRun:
         return run
 
     @classmethod
-    def create(cls, ctx: SweepContext, cfg: TrialConfig, trial_id: str, mask: str, sites_csv: str | None,
-               extra_tags: dict[str, str] | None = None, record: dict[str, float] | None = None,
-               summary: str | None = None) -> "TrialRun":
+    def create(
+        cls,
+        ctx: SweepContext,
+        cfg: TrialConfig,
+        trial_id: str,
+        mask: str,
+        sites_csv: str | None,
+        extra_tags: dict[str, str] | None = None,
+        record: dict[str, float] | None = None,
+        summary: str | None = None,
+    ) -> "TrialRun":
         client = mlflow_client(ctx.tracking_uri)
-        tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "sweep": ctx.sweep_name, "trial_id": trial_id,
-                "mask": mask, "status": "running", "model": cfg.model, "dataset": cfg.dataset,
-                "insert_act": cfg.insert_act, "policy": cfg.policy_spec, **(extra_tags or {})}
+        tags = {
+            **ctx.tags,
+            "mlflow.parentRunId": ctx.parent_run_id,
+            "sweep": ctx.sweep_name,
+            "trial_id": trial_id,
+            "mask": mask,
+            "status": "running",
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "insert_act": cfg.insert_act,
+            "policy": cfg.policy_spec,
+            **(extra_tags or {}),
+        }
 
         attempts = 0
 
@@ -130,8 +172,11 @@ class TrialRun:
         metrics = run._not_yet_logged(record or {})  # with the last params: one call less
         for i in range(0, len(params), _BATCH):
             last = i + _BATCH >= len(params)
-            retry(lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
-                  budget_s=wait, what="logging params")
+            retry(
+                lambda: client.log_batch(run_id, params=params[i : i + _BATCH], metrics=metrics if last else []),
+                budget_s=wait,
+                what="logging params",
+            )
         with tempfile.TemporaryDirectory() as files:
             (Path(files) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             if sites_csv is not None:  # None: the network was never built (the trial failed before)
@@ -176,13 +221,20 @@ class TrialRun:
         while self.unsent:
             epoch, batch = self.unsent[0]
             try:
-                retry(lambda: log_metrics(self.client, self.run_id, batch),
-                      budget_s=max(0.0, deadline - time.monotonic()), what=f"logging epoch {epoch}")
+                retry(
+                    lambda: log_metrics(self.client, self.run_id, batch),
+                    budget_s=max(0.0, deadline - time.monotonic()),
+                    what=f"logging epoch {epoch}",
+                )
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("MLflow is unreachable (%s); %d epoch(s) queued for run %s, sent when it is back",
-                            str(exc).splitlines()[0][:200], len(self.unsent), self.run_id)
+                log.warning(
+                    "MLflow is unreachable (%s); %d epoch(s) queued for run %s, sent when it is back",
+                    str(exc).splitlines()[0][:200],
+                    len(self.unsent),
+                    self.run_id,
+                )
                 return False
             self.unsent.pop(0)
         return True
@@ -225,10 +277,12 @@ class TrialRun:
 
     def log_files(self, folder: str, budget_s: float) -> None:
         """Every file in ``folder`` as an artifact at the run's root, in one call."""
+
         def log_once() -> None:
             if self.artifact_uri is None:
                 self._look_up()
             artifact_repository(self.client, self.artifact_uri).log_artifacts(folder)
+
         retry(log_once, budget_s=budget_s, what=f"logging {', '.join(sorted(os.listdir(folder)))}")
 
     def finish(self, status: str, final: dict[str, float], reason: str = "", files: str | None = None) -> None:
@@ -237,14 +291,17 @@ class TrialRun:
         what is queued is sent first."""
         wait = outage_wait_s()
         if not self.flush(wait):
-            raise ConnectionError(f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
-                                  f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)")
+            raise ConnectionError(
+                f"MLflow stayed unreachable for {wait:.0f} s; {len(self.unsent)} epoch(s) of run "
+                f"{self.run_id} were not sent (a retried trial sends them from its checkpoint)"
+            )
         if files:
             self.log_files(files, wait)
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
         final_metrics = retry(lambda: self._not_yet_logged(final), budget_s=wait, what="reading the run's metrics")
-        retry(lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait,
-              what="ending the run")
+        retry(
+            lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run"
+        )
 
 
 def record_metrics(values: dict[str, float], logged_keys) -> list[Metric]:
@@ -261,9 +318,11 @@ def artifact_repository(client: MlflowClient, artifact_uri: str):
 
 
 def find_trial_run(client: MlflowClient, ctx: SweepContext, trial_id: str) -> str | None:
-    runs = client.search_runs([ctx.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_id = '{trial_id}'",
-                              max_results=1)
+    runs = client.search_runs(
+        [ctx.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.trial_id = '{trial_id}'",
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -276,11 +335,20 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric], tags: 
             client.log_batch(run_id, metrics=metrics[i : i + per_call], tags=list(tags) if last else [])
 
 
-def end(client: MlflowClient, run_id: str, status: str, reason: str = "", metrics: list[Metric] = (),
-        tags: dict[str, str] | None = None) -> None:
+def end(
+    client: MlflowClient,
+    run_id: str,
+    status: str,
+    reason: str = "",
+    metrics: list[Metric] = (),
+    tags: dict[str, str] | None = None,
+) -> None:
     """The run's last metrics (if any) with its status tags in one batch, then its MLflow status."""
-    tags = ([RunTag("status", status)] + ([RunTag("status_reason", reason[:5000])] if reason else [])
-            + [RunTag(k, v) for k, v in (tags or {}).items()])
+    tags = (
+        [RunTag("status", status)]
+        + ([RunTag("status_reason", reason[:5000])] if reason else [])
+        + [RunTag(k, v) for k, v in (tags or {}).items()]
+    )
     log_metrics(client, run_id, list(metrics), tags)
     client.set_terminated(run_id, RUN_STATUS[status])
 
@@ -298,5 +366,15 @@ def fail(client: MlflowClient, run_id: str, exc: BaseException) -> None:
     end(client, run_id, "failed", line, tags={"error": line})
 
 
-__all__ = ["SweepContext", "TrialRun", "act_metrics", "artifact_repository", "end", "error_line", "fail",
-           "find_trial_run", "record_metrics", "run_name"]
+__all__ = [
+    "SweepContext",
+    "TrialRun",
+    "act_metrics",
+    "artifact_repository",
+    "end",
+    "error_line",
+    "fail",
+    "find_trial_run",
+    "record_metrics",
+    "run_name",
+]

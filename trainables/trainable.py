@@ -8,6 +8,7 @@ Epochs MLflow could not take during a server outage travel in the checkpoint unt
 Each result names the Ray node it was trained on (``node_id``; the run's ``ray_node_id`` tag: the latest),
 so a trial moved off a lost node shows it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,13 +55,31 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     title = run_name(cfg, training.mask, trial_id)
     shape = "x".join(map(str, input_shape(training)))  # with num_classes: what export rebuilds the network with
-    tags = {"ray_node_id": node_id, "input_shape": shape, "num_classes": str(training.data.num_classes),
-            "amp_dtype": training.amp_dtype}  # amp_dtype: bf16, fp16 or off (a CPU trial)
-    run = TrialRun.open(sweep, cfg, trial_id, training.mask, sites_csv(training), run_id=run_id, unsent=unsent,
-                        tags=tags, summary=model_summary(training, title),
-                        record={**training.stats, "lslu_sites": training.lslu_sites})  # known before training
-    fixed = {"mlflow_run_id": run.run_id, "mask": training.mask, "lslu_sites": training.lslu_sites, "node_id": node_id,
-             **training.stats}
+    tags = {
+        "ray_node_id": node_id,
+        "input_shape": shape,
+        "num_classes": str(training.data.num_classes),
+        "amp_dtype": training.amp_dtype,
+    }  # amp_dtype: bf16, fp16 or off (a CPU trial)
+    run = TrialRun.open(
+        sweep,
+        cfg,
+        trial_id,
+        training.mask,
+        sites_csv(training),
+        run_id=run_id,
+        unsent=unsent,
+        tags=tags,
+        summary=model_summary(training, title),
+        record={**training.stats, "lslu_sites": training.lslu_sites},
+    )  # known before training
+    fixed = {
+        "mlflow_run_id": run.run_id,
+        "mask": training.mask,
+        "lslu_sites": training.lslu_sites,
+        "node_id": node_id,
+        **training.stats,
+    }
     system = SystemMetrics(sweep.tracking_uri, run.run_id, resume=run_id is not None).start()
     try:
         _train(training, run, trial_id, fixed, system, sweep)
@@ -91,8 +110,9 @@ def _restore(training: Training) -> tuple[str | None, list | None]:
     return state["mlflow_run_id"], state.get("mlflow_unsent")
 
 
-def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system: SystemMetrics,
-           sweep: SweepContext) -> None:
+def _train(
+    training: Training, run: TrialRun, trial_id: str, fixed: dict, system: SystemMetrics, sweep: SweepContext
+) -> None:
     """The epochs still to run, each logged to MLflow and reported to Tune with a checkpoint. The system metrics stop
     before the run ends (Tune may stop the actor right after the last report)."""
     cfg = training.cfg
@@ -120,10 +140,21 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system
                 write_final_weights(training, files)
                 run.finish(status, record, training.stop_reason, files=files)
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"training": training.state_dict(), "mlflow_run_id": run.run_id,
-                        "mlflow_unsent": run.unsent_state()}, Path(d) / STATE_FILE)
-            tune.report({**fixed, **metrics, **record, "epoch": training.epoch, "status": status,
-                         "mlflow_unsent": len(run.unsent)}, checkpoint=tune.Checkpoint.from_directory(d))
+            torch.save(
+                {"training": training.state_dict(), "mlflow_run_id": run.run_id, "mlflow_unsent": run.unsent_state()},
+                Path(d) / STATE_FILE,
+            )
+            tune.report(
+                {
+                    **fixed,
+                    **metrics,
+                    **record,
+                    "epoch": training.epoch,
+                    "status": status,
+                    "mlflow_unsent": len(run.unsent),
+                },
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
 
 
 def input_shape(training: Training) -> tuple[int, int, int]:
@@ -137,36 +168,44 @@ def log_model(training: Training, run: TrialRun, sweep: SweepContext) -> None:
     tag ``deploy_model_error`` instead, and the weights-only ``model_final.pt`` as always."""
     start = time.perf_counter()
     try:
-        model_id = log_deploy_model(run.client, sweep.experiment_id, run.run_id, training.model,
-                                    input_shape(training), training.cfg.to_dict())
+        model_id = log_deploy_model(
+            run.client, sweep.experiment_id, run.run_id, training.model, input_shape(training), training.cfg.to_dict()
+        )
     except Exception as exc:
         line = error_line(exc)
         log.warning("could not log the deploy form of run %s as an MLflow model: %s", run.run_id, line)
-        retry(lambda: run.client.set_tag(run.run_id, "deploy_model_error", line), budget_s=30,
-              what="tagging the run")
+        retry(lambda: run.client.set_tag(run.run_id, "deploy_model_error", line), budget_s=30, what="tagging the run")
         return
     log.info("logged model %s for run %s in %.2f s", model_id, run.run_id, time.perf_counter() - start)
 
 
 def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
     """The one console line a trial prints per epoch (Ray prefixes it with the worker)."""
-    return (f"trial {trial_id} epoch {epoch}/{epochs}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_acc {m['val_acc']:.2f}% (best {m['best_val_acc']:.2f}%)  {m['epoch_time_s']:.1f}s")
+    return (
+        f"trial {trial_id} epoch {epoch}/{epochs}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_acc {m['val_acc']:.2f}% (best {m['best_val_acc']:.2f}%)  {m['epoch_time_s']:.1f}s"
+    )
 
 
 def _failure(exc: Exception, cfg: TrialConfig) -> tuple[str, str]:
     if isinstance(exc, Diverged):
         return "diverged", str(exc)
     first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
-    return "oom", (f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): "
-                   f"{first_line}")
+    return "oom", (
+        f"CUDA out of memory at batch_size {cfg.batch_size} (lower it, or give each trial more GPU): {first_line}"
+    )
 
 
 def _no_result(training: Training) -> dict:
     """What a trial that ended without a usable epoch reports (the searcher needs its metric)."""
-    return {"epoch": training.epoch, "train_loss": math.nan, "val_loss": math.nan, "val_acc": 0.0,
-            "best_val_acc": training.best_val_acc, "min_val_loss": training.min_val_loss}
-
+    return {
+        "epoch": training.epoch,
+        "train_loss": math.nan,
+        "val_loss": math.nan,
+        "val_acc": 0.0,
+        "best_val_acc": training.best_val_acc,
+        "min_val_loss": training.min_val_loss,
+    }
 
 
 def end_of_trial(training: Training) -> dict[str, float]:
@@ -180,18 +219,33 @@ def model_summary(training: Training, title: str) -> str:
     gets it when it opens, whether the trial completes or the scheduler stops it."""
     trace = training.site_trace
     sites = trace.sites
-    return "\n".join([title, "", "config:", yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
-                      f"mask: {training.mask}", "", format_site_table(sites, training.mask, "inserted"),
-                      functional_note(trace), "", repr(training.model)])
+    return "\n".join(
+        [
+            title,
+            "",
+            "config:",
+            yaml.safe_dump(training.cfg.to_dict(), sort_keys=False),
+            f"mask: {training.mask}",
+            "",
+            format_site_table(sites, training.mask, "inserted"),
+            functional_note(trace),
+            "",
+            repr(training.model),
+        ]
+    )
 
 
 def write_final_weights(training: Training, folder: str) -> None:
     """The weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
-    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()},
-               Path(folder) / "model_final.pt")
+    torch.save(
+        {k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()},
+        Path(folder) / "model_final.pt",
+    )
     if training.ema is not None:
-        torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()},
-                   Path(folder) / "model_ema_final.pt")
+        torch.save(
+            {k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()},
+            Path(folder) / "model_ema_final.pt",
+        )
 
 
 def weights_from_checkpoint(checkpoint_dir: str) -> dict:
@@ -204,10 +258,36 @@ def sites_csv(training: Training) -> str:
     """Every site of the trial's network and what it holds now."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "path", "stage", "channels", "downsampling", "depth_fraction", "layout", "eligible",
-                     "reason", "module", "inserted"])
+    writer.writerow(
+        [
+            "index",
+            "path",
+            "stage",
+            "channels",
+            "downsampling",
+            "depth_fraction",
+            "layout",
+            "eligible",
+            "reason",
+            "module",
+            "inserted",
+        ]
+    )
     for site, bit in zip(training.site_trace.sites, training.mask):
         module = type(training.model.get_submodule(site.path)).__name__
-        writer.writerow([site.index, site.path, site.stage, site.channels, site.downsampling,
-                         f"{site.depth_fraction:.3f}", site.layout, site.eligible, site.reason, module, bit])
+        writer.writerow(
+            [
+                site.index,
+                site.path,
+                site.stage,
+                site.channels,
+                site.downsampling,
+                f"{site.depth_fraction:.3f}",
+                site.layout,
+                site.eligible,
+                site.reason,
+                module,
+                bit,
+            ]
+        )
     return out.getvalue()

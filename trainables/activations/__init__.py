@@ -7,9 +7,20 @@ la_silu, la_hardsilu (``layeract``), or an import path ``package.module:Class``.
 arguments raise ``ValueError`` naming the valid choices, so a sweep file with a typo fails before any cluster work
 starts.
 """
-from trainables.activations.registry import (act_module_types, check_config, config_fields, config_kwargs, create_act,
-                                             inserts, is_registered_act, list_acts, needs_spatial_map, register_act,
-                                             trial_config)
+
+from trainables.activations.registry import (
+    act_module_types,
+    check_config,
+    config_fields,
+    config_kwargs,
+    create_act,
+    inserts,
+    is_registered_act,
+    list_acts,
+    needs_spatial_map,
+    register_act,
+    trial_config,
+)
 from trainables.activations.basic import PReLU
 from trainables.activations.layeract import LayerAct
 from trainables.activations.lslu import LSLU
@@ -17,6 +28,24 @@ from trainables.activations.pwlu import PWLU, realign_pending
 from trainables.activations.introspect import learnable_act_state, start_epoch
 from trainables.activations.channels_last import ChannelsLast
 
-__all__ = ["ChannelsLast", "LSLU", "LayerAct", "PReLU", "PWLU", "act_module_types", "check_config", "config_fields",
-           "config_kwargs", "create_act", "inserts", "is_registered_act", "learnable_act_state", "list_acts",
-           "needs_spatial_map", "realign_pending", "register_act", "start_epoch", "trial_config"]
+__all__ = [
+    "ChannelsLast",
+    "LSLU",
+    "LayerAct",
+    "PReLU",
+    "PWLU",
+    "act_module_types",
+    "check_config",
+    "config_fields",
+    "config_kwargs",
+    "create_act",
+    "inserts",
+    "is_registered_act",
+    "learnable_act_state",
+    "list_acts",
+    "needs_spatial_map",
+    "realign_pending",
+    "register_act",
+    "start_epoch",
+    "trial_config",
+]

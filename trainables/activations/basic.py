@@ -1,4 +1,5 @@
 """Fixed and one-parameter activations: the baselines every learnable one is compared against."""
+
 from __future__ import annotations
 
 from numbers import Real

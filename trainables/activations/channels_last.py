@@ -5,6 +5,7 @@ apply, permute back.
 The wrapped activation is ``inner``; what the activation contract asks of it (``learnable_state``,
 ``on_epoch_start``, ``fuse``) is found on ``inner`` and reported under the adapter's path (``introspect``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"ChannelsLast({type(self.inner).__name__}) needs a (B, H, W, C) tensor, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ChannelsLast({type(self.inner).__name__}) needs a (B, H, W, C) tensor, got shape {tuple(x.shape)}"
+            )
         return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """The learnable state of every activation in a model that reports one (``learnable_state()``, DESIGN.md §2)."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -10,8 +11,11 @@ def learnable_act_state(model: nn.Module) -> dict[str, dict[str, float]]:
     """``{path: module.learnable_state()}`` for every module that reports its learnable state, e.g.
     ``{"layer1.0.act1": {"theta/1": 1.02, "omega/1": 0.01}}``."""
     adapters = {path for path, module in model.named_modules() if isinstance(module, ChannelsLast)}
-    return {_site_path(path, adapters): module.learnable_state() for path, module in model.named_modules()
-            if callable(getattr(module, "learnable_state", None))}
+    return {
+        _site_path(path, adapters): module.learnable_state()
+        for path, module in model.named_modules()
+        if callable(getattr(module, "learnable_state", None))
+    }
 
 
 def _site_path(path: str, adapters: set[str]) -> str:
@@ -23,5 +27,8 @@ def _site_path(path: str, adapters: set[str]) -> str:
 def start_epoch(model: nn.Module, epoch: int, epochs: int) -> list[str]:
     """Call ``on_epoch_start(epoch, epochs)`` on every module of ``model`` that has it (the model itself included);
     the paths of those that changed their state (they said True)."""
-    return [path for path, module in model.named_modules()
-            if callable(getattr(module, "on_epoch_start", None)) and module.on_epoch_start(epoch, epochs)]
+    return [
+        path
+        for path, module in model.named_modules()
+        if callable(getattr(module, "on_epoch_start", None)) and module.on_epoch_start(epoch, epochs)
+    ]

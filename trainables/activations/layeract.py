@@ -7,6 +7,7 @@ image). The variance is the biased one (divide by d): the paper defines σ_y tha
 σ_y = sqrt(1/d Σ (y_i − μ_y)²)) and its backward pass uses ∂σ²/∂y_i = 2(y_i − μ)/d. Gradients flow
 through μ and σ² as in that backward pass. No parameters, no running statistics: train and eval agree.
 """
+
 from __future__ import annotations
 
 from numbers import Real
@@ -29,8 +30,9 @@ class LayerAct(nn.Module):
         if scale not in SCALES:
             raise ValueError(f"LayerAct scale {scale!r} is not one of {', '.join(SCALES)}")
         if not isinstance(alpha, Real) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError("LayerAct alpha must be a number > 0 (1e-5 for CIFAR, 0.1 for ImageNet in papers/004), "
-                             f"got {alpha!r}")
+            raise ValueError(
+                f"LayerAct alpha must be a number > 0 (1e-5 for CIFAR, 0.1 for ImageNet in papers/004), got {alpha!r}"
+            )
         self.scale, self.alpha = scale, float(alpha)
         self._s = SCALES[scale]
 

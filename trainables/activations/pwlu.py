@@ -24,6 +24,7 @@ and 1, as BatchNorm does, would bias a short phase I by 0.9^steps); std is the u
 (torch's default; with thousands of elements per batch the difference is immaterial); σ is floored at
 ``MIN_STD`` at realignment so a dead input (σ = 0) cannot give an empty range.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ PHASE_COLLECT, PHASE_LEARN = 1, 2
 
 
 class PWLU(nn.Module):
-    def __init__(self, channels: int | None = None, intervals: int = 16, granularity: str = "layer",
-                 warmup_epochs: int = 5):
+    def __init__(
+        self, channels: int | None = None, intervals: int = 16, granularity: str = "layer", warmup_epochs: int = 5
+    ):
         super().__init__()
         if not isinstance(warmup_epochs, int) or isinstance(warmup_epochs, bool) or warmup_epochs < 1:
             raise ValueError(f"pwlu needs warmup_epochs >= 1 (an int; phase I needs a batch), got {warmup_epochs!r}")
@@ -50,8 +52,9 @@ class PWLU(nn.Module):
         if granularity not in GRANULARITIES:
             raise ValueError(f"pwlu granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
         if granularity == "channel" and (not isinstance(channels, int) or channels < 1):
-            raise ValueError("pwlu granularity 'channel' needs channels >= 1 (the site's channel count), "
-                             f"got {channels!r}")
+            raise ValueError(
+                f"pwlu granularity 'channel' needs channels >= 1 (the site's channel count), got {channels!r}"
+            )
         self.channels, self.intervals, self.granularity = channels, intervals, granularity
         self.warmup_epochs = warmup_epochs  # epochs of phase I before ``on_epoch_start`` realigns
         shape = () if granularity == "layer" else (channels,)
@@ -95,8 +98,10 @@ class PWLU(nn.Module):
     def realign(self) -> "PWLU":
         """Eq. 6 from the running statistics, then phase II. Raises if phase I saw no training batch."""
         if int(self.stats_batches) == 0:
-            raise RuntimeError("PWLU.realign() needs the input statistics of phase I, but no training batch has passed "
-                               "through this unit yet (run training-mode forward passes first)")
+            raise RuntimeError(
+                "PWLU.realign() needs the input statistics of phase I, but no training batch has passed "
+                "through this unit yet (run training-mode forward passes first)"
+            )
         self._reset_to_relu(self.running_mean, self.running_std.clamp_min(MIN_STD))
         self.phase.fill_(PHASE_LEARN)
         self._learning = True
@@ -149,8 +154,9 @@ class PWLU(nn.Module):
             idx = idx + self._per_element(torch.arange(table.shape[0], device=idx.device) * width, idx)
         return table.reshape(-1)[idx]
 
-    def _interval_index(self, x: torch.Tensor, left: torch.Tensor, d: torch.Tensor, low: int,
-                        high: int) -> torch.Tensor:
+    def _interval_index(
+        self, x: torch.Tensor, left: torch.Tensor, d: torch.Tensor, low: int, high: int
+    ) -> torch.Tensor:
         """clip(floor((x − B_L)/d), low, high) as a constant long tensor (NaN inputs map to `low`)."""
         idx = torch.floor((x.detach() - left.detach()) / d.detach())
         return torch.nan_to_num(idx, nan=float(low)).clamp(low, high).long()
@@ -177,11 +183,14 @@ class PWLU(nn.Module):
         grid = self._grid(self.left, self.right)
         k = (self.points[..., 1:] - self.points[..., :-1]) / d.unsqueeze(-1)  # K_0 … K_{N−1}
         slopes = torch.cat([self.slope_left.unsqueeze(-1), k, self.slope_right.unsqueeze(-1)], dim=-1)
-        offsets = torch.cat([
-            (self.points[..., 0] - self.left * self.slope_left).unsqueeze(-1),
-            self.points[..., :-1] - grid[..., :-1] * k,
-            (self.points[..., n] - self.right * self.slope_right).unsqueeze(-1),
-        ], dim=-1)
+        offsets = torch.cat(
+            [
+                (self.points[..., 0] - self.left * self.slope_left).unsqueeze(-1),
+                self.points[..., :-1] - grid[..., :-1] * k,
+                (self.points[..., n] - self.right * self.slope_right).unsqueeze(-1),
+            ],
+            dim=-1,
+        )
         return slopes, offsets
 
     def inference_form(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,8 +203,9 @@ class PWLU(nn.Module):
 
     def extra_repr(self) -> str:
         channels = f"channels={self.channels}, " if self.granularity == "channel" else ""
-        return (f"{channels}intervals={self.intervals}, granularity={self.granularity}, "
-                f"phase={2 if self._learning else 1}")
+        return (
+            f"{channels}intervals={self.intervals}, granularity={self.granularity}, phase={2 if self._learning else 1}"
+        )
 
 
 def realign_pending(model: nn.Module) -> list[str]:
@@ -210,12 +220,17 @@ def realign_pending(model: nn.Module) -> list[str]:
 
 def _warmup_ends(cfg) -> tuple[str, str] | None:
     if cfg.pwlu_warmup_epochs >= cfg.epochs:
-        return "pwlu_warmup_epochs", (f"must be below epochs ({cfg.epochs}), or PWLU never leaves its ReLU phase; "
-                                      f"got {cfg.pwlu_warmup_epochs}")
+        return "pwlu_warmup_epochs", (
+            f"must be below epochs ({cfg.epochs}), or PWLU never leaves its ReLU phase; got {cfg.pwlu_warmup_epochs}"
+        )
     return None
 
 
-@register_act("pwlu", builds=PWLU, config={"intervals": "pwlu_intervals", "granularity": "granularity",
-                                           "warmup_epochs": "pwlu_warmup_epochs"}, check=_warmup_ends)
+@register_act(
+    "pwlu",
+    builds=PWLU,
+    config={"intervals": "pwlu_intervals", "granularity": "granularity", "warmup_epochs": "pwlu_warmup_epochs"},
+    check=_warmup_ends,
+)
 def pwlu(channels=None, inplace=False, intervals: int = 16, granularity: str = "layer", warmup_epochs: int = 5):
     return PWLU(channels, intervals=intervals, granularity=granularity, warmup_epochs=warmup_epochs)

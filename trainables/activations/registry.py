@@ -12,6 +12,7 @@ The contract (DESIGN.md §2), asked of the module, every part optional:
   True when it changed the module's state (an EMA copy then restarts from that state);
 - ``fuse()``: the deploy form, in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,13 @@ _IMPORTED: dict[str, _Entry] = {}  # import paths resolved so far: their classes
 _TRIAL_CONFIG: contextvars.ContextVar[Any] = contextvars.ContextVar("act_trial_config", default=None)
 
 
-def register_act(name: str, builds: type | tuple[type, ...], config: dict[str, str] | None = None,
-                 inserts: Callable[[dict], bool] | None = None,
-                 check: Callable[[Any], tuple[str, str] | None] | None = None):
+def register_act(
+    name: str,
+    builds: type | tuple[type, ...],
+    config: dict[str, str] | None = None,
+    inserts: Callable[[dict], bool] | None = None,
+    check: Callable[[Any], tuple[str, str] | None] | None = None,
+):
     """Register ``factory(channels=None, inplace=False, **kwargs) -> nn.Module`` under ``name``.
 
     ``builds``: the module class (or classes) the factory returns; every module of these classes is a site.
@@ -146,8 +151,10 @@ def _entry(name: str) -> _Entry:
     if name in _ACTS:
         return _ACTS[name]
     if ":" not in name:
-        raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(list_acts())} "
-                         "(or an import path package.module:Class)")
+        raise ValueError(
+            f"unknown activation {name!r}; valid choices: {', '.join(list_acts())} "
+            "(or an import path package.module:Class)"
+        )
     if name not in _IMPORTED:
         _IMPORTED[name] = _imported(name)
     return _IMPORTED[name]

@@ -1,6 +1,7 @@
 """What a trial config asks of its model, checked before any trial (``TrialConfig.check`` calls ``check_model``): the
 name resolves (the closest names where it does not), a registration reaches the workers, ``model_args`` fit the
 constructor, ``cifar_stem`` has a recipe, and ``pretrained`` weights are at hand. Problems are ``ConfigError``s."""
+
 from __future__ import annotations
 
 from trainables.errors import ConfigError
@@ -16,10 +17,13 @@ def check_model(cfg) -> None:
     except ValueError as err:
         raise ConfigError("model", str(err)) from None
     if registered_in_main(cfg.model):
-        raise ConfigError("model", f"{cfg.model!r} is registered with register_model in the driver's __main__ (a "
-                                   "notebook or script), which the Ray workers never run, so every trial would fail "
-                                   "on it: move the registration into a module the workers can import, or give "
-                                   "model: package.module:factory (shipped with runtime_env on a cluster)")
+        raise ConfigError(
+            "model",
+            f"{cfg.model!r} is registered with register_model in the driver's __main__ (a "
+            "notebook or script), which the Ray workers never run, so every trial would fail "
+            "on it: move the registration into a module the workers can import, or give "
+            "model: package.module:factory (shipped with runtime_env on a cluster)",
+        )
     if cfg.pretrained_file and not cfg.pretrained:
         raise ConfigError("pretrained_file", "is set but pretrained is false; set pretrained: true to load it")
     if cfg.pretrained:
@@ -31,8 +35,11 @@ def check_model(cfg) -> None:
     if source == "project":
         unknown = sorted(set(cfg.model_args) - set(model_arguments(cfg.model)) - {"cifar_stem", "width"})
         if unknown:
-            raise ConfigError(f"model_args.{unknown[0]}", f"model {cfg.model!r} takes no argument {unknown[0]!r}; its "
-                                                          f"arguments: {', '.join(model_arguments(cfg.model))}")
+            raise ConfigError(
+                f"model_args.{unknown[0]}",
+                f"model {cfg.model!r} takes no argument {unknown[0]!r}; its "
+                f"arguments: {', '.join(model_arguments(cfg.model))}",
+            )
         return
     error = _build_error(cfg.model, cfg.model_args, cfg.cifar_stem)
     if error:

@@ -3,6 +3,7 @@ project's names) and a constructor given by import path ``package.module:factory
 ``torchvision.models:resnet18``), with the options every model has: a CIFAR stem (``stems``), dropout in the head, a
 base activation (``act``) that replaces the model's own at every site (``native`` keeps them), and pretrained weights
 read from a local file or timm's cache, never downloaded at trial time."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,15 @@ from trainables.insertion import apply_policy
 from trainables.models.registry import register_model
 from trainables.models.stems import apply_cifar_stem
 
-TIMM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv3_large_100", "efficientnetv2_rw_s",
-               "tf_efficientnetv2_s")
+TIMM_MODELS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenetv3_large_100",
+    "efficientnetv2_rw_s",
+    "tf_efficientnetv2_s",
+)
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
@@ -46,6 +54,7 @@ def is_timm_model(name: str) -> bool:
 
 
 # ---- timm ----------------------------------------------------------------------------------------------------------
+
 
 def cached_timm_weights(name: str) -> str | None:
     """The file of ``name``'s pretrained weights in the local Hugging Face or torch-hub cache, or None."""
@@ -82,22 +91,33 @@ def weights_file(name: str, pretrained_file: str) -> str:
     if found:
         return found
     where = "timm's local cache has no weights for it" if timm_name else "only timm names have a cache to read"
-    raise ValueError(f"pretrained: model {name!r}: {where}, and weights are never downloaded in a trial; give "
-                     "pretrained_file (a .pth/.safetensors state dict), or fill the cache once beforehand "
-                     f"(timm.create_model({name.partition(':')[0]!r}, pretrained=True) where the network is reachable)")
+    raise ValueError(
+        f"pretrained: model {name!r}: {where}, and weights are never downloaded in a trial; give "
+        "pretrained_file (a .pth/.safetensors state dict), or fill the cache once beforehand "
+        f"(timm.create_model({name.partition(':')[0]!r}, pretrained=True) where the network is reachable)"
+    )
 
 
-def build_timm(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native",
-               dropout: float = 0.0, pretrained: bool = False, pretrained_file: str = "",
-               model_args: dict[str, Any] | None = None) -> nn.Module:
+def build_timm(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    cifar_stem: bool = False,
+    act: str = "native",
+    dropout: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str = "",
+    model_args: dict[str, Any] | None = None,
+) -> nn.Module:
     import timm  # imported when a timm model is built: a trial on an in-house model never pays for it
 
     weights = {}
     if pretrained:
         weights = {"pretrained": True, "pretrained_cfg_overlay": {"file": weights_file(name, pretrained_file)}}
     try:
-        model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, **weights,
-                                  **(model_args or {}))
+        model = timm.create_model(
+            name, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, **weights, **(model_args or {})
+        )
     except TypeError as err:  # a keyword the architecture does not take
         raise ValueError(f"model {name!r} (timm): {err}; check model_args") from None
     if cifar_stem:
@@ -106,8 +126,15 @@ def build_timm(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool 
 
 
 def _timm_factory(name: str):
-    def build(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native", dropout: float = 0.0,
-              pretrained: bool = False, pretrained_file: str = ""):
+    def build(
+        num_classes: int,
+        in_chans: int = 3,
+        cifar_stem: bool = False,
+        act: str = "native",
+        dropout: float = 0.0,
+        pretrained: bool = False,
+        pretrained_file: str = "",
+    ):
         return build_timm(name, num_classes, in_chans, cifar_stem, act, dropout, pretrained, pretrained_file)
 
     build.__name__ = name
@@ -120,12 +147,15 @@ for _name in TIMM_MODELS:
 
 # ---- import paths --------------------------------------------------------------------------------------------------
 
+
 def import_factory(path: str) -> Callable[..., nn.Module]:
     """The callable ``package.module:factory`` names; a ``ValueError`` naming a missing module or attribute."""
     factory = import_object(path, "model")
     if not callable(factory):
-        raise ValueError(f"model {path!r}: {path.partition(':')[2]!r} is a {type(factory).__name__}, not a callable "
-                         "that builds a model")
+        raise ValueError(
+            f"model {path!r}: {path.partition(':')[2]!r} is a {type(factory).__name__}, not a callable "
+            "that builds a model"
+        )
     return factory
 
 
@@ -137,9 +167,17 @@ def _accepts(factory: Callable, keyword: str, via_kwargs: bool = False) -> bool:
     return keyword in params or via_kwargs and any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def build_imported(path: str, num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native",
-                   dropout: float = 0.0, pretrained: bool = False, pretrained_file: str = "",
-                   model_args: dict[str, Any] | None = None) -> nn.Module:
+def build_imported(
+    path: str,
+    num_classes: int,
+    in_chans: int = 3,
+    cifar_stem: bool = False,
+    act: str = "native",
+    dropout: float = 0.0,
+    pretrained: bool = False,
+    pretrained_file: str = "",
+    model_args: dict[str, Any] | None = None,
+) -> nn.Module:
     """``factory(num_classes=…, [in_chans=…,] [dropout=… | drop_rate=…,] **model_args)``; where the factory takes no
     ``in_chans``, its first convolution is rebuilt for ``in_chans`` input channels."""
     factory = import_factory(path)
@@ -149,8 +187,10 @@ def build_imported(path: str, num_classes: int, in_chans: int = 3, cifar_stem: b
     if dropout:
         keyword = next((k for k in ("dropout", "drop_rate") if _accepts(factory, k)), None)
         if keyword is None:
-            raise ValueError(f"model {path!r} takes no dropout or drop_rate argument; leave dropout at 0 (or give "
-                             "the factory's own keyword in model_args)")
+            raise ValueError(
+                f"model {path!r} takes no dropout or drop_rate argument; leave dropout at 0 (or give "
+                "the factory's own keyword in model_args)"
+            )
         kwargs[keyword] = dropout
     try:
         model = factory(**kwargs)
@@ -174,8 +214,15 @@ def _first_conv_for(model: nn.Module, in_chans: int, name: str) -> None:
     if conv.in_channels == in_chans:
         return
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    bias=conv.bias is not None)
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+    )
     setattr(parent, path.rpartition(".")[2], new)
 
 
@@ -193,14 +240,16 @@ def load_weights(model: nn.Module, name: str, pretrained_file: str) -> None:
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
-        raise ValueError(f"pretrained_file {path!r}: none of its {len(state)} entries matches a parameter of "
-                         f"model {name!r}")
+        raise ValueError(
+            f"pretrained_file {path!r}: none of its {len(state)} entries matches a parameter of model {name!r}"
+        )
     model.load_state_dict(fitting, strict=False)
 
 
 @register_model("shufflenet_v2_x1_0")
-def shufflenet_v2_x1_0(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native",
-                       dropout: float = 0.0):
+def shufflenet_v2_x1_0(
+    num_classes: int, in_chans: int = 3, cifar_stem: bool = False, act: str = "native", dropout: float = 0.0
+):
     import torchvision
 
     model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)

@@ -9,6 +9,7 @@ for 32×32 inputs) and ``width`` (a channel multiplier, where the family has one
 ``dropout``, and those it takes from the trial config, declared at registration: ``config``). timm names and import
 paths are built by ``external``. ``model_args`` are the constructor's own keywords, passed through.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -28,6 +29,7 @@ def register_model(name: str, config: dict[str, str] | None = None):
 
     A registration runs where its module is imported: one made in a notebook or the driver's script (``__main__``)
     never reaches the Ray workers. Put it in a module the workers import, or name the constructor by import path."""
+
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
@@ -78,10 +80,12 @@ def unknown_model_message(name: str) -> str:
     names = list(dict.fromkeys(list_models() + timm_names()))
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"unknown model {name!r}; valid choices: {', '.join(list_models())}, any timm name (`lslu-sweep models "
-            f"PATTERN` lists them) or an import path package.module:factory{hint} (a register_model call made in a "
-            "notebook or the driver's script reaches no worker: put it in a module they import, or give its "
-            "import path)")
+    return (
+        f"unknown model {name!r}; valid choices: {', '.join(list_models())}, any timm name (`lslu-sweep models "
+        f"PATTERN` lists them) or an import path package.module:factory{hint} (a register_model call made in a "
+        "notebook or the driver's script reaches no worker: put it in a module they import, or give its "
+        "import path)"
+    )
 
 
 def model_arguments(name: str) -> list[str]:
@@ -92,9 +96,17 @@ def model_arguments(name: str) -> list[str]:
     return [p for p in inspect.signature(_MODELS[name]).parameters if p not in ("num_classes", "in_chans")]
 
 
-def build_model(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool = False, width: float = 1.0,
-                pretrained: bool = False, pretrained_file: str = "", model_args: dict[str, Any] | None = None,
-                **kwargs) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    cifar_stem: bool = False,
+    width: float = 1.0,
+    pretrained: bool = False,
+    pretrained_file: str = "",
+    model_args: dict[str, Any] | None = None,
+    **kwargs,
+) -> nn.Module:
     """The network ``name`` (see the module docstring). ``pretrained``: weights from ``pretrained_file`` or timm's
     local cache, never downloaded. ``model_args``: the constructor's own keywords. ``kwargs``: the common ones
     (``act``, ``dropout``) and, for a project model, those its registration takes from the trial config."""
@@ -107,11 +119,22 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool
             raise ValueError(f"model {name!r} has no width multiplier; give the constructor's own in model_args")
         act, dropout = kwargs.pop("act", "native"), kwargs.pop("dropout", 0.0)
         if kwargs:
-            raise ValueError(f"model {name!r} got unknown argument(s) {', '.join(sorted(kwargs))}; "
-                             "pass the constructor's own in model_args")
+            raise ValueError(
+                f"model {name!r} got unknown argument(s) {', '.join(sorted(kwargs))}; "
+                "pass the constructor's own in model_args"
+            )
         build = external.build_timm if source == "timm" else external.build_imported
-        return build(name, num_classes=num_classes, in_chans=in_chans, cifar_stem=cifar_stem, act=act,
-                     dropout=dropout, pretrained=pretrained, pretrained_file=pretrained_file, model_args=model_args)
+        return build(
+            name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            cifar_stem=cifar_stem,
+            act=act,
+            dropout=dropout,
+            pretrained=pretrained,
+            pretrained_file=pretrained_file,
+            model_args=model_args,
+        )
     accepted = model_arguments(name)
     kwargs = {**kwargs, **model_args}
     weights = {"pretrained": pretrained, "pretrained_file": pretrained_file}
@@ -120,8 +143,9 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool
         kwargs.update({k: v for k, v in weights.items() if k in accepted})
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"model {name!r} got unknown argument(s) {', '.join(unknown)}; "
-                         f"valid arguments: {', '.join(accepted)}")
+        raise ValueError(
+            f"model {name!r} got unknown argument(s) {', '.join(unknown)}; valid arguments: {', '.join(accepted)}"
+        )
     if width != 1.0 and "width" not in accepted:
         raise ValueError(f"model {name!r} has no width multiplier; use width=1.0")
     common = {"cifar_stem": cifar_stem} | ({"width": width} if "width" in accepted else {})
@@ -134,5 +158,5 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, cifar_stem: bool
 def _natural(name: str):
     """vanillanet_5 before vanillanet_10."""
     head = name.rstrip("0123456789")
-    tail = name[len(head):]
+    tail = name[len(head) :]
     return (head, int(tail) if tail else -1)

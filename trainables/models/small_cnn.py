@@ -2,6 +2,7 @@
 
 Every nonlinearity is a named module built by ``create_act``, so the insertion engine sees it as a site.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -22,14 +23,16 @@ class ConvBlock(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    def __init__(self, num_classes: int, in_chans: int = 3, width: float = 1.0, act: str = "relu",
-                 dropout: float = 0.0):
+    def __init__(
+        self, num_classes: int, in_chans: int = 3, width: float = 1.0, act: str = "relu", dropout: float = 0.0
+    ):
         super().__init__()
         w = max(1, round(16 * width))
         act = "relu" if act == "native" else act
         self.stem = ConvBlock(in_chans, w, 1, act)
-        self.stages = nn.Sequential(ConvBlock(w, 2 * w, 2, act), ConvBlock(2 * w, 2 * w, 1, act),
-                                    ConvBlock(2 * w, 4 * w, 2, act))
+        self.stages = nn.Sequential(
+            ConvBlock(w, 2 * w, 2, act), ConvBlock(2 * w, 2 * w, 1, act), ConvBlock(2 * w, 4 * w, 2, act)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(4 * w, num_classes)
@@ -41,7 +44,13 @@ class DigitsCNN(nn.Module):
 
 
 @register_model("digits_cnn")
-def digits_cnn(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, width: float = 1.0, act: str = "relu",
-               dropout: float = 0.0):
+def digits_cnn(
+    num_classes: int,
+    in_chans: int = 3,
+    cifar_stem: bool = False,
+    width: float = 1.0,
+    act: str = "relu",
+    dropout: float = 0.0,
+):
     """Its stem is already 3×3 stride 1: ``cifar_stem`` changes nothing."""
     return DigitsCNN(num_classes, in_chans, width=width, act=act, dropout=dropout)

@@ -3,6 +3,7 @@
 All three are measured on the deploy form (``fuse_model``): VanillaNet's published 15.52 M parameters
 are its deploy count, and latency is an inference figure.
 """
+
 from __future__ import annotations
 
 import copy

@@ -4,12 +4,15 @@ A recipe is found from the built model's layout (its stem's attributes), not fro
 torchvision model and a user's network of a known family all get it. A model of no known family is a ``ValueError``
 that names its class.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
-FAMILIES = ("ResNet (conv1 + maxpool), RegNet (stem.conv), ConvNeXt (patchify stem), "
-            "EfficientNet/MobileNet (conv_stem), ShuffleNetV2 (conv1[0] + maxpool)")
+FAMILIES = (
+    "ResNet (conv1 + maxpool), RegNet (stem.conv), ConvNeXt (patchify stem), "
+    "EfficientNet/MobileNet (conv_stem), ShuffleNetV2 (conv1[0] + maxpool)"
+)
 
 
 def stride_one(conv: nn.Conv2d, kernel: int | None = None) -> nn.Conv2d:
@@ -67,7 +70,9 @@ def apply_cifar_stem(model: nn.Module, name: str = "") -> nn.Module:
     """``model`` with its stem keeping the input's resolution; a ``ValueError`` where no recipe fits."""
     if not any(recipe(model) for recipe in RECIPES):
         which = f"model {name!r} ({type(model).__name__})" if name else type(model).__name__
-        raise ValueError(f"cifar_stem: there is no CIFAR stem recipe for {which}; recipes exist for {FAMILIES}. "
-                         "Leave cifar_stem off, or build the stem you want in your own factory "
-                         "(model: package.module:factory)")
+        raise ValueError(
+            f"cifar_stem: there is no CIFAR stem recipe for {which}; recipes exist for {FAMILIES}. "
+            "Leave cifar_stem off, or build the stem you want in your own factory "
+            "(model: package.module:factory)"
+        )
     return model

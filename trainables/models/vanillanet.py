@@ -14,6 +14,7 @@ i.e. a leaky ReLU with negative slope λ. λ rises from 0 to 1 over the first ep
 ``DeepTrainAct`` is not an insertion site: it is the deep-training schedule and vanishes in the deploy form.
 The sites are VanillaNet's series activations (stem and every stage), the ones papers/000 replaces with LSLU.
 """
+
 from __future__ import annotations
 
 import torch
@@ -144,16 +145,26 @@ class Block(nn.Module):
 
 
 class VanillaNet(nn.Module):
-    def __init__(self, dims: list[int], strides: list[int], num_classes: int = 1000, in_chans: int = 3,
-                 act_num: int = 3, act: str = "relu", dropout: float = 0.0, cifar_stem: bool = False,
-                 deep_train_epochs: int = 0):
+    def __init__(
+        self,
+        dims: list[int],
+        strides: list[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        act_num: int = 3,
+        act: str = "relu",
+        dropout: float = 0.0,
+        cifar_stem: bool = False,
+        deep_train_epochs: int = 0,
+    ):
         super().__init__()
         stem_conv = dict(kernel=3, stride=1, padding=1) if cifar_stem else dict(kernel=4, stride=4, padding=0)
         self.stem1 = _conv_bn(in_chans, dims[0], **stem_conv)
         self.stem_act = DeepTrainAct(deep_train_epochs)
         self.stem2 = nn.Sequential(*_conv_bn(dims[0], dims[0]), VanillaAct(dims[0], act_num, act))
-        self.stages = nn.ModuleList(Block(dims[i], dims[i + 1], act_num, strides[i], act, deep_train_epochs)
-                                    for i in range(len(strides)))
+        self.stages = nn.ModuleList(
+            Block(dims[i], dims[i + 1], act_num, strides[i], act, deep_train_epochs) for i in range(len(strides))
+        )
         self.cls1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout), *_conv_bn(dims[-1], num_classes))
         self.cls_act = DeepTrainAct(deep_train_epochs)
         self.cls2 = nn.Sequential(nn.Conv2d(num_classes, num_classes, 1))
@@ -190,8 +201,9 @@ class VanillaNet(nn.Module):
             return self
         lams = {m.act_learn for m in self.modules() if isinstance(m, DeepTrainAct)}
         if lams != {1.0}:
-            raise ValueError("fuse() needs deep training finished (act_learn = 1 everywhere), "
-                             f"got act_learn {sorted(lams)}")
+            raise ValueError(
+                f"fuse() needs deep training finished (act_learn = 1 everywhere), got act_learn {sorted(lams)}"
+            )
         inner_w, inner_b = _folded(self.stem1)
         outer_w, outer_b = fold_bn(self.stem2[0].weight, self.stem2[0].bias, self.stem2[1])
         weight, bias = merge_1x1(outer_w, outer_b, inner_w, inner_b)
@@ -223,12 +235,29 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _factory(depth: int):
-    def build(num_classes: int, in_chans: int = 3, cifar_stem: bool = False, width: float = 1.0, act: str = "relu",
-              act_num: int = 3, dropout: float = 0.0, deep_train_epochs: int = 0):
+    def build(
+        num_classes: int,
+        in_chans: int = 3,
+        cifar_stem: bool = False,
+        width: float = 1.0,
+        act: str = "relu",
+        act_num: int = 3,
+        dropout: float = 0.0,
+        deep_train_epochs: int = 0,
+    ):
         units, strides = ARCHS[depth]
         dims = [max(1, round(u * DIM_UNIT * width)) for u in units]
-        return VanillaNet(dims, strides, num_classes, in_chans, act_num=act_num, act=act, dropout=dropout,
-                          cifar_stem=cifar_stem, deep_train_epochs=deep_train_epochs)
+        return VanillaNet(
+            dims,
+            strides,
+            num_classes,
+            in_chans,
+            act_num=act_num,
+            act=act,
+            dropout=dropout,
+            cifar_stem=cifar_stem,
+            deep_train_epochs=deep_train_epochs,
+        )
 
     build.__name__ = f"vanillanet_{depth}"
     return build
@@ -236,5 +265,6 @@ def _factory(depth: int):
 
 for _depth in ARCHS:
     # VanillaNet's series length is LSLU's n; deep training's span is a trial field too
-    register_model(f"vanillanet_{_depth}",
-                   config={"act_num": "n", "deep_train_epochs": "deep_train_epochs"})(_factory(_depth))
+    register_model(f"vanillanet_{_depth}", config={"act_num": "n", "deep_train_epochs": "deep_train_epochs"})(
+        _factory(_depth)
+    )

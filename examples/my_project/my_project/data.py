@@ -4,6 +4,7 @@ Here: scikit-learn's bundled 8×8 digits (no download), split by ``val_fraction`
 of ``(image, label)`` pairs works the same (images as tensors C×H×W or H×W, or PIL images). lslu-sweep takes the
 channels (1 here), the classes and the native size from the data and resizes the images to the trial's image_size.
 """
+
 import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset

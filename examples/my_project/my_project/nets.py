@@ -4,6 +4,7 @@ as a function (``F.relu`` before the pooling), which no insertion policy can rep
 
     lslu-sweep sites my_project.nets:build      # from examples/my_project: the sites, their layouts, the F.relu
 """
+
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,8 +29,9 @@ class MixerBlock(nn.Module):
         super().__init__()
         self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
         self.norm = nn.LayerNorm(channels)
-        self.mlp = nn.Sequential(nn.Linear(channels, expansion * channels), nn.GELU(),
-                                 nn.Linear(expansion * channels, channels))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, expansion * channels), nn.GELU(), nn.Linear(expansion * channels, channels)
+        )
 
     def forward(self, x):
         y = self.dw(x).permute(0, 2, 3, 1)  # (B, H, W, C)

@@ -12,6 +12,7 @@
 
 The backends decide nothing: dispatch.py passes them the functions it chose.
 """
+
 from trainables.activations.lslu.dispatch import activation_conv, eager_kernels, kernel_choice
 from trainables.activations.lslu.module import GRANULARITIES, LSLU
 from trainables.activations.lslu.reference import BASES

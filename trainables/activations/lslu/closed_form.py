@@ -17,6 +17,7 @@ a bound, whose derivative in θ, ω runs back through the same steps (``_bounds_
 as clipped, as relu'(0) = 0 has it. A θ_i of exactly 0 makes the output constant while the series' dθ_i still depends
 on x, so that case keeps the plain series (``ClosedForm.of`` says None).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -140,8 +141,9 @@ def version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def relu_series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor,
-                memo: dict | None = None) -> torch.Tensor | None:
+def relu_series(
+    x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, memo: dict | None = None
+) -> torch.Tensor | None:
     """f(y_n) of the ReLU series for θ, ω of shape (n,) (layer) or (n, C) (channel) and x of shape (N, C, H, W),
     through ``ReluSeries`` (x saved) when a gradient is wanted; None when a θ_i is exactly 0 (the caller keeps the
     plain series). ``memo`` (a dict the caller owns, e.g. per module) keeps the last ``ClosedForm`` while θ and ω

@@ -17,6 +17,7 @@ route exists".
 Which backward a call gets (this one, the compiled kernel's in cpu_kernel.py, or PyTorch's autograd node) is
 dispatch.py's choice; it passes the chosen ``conv`` and ``grads`` into ``with_cpu_backward``'s autograd Function.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,9 @@ def grads(x, weight, grad, padding: int, need_input: bool = True, need_weight: b
     if form is not None:
         x = form.forward(x)
     if weight.shape[-1] < TWO_CONV_KERNEL:
-        dx, dw, _ = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], c,
-                                                         [need_input, need_weight, False])
+        dx, dw, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], c, [need_input, need_weight, False]
+        )
         return dx, dw
     fmt = memory_format_of(x)
     x, grad = x.contiguous(), grad.contiguous()  # the grouped convolutions below are fastest in NCHW on the CPU

@@ -17,6 +17,7 @@ build. Without a compiler the build fails once, with a warning, and ``library()`
 It takes float32 CPU tensors in NCHW or channels_last, threads as ``torch.get_num_threads()``; which calls it serves
 (at least 8 channels, the kernel switch, no trace or export, ...) is decided in dispatch.py, not here.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -69,15 +70,17 @@ def library():
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # then renamed: a worker never loads half a file
-            compiled = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
-                                      timeout=300)
+            compiled = subprocess.run(
+                [compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300
+            )
             if compiled.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {compiled.stderr.strip()[-2000:]}")
             os.replace(tmp, path)
         built = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"LSLU's CPU kernel ({SOURCE.name}) could not be built, so PyTorch's ops serve: {err}",
-                      RuntimeWarning)
+        warnings.warn(
+            f"LSLU's CPU kernel ({SOURCE.name}) could not be built, so PyTorch's ops serve: {err}", RuntimeWarning
+        )
         return None
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     built.lslu_site_forward.argtypes = [pointer] * 3 + [i64] * 4  # x, out, table; N, H, W, flags
@@ -117,8 +120,11 @@ class Operands:
         blocked = torch.zeros(cb * V, k, k, dtype=torch.float32)
         blocked[:c] = weight.detach().reshape(c, k, k)
         blocked = blocked.view(cb, V, k, k).permute(0, 2, 3, 1).contiguous()
-        self.tensors = (blocked, *_coefficients(form, c),
-                        _padded(np.zeros(c) if bias is None else bias.detach().to("cpu", torch.float64).numpy(), c))
+        self.tensors = (
+            blocked,
+            *_coefficients(form, c),
+            _padded(np.zeros(c) if bias is None else bias.detach().to("cpu", torch.float64).numpy(), c),
+        )
         self.table = _table(self.tensors, c, k)
         self.weight, self.bias, self.form = weight, bias, form  # held, so that the ids in the key stay theirs
         self.key = _key(weight, bias, form)
@@ -140,8 +146,9 @@ def _key(weight: torch.Tensor, bias: torch.Tensor | None, form: ClosedForm | Non
     return *((id(t), t.data_ptr(), version(t)) for t in tensors), id(form)
 
 
-def series_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: ClosedForm | None,
-                memo: dict) -> torch.Tensor:
+def series_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: ClosedForm | None, memo: dict
+) -> torch.Tensor:
     """``F.conv2d(f(y_n), weight, bias, padding=K // 2, groups=C)`` with f(y_n) = ``form.forward(x)``, or x itself when
     ``form`` is None; x float32, 4-D, NCHW or channels_last. ``memo`` (a dict the caller owns) keeps the
     ``Operands``, remade when weight, bias or the form change."""
@@ -150,8 +157,9 @@ def series_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         operands = memo["operands"] = Operands(weight, bias, form)
     n, c, h, w = x.shape
     if c != weight.shape[0]:  # F.conv2d's own check, which the kernel would not make
-        raise RuntimeError(f"LSLU's depthwise conv has {weight.shape[0]} channels, its input {c} "
-                           f"(input shape {tuple(x.shape)})")
+        raise RuntimeError(
+            f"LSLU's depthwise conv has {weight.shape[0]} channels, its input {c} (input shape {tuple(x.shape)})"
+        )
     out = torch.empty_like(x)
     if out.numel() and library().lslu_site_forward(x.data_ptr(), out.data_ptr(), operands.table, n, h, w, _flags(x)):
         raise MemoryError(f"LSLU's CPU kernel could not allocate its buffer for a {h}×{w} map")
@@ -173,8 +181,9 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor, form: ClosedForm | None, k:
         return torch.zeros(c, 1, k, k)
     coefficients = _coefficients(form, c)
     dw = torch.empty(c, 1, k, k)
-    if library().lslu_site_weight_grad(x.data_ptr(), grad.data_ptr(), dw.data_ptr(),
-                                       _table((None, *coefficients, None), c, k), n, h, w, _flags(x)):
+    if library().lslu_site_weight_grad(
+        x.data_ptr(), grad.data_ptr(), dw.data_ptr(), _table((None, *coefficients, None), c, k), n, h, w, _flags(x)
+    ):
         raise MemoryError(f"LSLU's CPU kernel could not allocate its buffers for a {h}×{w} map")
     return dw
 
@@ -185,8 +194,15 @@ def conv(x: torch.Tensor, weight: torch.Tensor, padding: int, form: ClosedForm |
     return series_conv(x, weight, None, form, {})
 
 
-def grads(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, padding: int, need_input: bool = True,
-          need_weight: bool = True, form: ClosedForm | None = None) -> tuple:
+def grads(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    padding: int,
+    need_input: bool = True,
+    need_weight: bool = True,
+    form: ClosedForm | None = None,
+) -> tuple:
     """(dx, dweight) of ``conv(x, weight, padding, form)`` for the output's gradient ``grad`` (dx is the gradient of s;
     None where not needed): dx the same kernel with flipped taps, dw ``weight_grad`` with s recomputed inside it."""
     grad = grad.contiguous(memory_format=memory_format_of(x))  # the kernel takes x and grad in one layout

@@ -16,6 +16,7 @@ any saved output.
 ``momentum_factor``, ``batch_norm_step`` and ``batch_norm_step_grads`` are BatchNorm's training step inside a site
 function, here and in triton_site.py.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,17 +42,39 @@ def batch_norm_step(conv, gamma, beta, running_mean, running_var, factor: float,
 def batch_norm_step_grads(grad, conv, gamma, mean, invstd, eps: float, needs) -> tuple:
     """(d_conv, dγ, dβ) of ``batch_norm_step`` from its statistics; ``needs`` is the site function's
     needs_input_grad, whose arguments 4 and 5 are γ and β in both site functions."""
-    return torch.ops.aten.native_batch_norm_backward(grad, conv, gamma, None, None, mean, invstd, True, eps,
-                                                     [True, needs[4], needs[5]])
+    return torch.ops.aten.native_batch_norm_backward(
+        grad, conv, gamma, None, None, mean, invstd, True, eps, [True, needs[4], needs[5]]
+    )
 
 
-def site(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor, bn: nn.BatchNorm2d,
-         form: ClosedForm, conv, grads) -> torch.Tensor:
+def site(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    omega: torch.Tensor,
+    weight: torch.Tensor,
+    bn: nn.BatchNorm2d,
+    form: ClosedForm,
+    conv,
+    grads,
+) -> torch.Tensor:
     """bn(depthwise_conv(f(y_n))) in training mode, BatchNorm's running statistics updated as ``bn(…)`` does; the
     conv by ``conv(x, weight, padding, form)``, its gradients by ``grads(x, weight, grad, padding, need_input,
     need_weight, form)`` (cpu_kernel.py's or cpu_depthwise.py's pair)."""
-    return _Site.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                       momentum_factor(bn), bn.eps, form, conv, grads)
+    return _Site.apply(
+        x,
+        theta,
+        omega,
+        weight,
+        bn.weight,
+        bn.bias,
+        bn.running_mean,
+        bn.running_var,
+        momentum_factor(bn),
+        bn.eps,
+        form,
+        conv,
+        grads,
+    )
 
 
 class _Site(torch.autograd.Function):

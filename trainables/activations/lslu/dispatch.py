@@ -44,6 +44,7 @@ VanillaNet's activation (``activation_conv``): row 1 with f(x) for the series, e
 Everything else in this package decides nothing: dispatch passes the chosen functions into the backends' autograd
 Functions. An unmeasured route stays opt-in (row 3, 4). Why each route exists, with figures: benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,6 +86,7 @@ def eager_kernels():
 
 # --- what each route needs (the predicates) ---------------------------------------------------------------------
 
+
 def on_host(x: torch.Tensor) -> bool:
     """Whether work on the host may serve x: a plain tensor, outside ``torch.jit`` traces, ``torch.compile`` and
     ``torch.export``. The closed form reads θ, ω and the CPU kernel reads addresses, which the fake tensors of an
@@ -125,16 +127,25 @@ def closed_form_applies(base: str, x: torch.Tensor) -> bool:
 def batch_norm_step_applies(x: torch.Tensor, bn: nn.Module) -> bool:
     """Whether a site function can take over ``bn`` for this step: a training step of an affine BatchNorm2d that
     tracks running statistics (rows 2 and 3)."""
-    return (torch.is_grad_enabled() and isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine
-            and bn.track_running_stats
-            and x.shape[0] * x.shape[2] * x.shape[3] > 1)  # BatchNorm's own error for one value per channel
+    return (
+        torch.is_grad_enabled()
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.training
+        and bn.affine
+        and bn.track_running_stats
+        and x.shape[0] * x.shape[2] * x.shape[3] > 1
+    )  # BatchNorm's own error for one value per channel
 
 
 def cpu_site_applies(base: str, x: torch.Tensor, bn: nn.Module) -> bool:
     """Row 2: the one-function site can run this training step (but for θ_i = 0, which ``ClosedForm.of`` tells), and
     only while every |γ| ≥ ``GAMMA_FLOOR``, as dividing by γ is how the conv's output comes back."""
-    return (closed_form_applies(base, x) and not torch.is_autocast_enabled("cpu") and batch_norm_step_applies(x, bn)
-            and bool(bn.weight.detach().abs().min() >= GAMMA_FLOOR))
+    return (
+        closed_form_applies(base, x)
+        and not torch.is_autocast_enabled("cpu")
+        and batch_norm_step_applies(x, bn)
+        and bool(bn.weight.detach().abs().min() >= GAMMA_FLOOR)
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -154,28 +165,40 @@ def triton_applies(x: torch.Tensor) -> bool:
 def triton_site_kernels(x: torch.Tensor):
     """Rows 3, 4: the Triton site's module (triton_site.py) when it serves x: ``LSLU_KERNEL=site``, a CUDA tensor in
     NCHW or channels_last layout, Triton importable; else None."""
-    if not (x.is_cuda and x.dim() == 4 and kernel_choice() == "site" and _triton() is not None
-            and _triton().layout(x) is not None):
+    if not (
+        x.is_cuda
+        and x.dim() == 4
+        and kernel_choice() == "site"
+        and _triton() is not None
+        and _triton().layout(x) is not None
+    ):
         return None
     from trainables.activations.lslu import triton_site
+
     return triton_site
 
 
 # --- the routes ----------------------------------------------------------------------------------------------
+
 
 def _series_pair(x: torch.Tensor, base: str, channel: bool):
     """(forward, backward) of the series for x: the Triton pair for a 4-D CUDA tensor in NCHW or channels_last
     layout (``LSLU_KERNEL=eager`` turns it off), reference's otherwise."""
     if triton_applies(x) and x.dim() == 4 and _triton().layout(x) is not None:
         kernels = _triton()
-        return (functools.partial(kernels.series_forward, base=base, channel=channel),
-                functools.partial(kernels.series_backward, base=base, channel=channel))
-    return (functools.partial(reference.series_forward, base=base, channel=channel),
-            functools.partial(reference.series_backward, base=base, channel=channel))
+        return (
+            functools.partial(kernels.series_forward, base=base, channel=channel),
+            functools.partial(kernels.series_backward, base=base, channel=channel),
+        )
+    return (
+        functools.partial(reference.series_forward, base=base, channel=channel),
+        functools.partial(reference.series_backward, base=base, channel=channel),
+    )
 
 
-def series(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool,
-           memo: dict | None = None) -> torch.Tensor:
+def series(
+    x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, base: str, channel: bool, memo: dict | None = None
+) -> torch.Tensor:
     """f(y_n) by rows S1–S4; ``memo`` is the closed form's per-module cache (closed_form.closed_form). Where nothing
     else serves, autograd on the plain series: on the CPU it is faster than recomputing it in backward (benchmarks/)."""
     if closed_form_applies(base, x):
@@ -237,14 +260,16 @@ def lslu_site(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y if fused else act.bn(y)
 
 
-def activation_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, base: str,
-                    memo: dict) -> torch.Tensor:
+def activation_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, base: str, memo: dict
+) -> torch.Tensor:
     """``F.conv2d(f(x), weight, bias, padding=K // 2, groups=C)`` for a base activation f: VanillaNet's series
     activation before its BatchNorm (trainables/models/vanillanet.py). Row 1 (f(x) inside the kernel for ReLU, as
     the closed form of the series n = 1, θ = 1, ω = 0) when it applies, else f(x) then ``depthwise_conv``. ``memo``
     (a dict the caller owns) keeps the kernel's operands while the weights are unchanged."""
     if cpu_kernel_applies(x, weight):
         relu = base == "relu"
-        return cpu_kernel.series_conv(x if relu else reference.BASES[base](x), weight, bias,
-                                      closed_form.RELU if relu else None, memo)
+        return cpu_kernel.series_conv(
+            x if relu else reference.BASES[base](x), weight, bias, closed_form.RELU if relu else None, memo
+        )
     return depthwise_conv(reference.BASES[base](x), weight, bias, weight.shape[-1] // 2)

@@ -12,6 +12,7 @@ authors' deploy path, which drops it.
 How it runs (Triton on CUDA, the compiled CPU kernel, the closed-form ReLU series, the one-function training site, or
 the plain ops of reference.py) is chosen in dispatch.py, whose docstring is the decision table.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ GRANULARITIES = ("layer", "channel")
 class LSLU(nn.Module):
     needs_spatial_map = True  # its depthwise conv runs over a (B, C, H, W) map (insertion eligibility)
 
-    def __init__(self, channels: int, n: int = 3, base: str = "relu", granularity: str = "layer",
-                 learnable: bool = True):
+    def __init__(
+        self, channels: int, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True
+    ):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"lslu needs channels >= 1 (the site's channel count), got {channels!r}")
@@ -59,8 +61,11 @@ class LSLU(nn.Module):
     def learnable_state(self) -> dict[str, float]:
         """θ_i and ω_i (1-based, as in papers/000) as ``theta/<i>``, ``omega/<i>``; channel means for channel
         granularity."""
-        return {f"{name}/{i}": v for name in ("theta", "omega")
-                for i, v in enumerate(_channel_means(getattr(self, name)), 1)}
+        return {
+            f"{name}/{i}": v
+            for name in ("theta", "omega")
+            for i, v in enumerate(_channel_means(getattr(self, name)), 1)
+        }
 
     @property
     def fused(self) -> bool:
@@ -82,8 +87,10 @@ class LSLU(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, "
-                f"fused={self.fused}")
+        return (
+            f"channels={self.channels}, n={self.n}, base={self.base}, granularity={self.granularity}, "
+            f"fused={self.fused}"
+        )
 
 
 def _channel_means(p: torch.Tensor) -> list[float]:
@@ -93,8 +100,13 @@ def _channel_means(p: torch.Tensor) -> list[float]:
 
 
 # The base is the trial's `act` (relu where the model keeps its native activations); n = 0 inserts nothing.
-@register_act("lslu", builds=LSLU, config={"n": "n", "base": "base_act", "granularity": "granularity"},
-              inserts=lambda kwargs: kwargs["n"] > 0)
-def lslu(channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer",
-         learnable: bool = True):
+@register_act(
+    "lslu",
+    builds=LSLU,
+    config={"n": "n", "base": "base_act", "granularity": "granularity"},
+    inserts=lambda kwargs: kwargs["n"] > 0,
+)
+def lslu(
+    channels=None, inplace=False, n: int = 3, base: str = "relu", granularity: str = "layer", learnable: bool = True
+):
     return LSLU(channels, n=n, base=base, granularity=granularity, learnable=learnable)

@@ -13,6 +13,7 @@ chain rule:
 autograd on ``series_forward`` keeps n+1 intermediates; the Triton pair (triton_series.py) computes the same two
 functions and is tested against them.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,9 @@ def series_forward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, ba
     return f(y, base)
 
 
-def series_backward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, grad: torch.Tensor, base: str,
-                    channel: bool):
+def series_backward(
+    x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, grad: torch.Tensor, base: str, channel: bool
+):
     n = theta.shape[0]
     ys = [x]
     for i in range(n):
@@ -74,12 +76,21 @@ def series_backward(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, g
     return g, torch.stack(d_theta).to(theta.dtype), torch.stack(d_omega).to(omega.dtype)
 
 
-def site(x: torch.Tensor, theta: torch.Tensor, omega: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-         bn: nn.Module, base: str, channel: bool) -> torch.Tensor:
+def site(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    omega: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bn: nn.Module,
+    base: str,
+    channel: bool,
+) -> torch.Tensor:
     """bn(depthwise_conv(f(y_n), weight, padding=n)); with a bias (the deploy form, BatchNorm folded in) the conv plus
     the bias, without ``bn``."""
-    y = F.conv2d(series_forward(x, theta, omega, base, channel), weight, bias, padding=weight.shape[-1] // 2,
-                 groups=x.shape[1])
+    y = F.conv2d(
+        series_forward(x, theta, omega, base, channel), weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1]
+    )
     return y if bias is not None else bn(y)
 
 

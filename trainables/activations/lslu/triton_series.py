@@ -10,6 +10,7 @@ reference.py's ``series_forward`` and ``series_backward`` and is tested against 
 passes in (this file's, or reference.py's for a tensor this pair does not take). Importing this file needs Triton;
 dispatch.py imports it only where Triton is installed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,24 +63,58 @@ def _terms(y, theta_ptr, omega_ptr, rows, cols, C, N: tl.constexpr, BASE: tl.con
 
 
 @triton.jit
-def _series_fwd(x_ptr, out_ptr, theta_ptr, omega_ptr, R, K, C,
-                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_K: tl.constexpr):
+def _series_fwd(
+    x_ptr,
+    out_ptr,
+    theta_ptr,
+    omega_ptr,
+    R,
+    K,
+    C,
+    N_TERMS: tl.constexpr,
+    BASE: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < R)[:, None] & (cols < K)[None, :]
     rows_c = tl.minimum(rows, R - 1)  # in-bounds channel index for masked lanes
     cols_c = tl.minimum(cols, K - 1)
     offs = rows[:, None].to(tl.int64) * K + cols[None, :]
-    y = _terms(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), theta_ptr, omega_ptr, rows_c, cols_c, C,
-               N_TERMS, BASE, MODE)
+    y = _terms(
+        tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32),
+        theta_ptr,
+        omega_ptr,
+        rows_c,
+        cols_c,
+        C,
+        N_TERMS,
+        BASE,
+        MODE,
+    )
     tl.store(out_ptr + offs, _f(y, BASE).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _series_bwd(x_ptr, g_ptr, dx_ptr, theta_ptr, omega_ptr, dtheta_ptr, domega_ptr, R, K, C,
-                N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_K: tl.constexpr):
+def _series_bwd(
+    x_ptr,
+    g_ptr,
+    dx_ptr,
+    theta_ptr,
+    omega_ptr,
+    dtheta_ptr,
+    domega_ptr,
+    R,
+    K,
+    C,
+    N_TERMS: tl.constexpr,
+    BASE: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok, col_ok = rows < R, cols < K
@@ -135,8 +170,19 @@ def params(theta: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torc
 def series_forward(x, theta, omega, base: str, channel: bool) -> torch.Tensor:
     out = torch.empty_like(x)
     R, K, mode, block_r, block_k, grid = _launch(x, channel)
-    _series_fwd[grid](x, out, *params(theta, omega), R, K, x.shape[1],
-                      N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=mode, BLOCK_R=block_r, BLOCK_K=block_k)
+    _series_fwd[grid](
+        x,
+        out,
+        *params(theta, omega),
+        R,
+        K,
+        x.shape[1],
+        N_TERMS=theta.shape[0],
+        BASE=_BASE_CODE[base],
+        MODE=mode,
+        BLOCK_R=block_r,
+        BLOCK_K=block_k,
+    )
     return out
 
 
@@ -147,8 +193,22 @@ def series_backward(x, theta, omega, grad, base: str, channel: bool):
     d_theta = torch.zeros(theta.shape, device=x.device, dtype=torch.float32)
     d_omega = torch.zeros(omega.shape, device=x.device, dtype=torch.float32)
     R, K, mode, block_r, block_k, grid = _launch(x, channel)
-    _series_bwd[grid](x, grad, dx, *params(theta, omega), d_theta, d_omega, R, K, x.shape[1],
-                      N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=mode, BLOCK_R=block_r, BLOCK_K=block_k)
+    _series_bwd[grid](
+        x,
+        grad,
+        dx,
+        *params(theta, omega),
+        d_theta,
+        d_omega,
+        R,
+        K,
+        x.shape[1],
+        N_TERMS=theta.shape[0],
+        BASE=_BASE_CODE[base],
+        MODE=mode,
+        BLOCK_R=block_r,
+        BLOCK_K=block_k,
+    )
     return dx, d_theta.to(theta.dtype), d_omega.to(omega.dtype)
 
 

@@ -15,6 +15,7 @@ keeps plus x, at the cost of one more conv pass. Works on any strides (NCHW and 
 registers. dispatch.py runs it only when asked to (opt-in until a GPU run weighs it against cuDNN's depthwise
 convolution, benchmarks/bench_activation.py); ``TRITON_INTERPRET=1`` runs it on the CPU for tests.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,10 +44,35 @@ def _tile(pid_p, pid_c, NHW, HW, W, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.conste
 
 
 @triton.jit
-def _dw_conv(x_ptr, w_ptr, b_ptr, out_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, C,
-             sxn, sxc, sxh, sxw, son, soc, soh, sow,
-             K: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, N_TERMS: tl.constexpr, BASE: tl.constexpr,
-             MODE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dw_conv(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    theta_ptr,
+    omega_ptr,
+    NHW,
+    HW,
+    H,
+    W,
+    C,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    son,
+    soc,
+    soh,
+    sow,
+    K: tl.constexpr,
+    FLIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    N_TERMS: tl.constexpr,
+    BASE: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     img, row, col, p_ok, chans, c_ok = _tile(tl.program_id(0), tl.program_id(1), NHW, HW, W, C, BLOCK_P, BLOCK_C)
     img64, chans64 = img.to(tl.int64), chans.to(tl.int64)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -75,10 +101,33 @@ def _dw_conv(x_ptr, w_ptr, b_ptr, out_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, 
 
 
 @triton.jit
-def _dw_weight_grad(x_ptr, g_ptr, part_ptr, theta_ptr, omega_ptr, NHW, HW, H, W, C,
-                    sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, TILES_PER_PROGRAM,
-                    K: tl.constexpr, N_TERMS: tl.constexpr, BASE: tl.constexpr, MODE: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dw_weight_grad(
+    x_ptr,
+    g_ptr,
+    part_ptr,
+    theta_ptr,
+    omega_ptr,
+    NHW,
+    HW,
+    H,
+    W,
+    C,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    TILES_PER_PROGRAM,
+    K: tl.constexpr,
+    N_TERMS: tl.constexpr,
+    BASE: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """part[chunk, c, t] = Σ over the chunk's pixels of g[n, c, p] · s[n, c, p + t], for the program's tap t."""
     chunk, pid_c, t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     di, dj = t // K - K // 2, t % K - K // 2
@@ -110,9 +159,16 @@ def _mode(channel: bool) -> int:
     return 2 if channel else 0
 
 
-def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, theta: torch.Tensor | None = None,
-            omega: torch.Tensor | None = None, base: str = "relu", channel: bool = False,
-            flip: bool = False) -> torch.Tensor:
+def dw_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    theta: torch.Tensor | None = None,
+    omega: torch.Tensor | None = None,
+    base: str = "relu",
+    channel: bool = False,
+    flip: bool = False,
+) -> torch.Tensor:
     """``F.conv2d(s, weight, bias, padding=K // 2, groups=C)`` with s = f(y_n)(x) when θ, ω are given, else s = x;
     ``flip`` turns the taps around (the input gradient of the conv). Out has x's layout and dtype."""
     n, c, h, w = x.shape
@@ -123,14 +179,42 @@ def dw_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     n_terms = 0 if theta is None else theta.shape[0]
     theta, omega = triton_series.params(theta, omega) if n_terms else (weight, weight)  # unread without a series
     grid = (triton.cdiv(n * h * w, block_p), triton.cdiv(c, block_c))
-    _dw_conv[grid](x, weight, weight if bias is None else bias, out, theta, omega, n * h * w, h * w, h, w, c,
-                   *x.stride(), *out.stride(), K=k, FLIP=flip, HAS_BIAS=bias is not None, N_TERMS=n_terms,
-                   BASE=_BASE_CODE[base], MODE=_mode(channel), BLOCK_P=block_p, BLOCK_C=block_c)
+    _dw_conv[grid](
+        x,
+        weight,
+        weight if bias is None else bias,
+        out,
+        theta,
+        omega,
+        n * h * w,
+        h * w,
+        h,
+        w,
+        c,
+        *x.stride(),
+        *out.stride(),
+        K=k,
+        FLIP=flip,
+        HAS_BIAS=bias is not None,
+        N_TERMS=n_terms,
+        BASE=_BASE_CODE[base],
+        MODE=_mode(channel),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+    )
     return out
 
 
-def dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, theta: torch.Tensor, omega: torch.Tensor, base: str,
-                   channel: bool, tiles_per_program: int = 8) -> torch.Tensor:
+def dw_weight_grad(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    k: int,
+    theta: torch.Tensor,
+    omega: torch.Tensor,
+    base: str,
+    channel: bool,
+    tiles_per_program: int = 8,
+) -> torch.Tensor:
     """dweight (C, 1, k, k), float32, of ``F.conv2d(f(y_n)(x), weight, padding=k // 2, groups=C)`` for the output
     gradient ``grad``."""
     n, c, h, w = x.shape
@@ -139,8 +223,26 @@ def dw_weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, theta: torch.Ten
     part = torch.empty(chunks, c, k * k, device=x.device, dtype=torch.float32)
     theta, omega = triton_series.params(theta, omega)
     _dw_weight_grad[(chunks, triton.cdiv(c, block_c), k * k)](
-        x, grad, part, theta, omega, n * h * w, h * w, h, w, c, *x.stride(), *grad.stride(), tiles_per_program,
-        K=k, N_TERMS=theta.shape[0], BASE=_BASE_CODE[base], MODE=_mode(channel), BLOCK_P=block_p, BLOCK_C=block_c)
+        x,
+        grad,
+        part,
+        theta,
+        omega,
+        n * h * w,
+        h * w,
+        h,
+        w,
+        c,
+        *x.stride(),
+        *grad.stride(),
+        tiles_per_program,
+        K=k,
+        N_TERMS=theta.shape[0],
+        BASE=_BASE_CODE[base],
+        MODE=_mode(channel),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+    )
     return part.sum(0).view(c, 1, k, k)
 
 
@@ -179,8 +281,21 @@ class SeriesConvBatchNorm(torch.autograd.Function):
     host sync per site and step, and in bf16 the division loses the conv's digits in proportion to |β / γ|.)"""
 
     @staticmethod
-    def forward(ctx, x, theta, omega, weight, gamma, beta, running_mean, running_var, factor: float, eps: float,
-                base: str, channel: bool):
+    def forward(
+        ctx,
+        x,
+        theta,
+        omega,
+        weight,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        factor: float,
+        eps: float,
+        base: str,
+        channel: bool,
+    ):
         conv = dw_conv(x, weight, None, theta, omega, base, channel)
         out, mean, invstd = cpu_site.batch_norm_step(conv, gamma, beta, running_mean, running_var, factor, eps)
         ctx.save_for_backward(x, theta, omega, weight, gamma, mean, invstd)
@@ -201,8 +316,20 @@ class SeriesConvBatchNorm(torch.autograd.Function):
 def series_conv_batch_norm(x, theta, omega, weight, bn, base: str, channel: bool) -> torch.Tensor:
     """``bn(series_conv(x, …))`` for a BatchNorm training step (dispatch.batch_norm_step_applies), its running
     statistics updated as ``bn(…)`` does; x alone is kept for backward."""
-    return SeriesConvBatchNorm.apply(x, theta, omega, weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                     cpu_site.momentum_factor(bn), bn.eps, base, channel)
+    return SeriesConvBatchNorm.apply(
+        x,
+        theta,
+        omega,
+        weight,
+        bn.weight,
+        bn.bias,
+        bn.running_mean,
+        bn.running_var,
+        cpu_site.momentum_factor(bn),
+        bn.eps,
+        base,
+        channel,
+    )
 
 
 def series_conv(x, theta, omega, weight, bias, base: str, channel: bool) -> torch.Tensor:
