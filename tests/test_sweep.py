@@ -352,7 +352,8 @@ def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp
     theta_sites = {k.split("/")[1] for k in child.data.metrics if k.startswith("theta/")}
     assert theta_sites == {"act1", "layer2.0.act2", "layer3.0.act2", "layer4.0.act2"}
     sites = open(client.download_artifacts(child.info.run_id, "sites.csv", str(tmp_path))).read().splitlines()
-    assert sites[0] == "index,path,stage,channels,downsampling,depth_fraction,module,inserted" and len(sites) == 18
+    header = "index,path,stage,channels,downsampling,depth_fraction,layout,eligible,reason,module,inserted"
+    assert sites[0] == header and len(sites) == 18
     assert sites[7].startswith("6,layer2.0.act2,2,128,True,") and sites[7].endswith(",LSLU,1")
 
 

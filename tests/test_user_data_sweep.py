@@ -85,3 +85,33 @@ def test_a_user_factory_outside_the_project_runs_through_runtime_env_from_anothe
         "24",
         "3",
     )
+
+
+def test_the_your_own_network_preset_runs_from_another_directory(tmp_path):
+    """The example project (examples/my_project) as the preset a user starts from: its runtime_env ships the package,
+    so the CLI in its own process (its own Ray) runs the smoke test from anywhere."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}  # the project as if installed; examples/ is not on the path
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            "your_own_network",
+            "--smoke-test",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    children = _children(uri, "your_own_network")
+    assert children and all(c.data.params["model"] == "my_project.nets:build" for c in children)
+    assert {c.data.tags["status"] for c in children} <= {"completed", "stopped_early"}
