@@ -77,3 +77,29 @@ def test_an_lslu_networks_epoch_two_val_acc_is_its_batch_statistics_accuracy_and
     assert off["val_acc"] < off_batch_acc - 20
     # recalibration draws its own batches: the training (batch order, weights, losses) is the same with it and without
     assert on["train_loss"] == off["train_loss"] and on_batch_acc == off_batch_acc
+
+
+def test_recalibration_leaves_a_loader_datasets_batch_order_alone(tmp_path, monkeypatch):
+    """A dataset read by a DataLoader (a user's factory), unaugmented: the recalibration's draw and the training share
+    one loader, and the training's batch order must still come from the training's own generator only."""
+    from tiny_datasets import write_factory_package
+
+    monkeypatch.syspath_prepend(str(write_factory_package(tmp_path, "lslu_recal_data")))
+    losses = {}
+    for batches in (0, 2):
+        cfg = TrialConfig(
+            model="digits_cnn",
+            dataset="lslu_recal_data.data:build",
+            data_args={"n": 48, "classes": 3},
+            image_size=12,
+            augment=False,
+            workers=0,
+            batch_size=8,
+            epochs=3,
+            warmup_epochs=0,
+            n=1,
+            bn_recalibrate_batches=batches,
+        )
+        training = Training(cfg)
+        losses[batches] = [training.run_epoch()["train_loss"] for _ in range(3)]
+    assert losses[2] == losses[0]

@@ -68,7 +68,12 @@ class LoaderData:
         augment: bool = True,
         channels_last: bool = False,
     ):
-        yield from self._batches(self._loader(True, batch_size, generator, augment), channels_last)
+        loader = self._loader(True, batch_size, generator, augment)
+        # the order comes from the generator of this call, as for in-memory data: the loader is built once and shared
+        # by every caller with the same batch size and augmentation (the training, and the BatchNorm recalibration's
+        # fixed draw), so the one it was built with must not decide for the others
+        loader.generator = loader.sampler.generator = generator
+        yield from self._batches(loader, channels_last)
 
     def val_batches(self, batch_size: int, image_size: int, channels_last: bool = False):
         yield from self._batches(self._loader(False, batch_size, None, False), channels_last)
