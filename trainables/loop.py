@@ -7,9 +7,8 @@
 
 Each epoch: every module's ``on_epoch_start`` hook runs (the activation contract, DESIGN.md §2), the model trains
 (bf16 autocast, or fp16 with a gradient scaler, and channels_last on CUDA), the model and its EMA are evaluated
-(BatchNorm statistics recalibrated first); the best of both is the trial's best.
-A NaN/inf loss raises ``Diverged``;
-``early_stop_patience`` epochs without a better accuracy end the trial early.
+(BatchNorm statistics recalibrated first); the best of both is the trial's best. A NaN/inf loss raises
+``Diverged``; ``early_stop_patience`` epochs without a better accuracy end the trial early.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         "ray_node_id": node_id,
         "input_shape": shape,
         "num_classes": str(training.data.num_classes),
-        "amp_dtype": training.amp_dtype,
-    }  # amp_dtype: bf16, fp16 or off (a CPU trial)
+        "amp_dtype": training.amp_dtype,  # bf16, fp16 or off (a CPU trial)
+    }
     run = TrialRun.open(
         sweep,
         cfg,
@@ -71,8 +71,8 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         unsent=unsent,
         tags=tags,
         summary=model_summary(training, title),
-        record={**training.stats, "lslu_sites": training.lslu_sites},
-    )  # known before training
+        record={**training.stats, "lslu_sites": training.lslu_sites},  # known before training
+    )
     fixed = {
         "mlflow_run_id": run.run_id,
         "mask": training.mask,
@@ -84,7 +84,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     try:
         _train(training, run, trial_id, fixed, system, sweep)
     except Exception as exc:
-        system.stop()
+        system.stop()  # its last sample goes in before the run ends FAILED (the finally's stop is then a no-op)
         _fail(lambda: run.run_id, sweep, exc)
         raise
     finally:
