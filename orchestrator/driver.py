@@ -92,16 +92,15 @@ def run_sweep(
     echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
     echo(study_note or study_line(name, study_tags["optuna_storage"]))
     exp_dir = st.join(storage_path, name)
-    # sweep_dir: runtime_env paths
     manifest = {
         "name": name,
         "sweep_file": sweep.file,
-        "sweep_dir": str(Path(sweep.file).parent.resolve()),
+        "sweep_dir": str(Path(sweep.file).parent.resolve()),  # where runtime_env's relative paths start
         "source": sweep.source,
         "smoke_test": smoke_test,
         "context": asdict(ctx),
-        "optuna_storage": study_tags["optuna_storage"],
-    }  # what resume says; the searcher pickles the URL
+        "optuna_storage": study_tags["optuna_storage"],  # what resume says; the searcher pickles the URL
+    }
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
