@@ -272,6 +272,9 @@ def _kill_node_of_a_running_trial(cluster, client, driver, timeout_s=420) -> dic
             logged = len(client.get_metric_history(run.info.run_id, "train_loss"))
             if 2 <= logged < EPOCHS:
                 cluster.remove(node_id)
+                # the trial may have finished another epoch between the read above and the kill: count again
+                # now that its node is gone (an epoch is logged to MLflow before it is reported to Tune)
+                logged = len(client.get_metric_history(run.info.run_id, "train_loss"))
                 return {"trial_id": run.data.tags["trial_id"], "node_id": node_id, "logged_epochs": logged}
         time.sleep(0.3)
     raise AssertionError(f"no trial reached epoch 2 within {timeout_s} s")
