@@ -86,11 +86,18 @@ def run_sweep(
     elif nodes > 1 and max_failures == 0:
         echo("note: search.max_failures is 0, so a trial whose node is lost fails")
     name = f"{sweep.name}{'-smoke' if smoke_test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    searcher = _open_searcher(sweep, study_storage, name)  # before the parent run: a storage it cannot open is refused
+    oneshot = sweep.spec.search.strategy == "oneshot"  # its mask search keeps its own study (orchestrator/oneshot.py)
+    searcher = None if oneshot else _open_searcher(sweep, study_storage, name)  # a storage it cannot open: refused
     study_tags = {"optuna_study": name, "optuna_storage": redacted(study_storage) if study_storage else MEMORY}
-    ctx = open_parent_run(tracking_uri, sweep, name, smoke_test, extra_tags=study_tags)
-    echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
-    echo(study_note or study_line(name, study_tags["optuna_storage"]))
+    ctx = open_parent_run(tracking_uri, sweep, name, smoke_test, extra_tags={} if oneshot else study_tags)
+    if oneshot:
+        echo(
+            f"sweep {name}: one-shot insertion search ({sweep.spec.search.candidates} candidates retrained) on "
+            f"{where}; tracking {tracking_uri}"
+        )
+    else:
+        echo(f"sweep {name}: {sweep.spec.search.num_samples} trials on {where}; tracking {tracking_uri}")
+        echo(study_note or study_line(name, study_tags["optuna_storage"]))
     exp_dir = st.join(storage_path, name)
     manifest = {
         "name": name,
@@ -100,8 +107,11 @@ def run_sweep(
         "smoke_test": smoke_test,
         "context": asdict(ctx),
         "optuna_storage": study_tags["optuna_storage"],  # what resume says; the searcher pickles the URL
+        "strategy": sweep.spec.search.strategy,  # oneshot: its phases are recorded here as each finishes
     }
     st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
+    if oneshot:
+        return _run_oneshot(sweep, name, exp_dir, ctx, manifest, max_failures, callbacks, echo)
     tuner = tune.Tuner(
         _trainable(sweep, ctx),
         tune_config=tune.TuneConfig(
@@ -158,13 +168,17 @@ def resume_sweep(
     if tracking_uri and resolve_tracking_uri(tracking_uri) != ctx.tracking_uri:
         ctx = SweepContext(**{**manifest["context"], "tracking_uri": resolve_tracking_uri(tracking_uri)})
     ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
-    where = _where(ray_description, check_cluster(ctx.tracking_uri, st.resolve_storage(storage)))
+    nodes = check_cluster(ctx.tracking_uri, st.resolve_storage(storage))
+    where = _where(ray_description, nodes)
     if manifest["smoke_test"]:
         sweep = _fit_smoke_resources(sweep, echo)
     check_resources(sweep, where, echo)
     mlflow_client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     exp_name = manifest["name"]
     echo(f"resuming sweep {exp_name} on {where}")
+    if manifest.get("strategy") == "oneshot":  # the phases the manifest does not record as done
+        max_failures = default_max_failures(sweep, nodes)
+        return _run_oneshot(sweep, exp_name, exp_dir, ctx, manifest, max_failures, (), echo)
     if "optuna_storage" in manifest:  # the restored searcher reconnects to the storage it pickled
         echo(study_line(exp_name, manifest["optuna_storage"]))
     tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
@@ -237,26 +251,63 @@ def unfinished_trials(path: str, num_samples: int) -> int:
     return sum(t.status not in ("TERMINATED", "ERROR") for t in trials) + max(0, num_samples - len(trials))
 
 
-def _finish(sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, echo) -> SweepOutcome:
+def _finish(
+    sweep: Sweep, name: str, path: str, ctx: SweepContext, result_grid, echo, trials: int | None = None, extra=()
+) -> SweepOutcome:
+    """``trials``: how many the Tune run at ``path`` was to run (default num_samples); ``extra``: summary lines."""
     client = mlflow_client(ctx.tracking_uri)
     rows = summary.trial_rows(result_grid)
-    pending = unfinished_trials(path, sweep.spec.search.num_samples)
+    pending = unfinished_trials(path, sweep.spec.search.num_samples if trials is None else trials)
     if pending:  # open trial runs stay open: `resume` reopens them
-        figure_queue(ctx.tracking_uri).drain()
-        client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
-        client.set_terminated(ctx.parent_run_id, "KILLED")
-        text = (
-            f"\nsweep {name} was interrupted with {pending} trial(s) unfinished; its state is saved.\n"
-            f"Continue it with: lslu-sweep resume {name}"
-        )
-        echo(text)
-        return SweepOutcome(name, path, ctx, rows, None, text, interrupted=True, results=result_grid)
+        return _interrupted(name, path, ctx, echo, f"{pending} trial(s) unfinished", rows, result_grid)
     closed = close_leftover_runs(ctx)
     complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
     best, ranked, statuses, tables = _log_sweep_end(client, ctx, sweep, rows, name)
-    text = "\n".join(_summary_lines(sweep, name, path, ctx, client, best, ranked, statuses, tables, closed))
+    text = "\n".join(_summary_lines(sweep, name, path, ctx, client, best, ranked, statuses, tables, closed, extra))
     echo(text)
     return SweepOutcome(name, path, ctx, rows, best, text, results=result_grid)
+
+
+def _interrupted(name: str, path: str, ctx: SweepContext, echo, what: str, rows=(), result_grid=None) -> SweepOutcome:
+    figure_queue(ctx.tracking_uri).drain()
+    client = mlflow_client(ctx.tracking_uri)
+    client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
+    client.set_terminated(ctx.parent_run_id, "KILLED")
+    text = (
+        f"\nsweep {name} was interrupted with {what}; its state is saved.\nContinue it with: lslu-sweep resume {name}"
+    )
+    echo(text)
+    return SweepOutcome(name, path, ctx, list(rows), None, text, interrupted=True, results=result_grid)
+
+
+def _run_oneshot(
+    sweep: Sweep, name: str, exp_dir: str, ctx: SweepContext, manifest: dict, max_failures: int, callbacks, echo
+) -> SweepOutcome:
+    """The one-shot strategy's phases (orchestrator/oneshot.py), then the retrained candidates as the sweep's trials."""
+    from orchestrator.oneshot import PhaseFailed, PhaseInterrupted, log_oneshot_results, run_phases
+
+    def save() -> None:
+        st.write_text(st.join(exp_dir, MANIFEST), json.dumps(manifest, indent=2))
+
+    try:
+        grid, path = run_phases(
+            sweep, ctx, exp_dir, manifest, save, max_failures=max_failures, callbacks=callbacks, echo=echo
+        )
+    except PhaseInterrupted as exc:
+        return _interrupted(name, exp_dir, ctx, echo, f"its {exc.phase} phase unfinished ({exc.pending} trial(s))")
+    except PhaseFailed as exc:
+        close_leftover_runs(ctx)
+        client = mlflow_client(ctx.tracking_uri)
+        client.set_tag(ctx.parent_run_id, "sweep_status", "failed")
+        client.set_tag(ctx.parent_run_id, "error", str(exc))
+        client.set_terminated(ctx.parent_run_id, "FAILED")
+        text = f"\nsweep {name} failed: {exc}"
+        echo(text)
+        return SweepOutcome(name, exp_dir, ctx, [], None, text)
+    rows = summary.trial_rows(grid)
+    extra = log_oneshot_results(sweep, ctx, manifest, rows)
+    chosen = len(manifest["phases"]["mask_search"]["candidates"])
+    return _finish(sweep, name, path, ctx, grid, echo, trials=chosen, extra=extra)
 
 
 def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], name: str):
@@ -294,7 +345,7 @@ def _register_best(client, ctx: SweepContext, name: str, run_id: str) -> None:
 
 
 def _summary_lines(
-    sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables, closed: int
+    sweep: Sweep, name: str, path: str, ctx: SweepContext, client, best, ranked, statuses, tables, closed: int, extra=()
 ) -> list[str]:
     """The driver's closing words: the trial table, the counts, the best trial, where to look next."""
     metric = sweep.metric
@@ -320,6 +371,7 @@ def _summary_lines(
             f"Pareto front over {', '.join(m for m, _ in sweep.objectives)}: {len(front)} trial(s) "
             f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run"
         )
+    lines += extra
     lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
     lines += [
         "",

@@ -113,6 +113,12 @@ class SearchSection(_Strict):
     # trial continues on another), 0 on the embedded local Ray (a failure there is the trial's own, retrying repeats it)
     max_failures: Annotated[int, Field(ge=0)] | None = None
     reuse_actors: bool = True  # run the next trial in a finished trial's worker: no process start-up per trial
+    # blackbox: every trial trains one sampled config; oneshot: a supernet, a mask search on it, the best masks
+    # retrained (DESIGN.md §6 "One-shot insertion search"; orchestrator/oneshot.py)
+    strategy: Literal["blackbox", "oneshot"] = "blackbox"
+    supernet_epochs: Annotated[int, Field(ge=1)] | None = None  # oneshot: epochs the supernet trains (trial.epochs)
+    candidates: Annotated[int, Field(ge=1)] = 4  # oneshot: the best masks on the supernet, retrained from scratch
+    eval_masks: Annotated[int, Field(ge=1)] = 2000  # oneshot: masks the search scores on the supernet
 
 
 class Resources(_Strict):
@@ -175,6 +181,12 @@ class Sweep:
             spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
         self.spec = spec
         self.points = checks.check_points(spec, self.base, self.sites, file)
+        if spec.search.strategy == "oneshot":
+            from search_spaces.oneshot import check_oneshot
+
+            check_oneshot(self)
+            search = spec.search.model_copy(update={"num_samples": spec.search.candidates})  # the trials it trains
+            self.spec = spec.model_copy(update={"search": search})
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ SMOKE_WIDTH = 0.25  # a wide network with a width multiplier trains this wide in
 SMOKE_WIDE_GMACS = 0.02  # ... when one smoke image costs it more than this (G multiply–accumulates)
 SMOKE_SIZES = (16, 32, 64)  # smoke image sides, smallest first: the first every searched model can take
 SMOKE_TRIALS = 4  # trials a smoke test runs at most
+SMOKE_CANDIDATES, SMOKE_EVAL_MASKS = 2, 16  # a one-shot smoke test: masks retrained, masks scored on the supernet
 ARCHITECTURE_KEYS = ("model", "cifar_stem", "width")  # searched keys that change what a smoke test must afford
 
 
@@ -45,6 +46,13 @@ def shrink(sweep: Sweep) -> Sweep:
     data["trial"] = {**data["trial"], **{k: v for k, v in shrunk.items() if k not in sweep.spec.space}}
     data["search"]["num_samples"] = min(sweep.spec.search.num_samples, SMOKE_TRIALS)
     data["search"]["grace_period"] = 1
+    if sweep.spec.search.strategy == "oneshot":  # a short supernet, a few masks scored, two retrained
+        s = sweep.spec.search
+        data["search"].update(
+            supernet_epochs=min(s.supernet_epochs or base.epochs, 2),
+            candidates=min(s.candidates, SMOKE_CANDIDATES),
+            eval_masks=min(s.eval_masks, SMOKE_EVAL_MASKS),
+        )
     return Sweep(SweepSpec.model_validate(data), sweep.source, sweep.file, smoke=True, overrides=sweep.overrides)
 
 

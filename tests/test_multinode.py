@@ -284,3 +284,42 @@ def _tune_results(storage: Path, trial_id: str) -> list[dict]:
     """The results Tune recorded for one trial (its result.json), in order."""
     (path,) = glob.glob(str(storage / "multinode-*" / f"*_{trial_id}" / "result.json"))
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_a_oneshot_sweep_runs_its_three_phases_on_the_workers(cluster, server, tmp_path):
+    """The one-shot strategy on the cluster, with a user's network (one of its sites channels-last, so LSLU sits in
+    the supernet through the permuting adapter): the supernet trial, the mask search task and the retrained
+    candidates all run on worker nodes (the head has no CPUs), and MLflow on the server holds each phase."""
+    package = "lslu_user_oneshot"
+    user = write_factory_package(tmp_path / "user_project", package)
+    (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
+    (user / "sweep.yaml").write_text(
+        textwrap.dedent(f"""
+        name: oneshotcluster
+        trial: {{model: '{package}.nets:build', dataset: '{package}.data:build', data_args: {{n: 48, classes: 3}},
+                insert_act: lslu, n: 1, image_size: 12, epochs: 2, warmup_epochs: 0, batch_size: 16, workers: 0}}
+        space: {{mask: {{type: sites}}}}
+        search: {{strategy: oneshot, algorithm: tpe, metric: [best_val_acc, latency_ms], eval_masks: 6, candidates: 2,
+                 scheduler: none, max_concurrent: 2}}
+        resources: {{cpu: 1}}
+        runtime_env: {{working_dir: .}}
+    """)
+    )
+    args = ("--address", cluster.address, "--tracking-uri", server.uri, "--storage", str(tmp_path / "storage"))
+    rc, out, err = _finish(_cli(tmp_path, str(user / "sweep.yaml"), *args))
+    assert rc == 0, (out[-3000:], err[-5000:])
+    assert "trials: 2 (2 completed)" in out and "mask search: 6 masks scored" in out
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name("oneshotcluster")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (supernet,) = [r for r in children if r.info.run_name == "supernet"]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["ray_node_id"] for c in children} | {parent.data.tags["mask_search_node_id"]} <= set(
+        cluster.workers
+    )
+    assert supernet.data.tags["mask"] == "1111"  # the channels-last site has a choice too
+    assert len(client.get_metric_history(supernet.info.run_id, "theta/stages.0.1.act/1")) == 2
+    assert {"mask_search.csv", "mask_search.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "oneshot_kendall_tau" in parent.data.metrics and "oneshot_cost_trainings" in parent.data.metrics

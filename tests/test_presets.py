@@ -15,7 +15,14 @@ from search_spaces.schema import PRESET_DIR, load_sweep
 pytestmark = pytest.mark.slow
 # quickstart: tests/test_sweep.py; insertion_resnet18: its own test below (the same checks and more);
 # your_own_network: tests/test_user_data_sweep.py, from its own process (this process's Ray has no runtime_env)
-OWN_TESTS = ("quickstart", "insertion_resnet18", "your_own_network")
+# the one-shot presets: tests/test_oneshot_sweep.py
+OWN_TESTS = (
+    "quickstart",
+    "insertion_resnet18",
+    "your_own_network",
+    "insertion_resnet18_oneshot",
+    "insertion_resnet50_oneshot",
+)
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem not in OWN_TESTS)
 SMOKE_TRIALS = 4
 

@@ -106,6 +106,9 @@ def traced_network(cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[n
 class Training:
     """Everything one trial trains, built from its config; saved and restored as a whole."""
 
+    run_title: str | None = None  # the MLflow run's name (None: the trial's own, ``tracking.run_name``)
+    logs_model = True  # a completed trial logs its deploy form as an MLflow model
+
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
         self.device = pick_device(cfg)
@@ -123,7 +126,7 @@ class Training:
         if isinstance(data, LoaderData):
             data.workers = cfg.workers
         self.data = data.head(cfg.train_samples, cfg.val_samples).to(self.device)
-        self.model, self.mask, self.site_trace = traced_network(cfg, self.data.num_classes, self.data.in_chans)
+        self.model, self.mask, self.site_trace = self._network(cfg, self.data.num_classes, self.data.in_chans)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.optimizer = make_optimizer(cfg, self.model)
         self.steps_per_epoch = math.ceil(self.data.n_train / cfg.batch_size)
@@ -140,6 +143,10 @@ class Training:
         self.stop_reason = ""  # set when early stopping ends the trial
         self.epoch_times: list[float] = []
         self.act_history: list[dict] = []  # per epoch: {"epoch": e, "state": learnable_act_state(model)}
+
+    def _network(self, cfg: TrialConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, str, SiteTrace]:
+        """The model, its mask and its site trace (``traced_network``; the one-shot supernet builds its own)."""
+        return traced_network(cfg, num_classes, in_chans)
 
     @property
     def done(self) -> bool:

@@ -106,6 +106,7 @@ class TrialRun:
         tags: dict[str, str] | None = None,
         record: dict[str, float] | None = None,
         summary: str | None = None,
+        name: str | None = None,
     ) -> "TrialRun":
         """The trial's run: the one its checkpoint names, else the one it opened before it was restarted
         without a checkpoint (found by parent run and trial id), else a new one. ``unsent`` is
@@ -121,7 +122,7 @@ class TrialRun:
         if run_id:
             run = cls.reopen(ctx, run_id, tags)
         else:
-            run = cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record, summary)
+            run = cls.create(ctx, cfg, trial_id, mask, sites_csv, tags, record, summary, name)
         run._requeue(unsent or [])
         if run_id and record:
             run.log_record(record)
@@ -138,7 +139,9 @@ class TrialRun:
         extra_tags: dict[str, str] | None = None,
         record: dict[str, float] | None = None,
         summary: str | None = None,
+        name: str | None = None,
     ) -> "TrialRun":
+        """A new run; ``name``: its run name (default ``run_name``: the trial's activation, mask and id)."""
         client = mlflow_client(ctx.tracking_uri)
         tags = {
             **ctx.tags,
@@ -161,7 +164,8 @@ class TrialRun:
             attempts += 1
             if attempts > 1 and (found := find_trial_run(client, ctx, trial_id)):
                 return found, None
-            info = client.create_run(ctx.experiment_id, run_name=run_name(cfg, mask, trial_id), tags=tags).info
+            title = name or run_name(cfg, mask, trial_id)
+            info = client.create_run(ctx.experiment_id, run_name=title, tags=tags).info
             return info.run_id, info.artifact_uri
 
         wait = outage_wait_s()

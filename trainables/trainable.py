@@ -37,7 +37,9 @@ STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
 
 
-def train_trial(config: dict, sweep: SweepContext) -> None:
+def train_trial(config: dict, sweep: SweepContext, make_training=Training) -> None:
+    """One trial: ``make_training(cfg)`` (a ``loop.Training``, or the one-shot search's supernet) trained epoch by
+    epoch."""
     cfg = TrialConfig.from_flat(config)
     fail_fast_http()
     # Ray logs "Checkpoint successfully created at: …" for every report; the epoch line below says enough.
@@ -47,13 +49,13 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
     trial_id = context.get_trial_id()
     torch.set_num_threads(max(1, int(context.get_trial_resources().required_resources.get("CPU", 1))))
     try:
-        training = Training(cfg)
+        training = make_training(cfg)
     except Exception as exc:  # the model or the data could not be built (often the user's code): a FAILED run says why
         _fail(lambda: TrialRun.open(sweep, cfg, trial_id, "", None).run_id, sweep, exc)
         raise
     run_id, unsent = _restore(training)
     node_id = ray.get_runtime_context().get_node_id()
-    title = run_name(cfg, training.mask, trial_id)
+    title = training.run_title or run_name(cfg, training.mask, trial_id)
     shape = "x".join(map(str, input_shape(training)))  # with num_classes: what export rebuilds the network with
     tags = {
         "ray_node_id": node_id,
@@ -72,6 +74,7 @@ def train_trial(config: dict, sweep: SweepContext) -> None:
         tags=tags,
         summary=model_summary(training, title),
         record={**training.stats, "lslu_sites": training.lslu_sites},  # known before training
+        name=training.run_title,
     )
     fixed = {
         "mlflow_run_id": run.run_id,
@@ -135,7 +138,8 @@ def _train(
         if training.done:  # finish the run before the report: Tune may stop the actor right after it
             status = "stopped_early" if training.stop_reason else "completed"
             system.stop()
-            log_model(training, run, sweep)
+            if training.logs_model:
+                log_model(training, run, sweep)
             with tempfile.TemporaryDirectory() as files:
                 write_final_weights(training, files)
                 run.finish(status, record, training.stop_reason, files=files)
@@ -291,3 +295,11 @@ def sites_csv(training: Training) -> str:
             ]
         )
     return out.getvalue()
+
+
+def train_supernet(config: dict, sweep: SweepContext, max_sites: int | None = None) -> None:
+    """Phase 1 of the one-shot insertion search: the supernet trained as a trial (``supernet.SupernetTraining``),
+    logged as the child run ``supernet``."""
+    from trainables.supernet import SupernetTraining
+
+    train_trial(config, sweep, make_training=lambda cfg: SupernetTraining(cfg, max_sites=max_sites))

@@ -13,6 +13,8 @@ from torch import nn
 
 
 class ChannelsLast(nn.Module):
+    is_site_adapter = True  # what the activation contract asks of ``inner`` is reported under this module's path
+
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner

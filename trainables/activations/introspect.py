@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from trainables.activations.channels_last import ChannelsLast
-
 
 def learnable_act_state(model: nn.Module) -> dict[str, dict[str, float]]:
     """``{path: module.learnable_state()}`` for every module that reports its learnable state, e.g.
     ``{"layer1.0.act1": {"theta/1": 1.02, "omega/1": 0.01}}``."""
-    adapters = {path for path, module in model.named_modules() if isinstance(module, ChannelsLast)}
+    adapters = {path for path, module in model.named_modules() if getattr(module, "is_site_adapter", False)}
     return {
         _site_path(path, adapters): module.learnable_state()
         for path, module in model.named_modules()
@@ -19,9 +17,13 @@ def learnable_act_state(model: nn.Module) -> dict[str, dict[str, float]]:
 
 
 def _site_path(path: str, adapters: set[str]) -> str:
-    """The site an activation belongs to: a permuting adapter's ``inner`` reports under the adapter's path."""
+    """The site an activation belongs to: an adapter's ``inner`` (a permuting ``ChannelsLast``, the supernet's
+    ``SiteChoice``, one inside the other) reports under the outermost adapter's path."""
     parent, _, name = path.rpartition(".")
-    return parent if name == "inner" and parent in adapters else path
+    while name == "inner" and parent in adapters:
+        path = parent
+        parent, _, name = path.rpartition(".")
+    return path
 
 
 def start_epoch(model: nn.Module, epoch: int, epochs: int) -> list[str]:
