@@ -25,6 +25,7 @@ from pathlib import Path
 from cluster.preflight import ClusterError
 from cluster.local import prepare_env
 from cluster.ui_server import DEFAULT_PORT, UiError
+from search_spaces.oneshot import describe_search
 from search_spaces.schema import SpecError, list_presets, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep.check_data()
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
             print(
-                f"{sweep.file}: ok ({sweep.spec.search.algorithm}, {sweep.spec.search.num_samples} trials, "
+                f"{sweep.file}: ok ({describe_search(sweep)}, "
                 f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
                 + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "")
                 + ")"

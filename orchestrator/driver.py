@@ -294,7 +294,8 @@ def _run_oneshot(
             sweep, ctx, exp_dir, manifest, save, max_failures=max_failures, callbacks=callbacks, echo=echo
         )
     except PhaseInterrupted as exc:
-        return _interrupted(name, exp_dir, ctx, echo, f"its {exc.phase} phase unfinished ({exc.pending} trial(s))")
+        what = f" ({exc.pending} trial(s) unfinished)" if exc.pending else ""
+        return _interrupted(name, exp_dir, ctx, echo, f"its {exc.phase} phase unfinished{what}")
     except PhaseFailed as exc:
         close_leftover_runs(ctx)
         client = mlflow_client(ctx.tracking_uri)

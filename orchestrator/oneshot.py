@@ -79,7 +79,10 @@ def run_phases(
         }
         save()
     if "mask_search" not in phases:
-        phases["mask_search"] = _mask_search(sweep, ctx, phases["supernet"], client, echo)
+        try:
+            phases["mask_search"] = _mask_search(sweep, ctx, phases["supernet"], client, echo)
+        except KeyboardInterrupt:  # Ctrl+C: the search starts again on resume (its task dies with the driver)
+            raise PhaseInterrupted("mask_search", 0) from None
         save()
     chosen = phases["mask_search"]["candidates"]
     echo(f"one-shot phase 3/3: {len(chosen)} candidate mask(s) retrained from scratch: {', '.join(chosen)}")

@@ -68,3 +68,17 @@ def feasible_masks(eligible: str, max_sites: int | None) -> int:
 
     k = eligible.count("1")
     return sum(math.comb(k, c) for c in range(min(k, max_sites if max_sites is not None else k) + 1))
+
+
+def describe_search(sweep) -> str:
+    """What the search runs, for ``validate``: ``tpe, 8 trials``, or a one-shot sweep's phases."""
+    s = sweep.spec.search
+    if s.strategy != "oneshot":
+        return f"{s.algorithm}, {s.num_samples} trials"
+    from trainables.insertion import mask_of, sites_for
+
+    eligible = mask_of(sweep.sites, sites_for(sweep.sites, "all", sweep.base.insert_act))  # where the supernet chooses
+    feasible = feasible_masks(eligible, s.max_sites)
+    scored = f"every one of its {feasible} feasible masks" if feasible <= s.eval_masks else f"{s.eval_masks} masks"
+    epochs = s.supernet_epochs or sweep.base.epochs
+    return f"one-shot: a supernet of {epochs} epochs, {scored} scored on it ({s.algorithm}), {s.candidates} retrained"

@@ -67,6 +67,13 @@ def _cli(tmp_path, *args):
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _user_project(tmp_path, package: str) -> Path:
+    """A user's folder outside the project: its data factory and its network (tests/user_project_nets.py)."""
+    user = write_factory_package(tmp_path / "user_project", package)
+    (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
+    return user
+
+
 def _finish(proc, timeout=600):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -139,8 +146,7 @@ def test_a_users_own_package_reaches_every_worker_through_runtime_env(cluster, s
     """A user's network and data factory in a folder outside the project, a sweep file beside it with
     ``runtime_env: {working_dir: .}``, started from another directory: the package exists only where Ray ships it."""
     package = "lslu_user_e2e"
-    user = write_factory_package(tmp_path / "user_project", package)
-    (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
+    user = _user_project(tmp_path, package)
     (user / "sweep.yaml").write_text(
         textwrap.dedent(f"""
         name: userpackage
@@ -291,8 +297,7 @@ def test_a_oneshot_sweep_runs_its_three_phases_on_the_workers(cluster, server, t
     the supernet through the permuting adapter): the supernet trial, the mask search task and the retrained
     candidates all run on worker nodes (the head has no CPUs), and MLflow on the server holds each phase."""
     package = "lslu_user_oneshot"
-    user = write_factory_package(tmp_path / "user_project", package)
-    (user / package / "nets.py").write_text((Path(__file__).parent / "user_project_nets.py").read_text())
+    user = _user_project(tmp_path, package)
     (user / "sweep.yaml").write_text(
         textwrap.dedent(f"""
         name: oneshotcluster

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -205,3 +206,16 @@ def test_a_oneshot_sweep_that_cannot_run_is_refused_naming_the_key(change, key, 
 def test_a_oneshot_sweep_trains_its_candidates():
     sweep = parse_sweep({**ONESHOT, "search": {**ONESHOT["search"], "candidates": 3}}, "", "os.yaml")
     assert sweep.spec.search.num_samples == 3 and sweep.site_count == 4
+
+
+def test_validate_says_what_a_oneshot_sweep_runs(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    path = tmp_path / "os.yaml"
+    path.write_text(yaml.safe_dump({**ONESHOT, "search": {**ONESHOT["search"], "max_sites": 2, "eval_masks": 10}}))
+    assert main(["validate", str(path)]) == 0
+    # digits_cnn: 4 eligible sites, at most 2 on: 1 + 4 + 6 = 11 feasible masks, more than eval_masks
+    assert "ok (one-shot: a supernet of 2 epochs, 10 masks scored on it (tpe), 4 retrained" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump({**ONESHOT, "search": {**ONESHOT["search"], "max_sites": 2}}))
+    assert main(["validate", str(path)]) == 0
+    assert "every one of its 11 feasible masks scored on it" in capsys.readouterr().out
