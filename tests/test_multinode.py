@@ -250,17 +250,21 @@ def test_sweep_survives_a_lost_worker_node(cluster, server, tmp_path):
     configs = server.log.parent / "artifacts" / exp.experiment_id / "*" / "artifacts" / "config.yaml"
     assert len(glob.glob(str(configs))) == 2
 
-    # Ray Tune's record of the interrupted trial: trained on the lost node, then continued on the other from its
-    # checkpoint (its first epoch there is not epoch 1), each epoch reported once
+    # Ray Tune's record of the interrupted trial: trained on the lost node, then continued on the other from a
+    # checkpoint (its first epoch there is not epoch 1, and no epoch is skipped). Tune may hold the epoch the node died
+    # in twice (reported from the lost node, its checkpoint not yet registered, trained again: CI saw 1, 2, 3, 3, ...),
+    # and the node may finish an epoch after the MLflow read in _kill_node_of_a_running_trial (CI: read 2, Tune had 3);
+    # MLflow holds each epoch once (checked above)
     rows = _tune_results(storage, victim["trial_id"])
-    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     nodes = [r["node_id"] for r in rows]
     moved_at = nodes.index(survivor)
     assert set(nodes[:moved_at]) == {victim["node_id"]} and set(nodes[moved_at:]) == {survivor}
-    assert 2 <= moved_at + 1 <= victim["logged_epochs"] + 1
+    before, after = [r["epoch"] for r in rows[:moved_at]], [r["epoch"] for r in rows[moved_at:]]
+    assert before == list(range(1, len(before) + 1)) and after == list(range(after[0], EPOCHS + 1))
+    assert 2 <= after[0] <= before[-1] + 1, (before, after)
     print(
         f"multi-node sweep: {elapsed:.0f} s; trial {victim['trial_id']} lost its node after epoch "
-        f"{victim['logged_epochs']} and continued at epoch {moved_at + 1}"
+        f"{before[-1]} and continued at epoch {after[0]}"
     )
 
 
