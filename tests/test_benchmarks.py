@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import bench_activation, bench_model, bench_sweep, common
+from benchmarks import bench_activation, bench_insertion, bench_model, bench_sweep, common
 from search_spaces.schema import parse_sweep
 
 
@@ -105,3 +105,39 @@ def test_sweep_benchmark_trains_its_small_model(ray_local):
     assert row["completed"] == 1 and row["wall_s"] > row["train_s"] > 0
     if common.nvml() is None:
         assert row["gpu_busy_%"] is None
+
+
+def _truth_rows(means: dict[str, float], noise: list[float]) -> list[dict]:
+    return [
+        {"mask": m, "seed": s, "best_val_acc": mean + e, "val_acc": mean + e}
+        for m, mean in means.items()
+        for s, e in enumerate(noise)
+    ]
+
+
+def test_insertion_benchmark_judges_picks_by_the_truth():
+    masks = bench_insertion.all_masks()
+    assert len(masks) == 2**bench_insertion.SITES and len(set(masks)) == len(masks)
+    means = {m: 60.0 + 6.0 * m.count("1") - 0.5 * int(m, 2) / 64 for m in masks}  # 111111 best, 000000 worst
+    truth = bench_insertion.Truth(_truth_rows(means, [-1.0, 0.0, 1.0]))
+    assert truth.best == "111111" and truth.std == pytest.approx(1.0)  # each mask's seed std is 1
+    assert truth.regret("111110") == pytest.approx((means["111111"] - means["111110"]) / 1.0)
+    # a supernet that ranks like the truth: its best is the exhaustive best
+    assert bench_insertion.oneshot_pick(truth, dict(means), 0, search_seed=0) == "111111"
+    # retraining the top 3 answers the one with the best standalone result at the sweep's trial seed
+    scores = {**{m: 0.0 for m in masks}, "000000": 3.0, "011111": 2.0, "111111": 1.0}
+    assert bench_insertion.oneshot_pick(truth, scores, 0, search_seed=0) == "000000"
+    assert bench_insertion.oneshot_pick(truth, scores, 3, search_seed=0) == "111111"
+    # a black-box search sees one seed's result per mask it trains and answers the best it saw
+    for algorithm in ("random", "tpe", "nsga2"):
+        pick = bench_insertion.blackbox_pick(truth, algorithm, budget=8, search_seed=1)
+        assert pick in masks and truth.regret(pick) >= 0
+
+
+def test_insertion_benchmark_trains_masks_and_scores_a_supernet():
+    recipe = {**bench_insertion.RECIPE, "epochs": 1}
+    plain = bench_insertion._train(("100001", 0, recipe))
+    assert plain["mask"] == "100001" and 0 < plain["val_acc"] <= plain["best_val_acc"] <= 100
+    rows = bench_insertion._supernet((0, recipe))
+    assert sorted(r["mask"] for r in rows) == bench_insertion.all_masks()  # 64 ≤ eval_masks: every mask scored
+    assert all(0 < r["val_acc"] <= 100 and r["cost_trainings"] > 0 for r in rows)
