@@ -210,26 +210,27 @@ class Sweep:
         code = [("trial",), ("runtime_env",)]  # the trial values, and the user's code they may name
         # fully resolved TrialConfig of the fixed values
         base = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.check_trial, spec, file)
-        objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
-        sites = num_samples = points = FAILED
+        sites = traced = num_samples = points = FAILED
         if base is not FAILED:
             sites = found.run([*code, ("space",)], checks.check_space, spec, base, file)  # the searched mask's sites
             traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
-            self.model_sites = None if traced is FAILED else traced  # the fixed model's sites, if traced
-            if sites is not FAILED or not isinstance(spec.space.get("mask"), SitesDist):  # known: none without a mask
-                known = [] if sites is FAILED else sites
-                grid = [("space",)] if spec.search.algorithm == "grid" else []
-                reads = [*code, ("search",), ("space", "epochs"), ("space", "mask"), *grid]
-                num_samples = found.run(reads, checks.check_search, spec, base, file, len(known), smoke)
-                reads = [*code, ("search", "points_to_evaluate"), ("search", "max_sites"), ("space",)]
-                points = found.run(reads, checks.check_points, spec, base, known, file)
+        objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
+        # without a searched mask there are no sites to know
+        if base is not FAILED and (sites is not FAILED or not isinstance(spec.space.get("mask"), SitesDist)):
+            known = [] if sites is FAILED else sites
+            grid = [("space",)] if spec.search.algorithm == "grid" else []
+            reads = [*code, ("search",), ("space", "epochs"), ("space", "mask"), *grid]
+            num_samples = found.run(reads, checks.check_search, spec, base, file, len(known), smoke)
+            reads = [*code, ("search", "points_to_evaluate"), ("search", "max_sites"), ("space",)]
+            points = found.run(reads, checks.check_points, spec, base, known, file)
+        self.model_sites = None if traced is FAILED else traced  # the fixed model's sites, if a check traced them
         self.base, self.sites, self.objectives, self.points = base, sites, objectives, points
         self.site_count = 0 if sites is FAILED else len(sites)
         if num_samples is not FAILED and num_samples != spec.search.num_samples:  # a grid's size is its budget: a
             # new spec, the file's is left as is
             spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
         self.spec = spec
-        if spec.search.strategy == "oneshot" and FAILED not in (base, sites, objectives, num_samples):
+        if spec.search.strategy == "oneshot" and all(r is not FAILED for r in (base, sites, objectives, num_samples)):
             from search_spaces.oneshot import check_oneshot
 
             found.run([], check_oneshot, self)

@@ -10,6 +10,8 @@ Each warning is ``"key.path: what does nothing"``, as errors name their key.
 
 from __future__ import annotations
 
+import dataclasses
+
 from trainables.config import TrialConfig
 from trainables.policy import ARGUMENT_KEY, CONFIG_KEYS, Policy
 
@@ -80,16 +82,30 @@ def _selects_no_site(sweep) -> list[str]:
         if ARGUMENT_KEY.get(choice) not in spec.space:  # a searched argument: its choices differ per trial
             cfg = TrialConfig.from_flat(spec.trial_values({"policy": choice}))
             candidates.append((f"space.policy.choices[{i}]", cfg))
-    candidates = [(where, cfg) for where, cfg in candidates if cfg.inserts]
-    if not candidates:
+    acts = getattr(spec.space.get("insert_act"), "choices", [base.insert_act])  # each activation the sweep inserts
+    inserting = []  # (where, the configs with an activation that inserts)
+    for where, cfg in candidates:
+        cfgs = [c for c in (dataclasses.replace(cfg, insert_act=a) for a in acts) if c.inserts]
+        if cfgs:
+            inserting.append((where, cfgs))
+    if not inserting:
         return []
     from search_spaces.model_checks import model_sites
-    from trainables.insertion import sites_for
 
     sites = sweep.model_sites or model_sites(base)
     return [
-        f"{where}: policy {cfg.policy_spec} selects none of the {len(sites)} sites of {base.model}: nothing is "
+        f"{where}: policy {cfgs[0].policy_spec} selects none of the {len(sites)} sites of {base.model}: nothing is "
         "inserted, so the trial trains the base network"
-        for where, cfg in candidates
-        if not sites_for(sites, Policy.from_config(cfg), cfg.insert_act)
+        for where, cfgs in inserting
+        if not any(_selects(sites, cfg) for cfg in cfgs)
     ]
+
+
+def _selects(sites: list, cfg: TrialConfig) -> bool:
+    """Whether ``cfg``'s policy puts its activation at any site (one it refuses counts: ``check_policies`` says so)."""
+    from trainables.insertion import sites_for
+
+    try:
+        return bool(sites_for(sites, Policy.from_config(cfg), cfg.insert_act))
+    except ValueError:
+        return True
