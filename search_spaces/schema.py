@@ -5,7 +5,8 @@ A sweep file has the sections ``name``, ``trial`` (fixed trial values), ``space`
 the user's code and packages on every worker; its local paths relative to the sweep file, resolved here).
 ``load_sweep`` validates
 it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming the file, the
-key path and what was expected.
+key path and what was expected, and all of a file's are raised at once (``SpecErrors``; ``errors`` collects them).
+Values that do nothing are ``Sweep.warnings`` (``sweep_warnings``).
 
 A searched key may be conditional: ``n: {type: int, low: 1, high: 4, when: {insert_act: lslu}}`` is sampled
 only in trials whose (earlier searched) ``insert_act`` is ``lslu``; elsewhere it keeps its value from ``trial``
