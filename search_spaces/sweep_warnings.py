@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from trainables.activations import needs_spatial_map
 from trainables.config import TrialConfig
 from trainables.policy import ARGUMENT_KEY, CONFIG_KEYS, Policy
 
@@ -86,13 +87,18 @@ def _selects_no_site(sweep) -> list[str]:
     inserting = []  # (where, the configs with an activation that inserts)
     for where, cfg in candidates:
         cfgs = [c for c in (dataclasses.replace(cfg, insert_act=a) for a in acts) if c.inserts]
+        if any(c.policy == "all" and not needs_spatial_map(c.insert_act) for c in cfgs):
+            continue  # every site: no trace needed to know it selects some
         if cfgs:
             inserting.append((where, cfgs))
     if not inserting:
         return []
     from search_spaces.model_checks import model_sites
 
-    sites = sweep.model_sites or model_sites(base)
+    try:
+        sites = sweep.model_sites or model_sites(base)
+    except (RuntimeError, TypeError, ValueError):  # a network the meta device cannot trace: no warning, the trial says
+        return []
     return [
         f"{where}: policy {cfgs[0].policy_spec} selects none of the {len(sites)} sites of {base.model}: nothing is "
         "inserted, so the trial trains the base network"
