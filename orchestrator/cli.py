@@ -11,9 +11,10 @@
     lslu-sweep presets
     lslu-sweep ui [--tracking-uri URI] [--port P]
 
-A bad sweep file is reported as ``FILE: key.path: what was expected`` with exit code 2, before Ray or
-MLflow start. So is a cluster that cannot run the sweep as asked (``--tracking-uri: …``, ``--storage: …``):
-a local tracking store on a multi-node cluster, a storage path or server some node cannot reach.
+A bad sweep file is reported as ``FILE: key.path: what was expected``, one line per error (all of them at once),
+with exit code 2, before Ray or MLflow start. So is a cluster that cannot run the sweep as asked (``--tracking-uri: …``,
+``--storage: …``): a local tracking store on a multi-node cluster, a storage path or server some node cannot reach.
+Values that do nothing (LSLU with n = 0, an empty space) are warnings: ``warning: FILE: key.path: …``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cluster.preflight import ClusterError
 from cluster.local import prepare_env
 from cluster.ui_server import DEFAULT_PORT, UiError
 from search_spaces.oneshot import describe_search
-from search_spaces.schema import SpecError, list_presets, load_sweep
+from search_spaces.schema import SpecError, SpecErrors, Sweep, list_presets, load_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl+C
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             sweep = load_sweep(args.file, args.overrides)
             sweep.check_data()
+            _print_warnings(sweep)
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
             print(
                 f"{sweep.file}: ok ({describe_search(sweep)}, "
@@ -253,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             sweep = load_sweep(args.file, args.overrides)
+            _print_warnings(sweep)
             from orchestrator.driver import run_sweep  # Ray and MLflow load only past validation
 
             outcome = run_sweep(
@@ -270,11 +273,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.name, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address
             )
     except (SpecError, SitesError, FileNotFoundError, ClusterError) as exc:  # bad input, found before any trial ran
-        print(f"error: {exc}", file=sys.stderr)
+        for error in exc.errors if isinstance(exc, SpecErrors) else [exc]:
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 0 if outcome.best else 1
+
+
+def _print_warnings(sweep: Sweep) -> None:
+    for warning in sweep.warnings:
+        print(f"warning: {sweep.file}: {warning}", file=sys.stderr)
 
 
 def _report(name: str, tracking_uri: str | None) -> int:

@@ -13,6 +13,7 @@ from search_spaces.model_checks import model_sites, point_mask
 from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import DataError, check_data_source
+from trainables.errors import did_you_mean
 from trainables.metrics import OBJECTIVES
 from trainables.policy import CONFIG_KEYS
 
@@ -66,7 +67,7 @@ def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
                 where,
                 f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
                 "(a mapping's entry: "
-                f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())})",
+                f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())}){did_you_mean(key, fields)}",
             )
         if _fixed(spec, key) and not getattr(dist, "when", None):
             raise SpecError(
@@ -155,13 +156,10 @@ def _describe(dist) -> str:
     return f"its range: {dist.type} from {dist.low} to {dist.high}{step}"
 
 
-def check_search(
-    spec: SweepSpec, base: TrialConfig, file: str, site_count: int, smoke: bool
-) -> tuple[list[tuple[str, str]], int]:
-    """Check the search section; return the objectives as ``[(metric, mode), …]`` and the number of trials (a grid's
+def check_search(spec: SweepSpec, base: TrialConfig, file: str, site_count: int, smoke: bool) -> int:
+    """Check the search section but its objectives (``check_objectives``); return the number of trials (a grid's
     size where the file leaves num_samples out)."""
     s = spec.search
-    objectives = _objectives(s, file)
     if s.scheduler == "asha" and "epochs" not in spec.space and s.grace_period > base.epochs:
         raise SpecError(
             file, "search.grace_period", f"must not exceed trial.epochs ({base.epochs}), got {s.grace_period}"
@@ -183,16 +181,21 @@ def check_search(
                 "learn from the masks they had to reject) or raise max_sites",
             )
     if s.algorithm == "grid":
-        return objectives, _check_grid(spec, site_count, file, smoke)
-    return objectives, s.num_samples
+        return _check_grid(spec, site_count, file, smoke)
+    return s.num_samples
 
 
-def _objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
+def check_objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
+    """The objectives, ``[(metric, mode), …]``: known metrics, each once, and one mode per metric (if any)."""
     metrics = [s.metric] if isinstance(s.metric, str) else list(s.metric)
     for i, metric in enumerate(metrics):
         where = "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
         if metric not in OBJECTIVES:
-            raise SpecError(file, where, f"unknown metric {metric!r}; valid choices: {', '.join(OBJECTIVES)}")
+            raise SpecError(
+                file,
+                where,
+                f"unknown metric {metric!r}; valid choices: {', '.join(OBJECTIVES)}{did_you_mean(metric, OBJECTIVES)}",
+            )
         if metric in metrics[:i]:
             raise SpecError(file, where, f"{metric} is already an objective")
     if s.mode is None:

@@ -50,14 +50,14 @@ def forward_macs(cfg: TrialConfig, size: int) -> float | None:
             return None
 
 
-def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
+def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> list | None:
     """The fixed policy, and each searched value of a policy key, fit the (fixed) model's sites: a mask of its length,
     stages it has, paths that match a site, k within its site count, and, for an activation that needs a spatial map
     (LSLU), no ineligible site among those it selects (``insertion.sites_for``, the rule the trial applies). Otherwise
     every trial would fail on it, or a ``paths`` policy that matches nothing would train the baseline as if it were
-    the insertion."""
+    the insertion. Returns the fixed model's sites if it traced them (the warnings reuse them), else None."""
     if "model" in spec.space or "mask" in spec.space and spec.space["mask"].type == "sites":
-        return
+        return None
     from trainables.insertion import sites_for
 
     sites: list = []
@@ -87,6 +87,7 @@ def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> None:
             sites_for(sites, Policy.from_config(cfg), cfg.insert_act)
         except ValueError as exc:
             raise SpecError(file, where, f"{exc} ({base.model})") from None
+    return sites or None
 
 
 def point_mask(point: dict, base: TrialConfig, sites: list, file: str, where: str) -> str:

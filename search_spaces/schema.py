@@ -5,7 +5,8 @@ A sweep file has the sections ``name``, ``trial`` (fixed trial values), ``space`
 the user's code and packages on every worker; its local paths relative to the sweep file, resolved here).
 ``load_sweep`` validates
 it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming the file, the
-key path and what was expected.
+key path and what was expected, and all of a file's are raised at once (``SpecErrors``; ``errors`` collects them).
+Values that do nothing are ``Sweep.warnings`` (``sweep_warnings``).
 
 A searched key may be conditional: ``n: {type: int, low: 1, high: 4, when: {insert_act: lslu}}`` is sampled
 only in trials whose (earlier searched) ``insert_act`` is ``lslu``; elsewhere it keeps its value from ``trial``
@@ -27,9 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainables.config import UNKNOWN_KEY_ERRORS, first_error
 from trainables.policy import ARGUMENT_KEYS
 
 PRESET_DIR = Path(__file__).parent
@@ -43,6 +43,28 @@ class SpecError(ValueError):
 
     def __reduce__(self):  # picklable (Ray carries errors between processes): rebuilt from its own arguments
         return type(self), (self.file, self.key, self.message)
+
+
+class SpecErrors(SpecError):
+    """Every problem found in one sweep file (``errors``, each a ``SpecError``); its own file, key and message are the
+    first's, so a caller that reads one error still can, and ``str()`` lists them all, one a line."""
+
+    def __init__(self, errors: Sequence[SpecError]):
+        self.errors = [e for err in errors for e in getattr(err, "errors", [err])]  # a nested SpecErrors: flattened
+        first = self.errors[0]
+        ValueError.__init__(self, "\n".join(map(str, self.errors)))
+        self.file, self.key, self.message = first.file, first.key, first.message
+
+    def __reduce__(self):
+        return type(self), (self.errors,)
+
+    @staticmethod
+    def raise_any(errors: Sequence[SpecError]) -> None:
+        """Raise the errors found, if any: one as itself, several together."""
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise SpecErrors(errors)
 
 
 class _Strict(BaseModel):
@@ -167,26 +189,56 @@ class Sweep:
 
     ``smoke``: the ``--smoke-test`` form, which may run fewer trials than a grid has points."""
 
-    def __init__(self, spec: SweepSpec, source: str, file: str, smoke: bool = False, overrides: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        source: str,
+        file: str,
+        smoke: bool = False,
+        overrides: tuple[str, ...] = (),
+        problems=None,
+    ):
+        """Run the checks; raise every error they find (``SpecErrors``), with those already in ``problems``
+        (``errors.Problems``: pydantic's, and the key paths they left unsure). Each check group runs unless it
+        needs a failed one's result: one error does not hide another."""
         from search_spaces import checks, model_checks  # here: they check the models above, so they import this module
+        from search_spaces.errors import FAILED, Problems
+        from search_spaces.sweep_warnings import config_warnings
 
         self.source, self.file, self.smoke = source, file, smoke
         self.overrides = overrides  # the --set KEY=VALUE items applied to the file (already in source)
-        self.base = checks.check_trial(spec, file)  # fully resolved TrialConfig of the fixed values
-        self.sites = checks.check_space(spec, self.base, file)  # the model's sites when the mask is searched, else []
-        model_checks.check_policies(spec, self.base, file)
-        self.site_count = len(self.sites)
-        self.objectives, num_samples = checks.check_search(spec, self.base, file, self.site_count, smoke)
-        if num_samples != spec.search.num_samples:  # a grid's size is its budget: a new spec, the file's is left as is
+        found = problems or Problems(file)
+        code = [("trial",), ("runtime_env",)]  # the trial values, and the user's code they may name
+        # fully resolved TrialConfig of the fixed values
+        base = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.check_trial, spec, file)
+        sites = traced = num_samples = points = FAILED
+        if base is not FAILED:
+            sites = found.run([*code, ("space",)], checks.check_space, spec, base, file)  # the searched mask's sites
+            traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
+        objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
+        # without a searched mask there are no sites to know
+        if base is not FAILED and (sites is not FAILED or not isinstance(spec.space.get("mask"), SitesDist)):
+            known = [] if sites is FAILED else sites
+            grid = [("space",)] if spec.search.algorithm == "grid" else []
+            reads = [*code, ("search",), ("space", "epochs"), ("space", "mask"), *grid]
+            num_samples = found.run(reads, checks.check_search, spec, base, file, len(known), smoke)
+            reads = [*code, ("search", "points_to_evaluate"), ("search", "max_sites"), ("space",)]
+            points = found.run(reads, checks.check_points, spec, base, known, file)
+        self.model_sites = None if traced is FAILED else traced  # the fixed model's sites, if a check traced them
+        self.base, self.sites, self.objectives, self.points = base, sites, objectives, points
+        self.site_count = 0 if sites is FAILED else len(sites)
+        if num_samples is not FAILED and num_samples != spec.search.num_samples:  # a grid's size is its budget: a
+            # new spec, the file's is left as is
             spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
         self.spec = spec
-        self.points = checks.check_points(spec, self.base, self.sites, file)
-        if spec.search.strategy == "oneshot":
+        if spec.search.strategy == "oneshot" and all(r is not FAILED for r in (base, sites, objectives, num_samples)):
             from search_spaces.oneshot import check_oneshot
 
-            check_oneshot(self)
+            found.run([], check_oneshot, self)
             search = spec.search.model_copy(update={"num_samples": spec.search.candidates})  # the trials it trains
             self.spec = spec.model_copy(update={"search": search})
+        found.raise_any()
+        self.warnings: list[str] = config_warnings(self)  # "key: what does nothing", for validate and run to print
 
     @property
     def name(self) -> str:
@@ -318,33 +370,22 @@ def parse_sweep(
             "",
             f"expected a mapping with the sections name, trial, space, search, resources; got {type(data).__name__}",
         )
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise _spec_error(file, exc) from None
+    from search_spaces.errors import validate_spec
+
+    spec, problems = validate_spec(data, file)
+    if spec is None:
+        problems.raise_any()
     if spec.runtime_env:
         from search_spaces.runtime_env import importable, resolve_runtime_env
 
-        env = resolve_runtime_env(spec.runtime_env, Path(base_dir or Path(file).parent), file)
-        spec = spec.model_copy(update={"runtime_env": env})
-        importable(env)  # the driver validates the user's code (a factory, a model) before Ray, as the workers see it
-    return Sweep(spec, source, file, overrides=overrides)
-
-
-def _spec_error(file: str, exc: ValidationError) -> SpecError:
-    err = first_error(exc)
-    loc = [str(p) for p in err["loc"] if p not in ("int", "float", "categorical", "sites")]  # drop union tags
-    if err["type"] in UNKNOWN_KEY_ERRORS:
-        section = {(): SweepSpec, ("search",): SearchSection, ("resources",): Resources}.get(tuple(loc[:-1]))
-        valid = f"; valid keys: {', '.join(section.model_fields)}" if section else ""
-        return SpecError(file, ".".join(loc), "unknown key" + valid)
-    if err["type"] == "union_tag_invalid":
-        return SpecError(
-            file,
-            ".".join(loc),
-            "expected a distribution with type int, float, categorical or sites, or a list of choices",
-        )
-    return SpecError(file, ".".join(loc), f"{err['msg']} (got {err.get('input')!r})")
+        try:
+            env = resolve_runtime_env(spec.runtime_env, Path(base_dir or Path(file).parent), file)
+            spec = spec.model_copy(update={"runtime_env": env})
+            importable(env)  # the driver validates the user's code (a factory, a model) before Ray, as workers see it
+        except SpecError as exc:
+            problems.errors.append(exc)
+            problems.unsure.add(("runtime_env",))  # the checks that import the user's code are skipped
+    return Sweep(spec, source, file, overrides=overrides, problems=problems)
 
 
 def when_holds(when: dict[str, Any] | None, chosen: dict[str, Any]) -> bool:

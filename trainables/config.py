@@ -33,7 +33,7 @@ from trainables.activations import (
     list_acts,
 )
 from trainables.data import DATASETS, NEEDS_DIR, DataError
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 from trainables.models import model_arguments
 from trainables.models.checks import check_model
 from trainables.policy import KINDS as POLICY_KINDS, Policy
@@ -214,7 +214,8 @@ def _unknown_act(name: str, also: str = "") -> str:
             create_act(name)
         except ValueError as err:
             return str(err)
-    return f"unknown activation {name!r}; valid choices: {also}{', '.join(list_acts())}"
+    names = list_acts()
+    return f"unknown activation {name!r}; valid choices: {also}{', '.join(names)}{did_you_mean(name, names)}"
 
 
 _FIELD_OF = {"base_act": "act"}  # a property an activation reads → the field a user sets
@@ -243,7 +244,7 @@ def _check_dataset(cfg: TrialConfig) -> None:
             raise ConfigError(
                 "dataset",
                 f"unknown dataset {cfg.dataset!r}; valid choices: {', '.join(DATASETS)}, or a "
-                "dataset class / factory by import path (package.module:Name)",
+                f"dataset class / factory by import path (package.module:Name){did_you_mean(cfg.dataset, DATASETS)}",
             )
         if cfg.data_args:
             raise ConfigError(
@@ -298,6 +299,7 @@ def first_error(exc: ValidationError) -> dict:
 
 def _pydantic_message(err: dict) -> str:
     if err["type"] in UNKNOWN_KEY_ERRORS:
-        return f"unknown key; valid keys: {', '.join(TrialConfig.field_names())}"
+        names = TrialConfig.field_names()
+        return f"unknown key; valid keys: {', '.join(names)}{did_you_mean(err['loc'][-1], names)}"
     got = err.get("input")
     return f"{err['msg']} (got {got!r})"

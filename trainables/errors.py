@@ -16,3 +16,13 @@ class ConfigError(ValueError):
 
     def __reduce__(self):
         return type(self), (self.key, self.message)
+
+
+def did_you_mean(name: object, choices) -> str:
+    """``"; did you mean X?"`` for the closest of ``choices`` to a misspelt ``name`` (difflib), else ``""``."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
