@@ -65,7 +65,10 @@ class Problems:
             return FAILED
 
     def raise_any(self) -> None:
-        SpecErrors.raise_any(self.errors)
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise SpecErrors(self.errors)
 
 
 def validate_spec(data: dict, file: str) -> tuple[SweepSpec | None, Problems]:

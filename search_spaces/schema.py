@@ -58,14 +58,6 @@ class SpecErrors(SpecError):
     def __reduce__(self):
         return type(self), (self.errors,)
 
-    @staticmethod
-    def raise_any(errors: Sequence[SpecError]) -> None:
-        """Raise the errors found, if any: one as itself, several together."""
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise SpecErrors(errors)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
