@@ -129,6 +129,55 @@ def split_fixed_marginal(small: dict, large: dict) -> tuple[float, float]:
     return fixed, marginal
 
 
+def run_whole(tool: str, trials: int, args) -> dict:
+    """One sweep as a user starts it, a whole process timed from its start to its exit (imports, Ray's start, the
+    parent run, the end of the sweep included): ``lslu-sweep run`` of the digits sweep, or the by-hand peer
+    (``peer_sweep.py``: Ray Tune + OptunaSearch + MLflowLoggerCallback on the same CNN and data). The trials' training
+    time is read back from the MLflow store each wrote (every run's ``epoch_time_s`` history)."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri, storage = f"sqlite:///{tmp}/mlruns.db", f"{tmp}/ray"
+        if tool == "lslu-sweep":
+            (Path(tmp) / "sweep.yaml").write_text(sweep_text(trials, args.concurrent, True, 1.0, 0.0, args.trial))
+            lslu_sweep = Path(sys.executable).with_name("lslu-sweep")
+            command = [str(lslu_sweep), "run", f"{tmp}/sweep.yaml", "--tracking-uri", uri, "--storage", storage]
+        else:
+            peer = Path(__file__).with_name("peer_sweep.py")
+            command = [sys.executable, str(peer), "--trials", str(trials), "--concurrent", str(args.concurrent)]
+            command += ["--epochs", str(args.trial.get("epochs", 1)), "--tracking-uri", uri, "--storage", storage]
+            command += ["--reuse-actors"] if tool == "peer, reusing actors" else []
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+        wall = time.perf_counter() - start
+        client = MlflowClient(uri)
+        runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        train = sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "epoch_time_s"))
+        finished = sum("epoch_time_s" in r.data.metrics for r in runs)
+    idle = wall * args.concurrent - train
+    return {"tool": tool, "trials": trials, "completed": finished, "slots": args.concurrent, "wall_s": wall,
+            "train_s": train, "idle_slot_s": idle, "overhead_s_per_trial": idle / trials}  # fmt: skip
+
+
+def against_peer(args) -> None:
+    """lslu-sweep against the by-hand peer, both as whole processes, two sweep sizes, alternately: fixed cost per
+    sweep and overhead per additional trial of each, and lslu-sweep's as a ratio of the peer's."""
+    tools = ["lslu-sweep", "peer", "peer, reusing actors"]
+    runs = [[[run_whole(tool, n, args) for n in args.peer_trials] for tool in tools] for _ in range(args.repeat)]
+    rows = [row for one in runs for pair in one for row in pair]
+    print(table(rows, ["tool", "trials", "completed", "wall_s", "train_s", "overhead_s_per_trial"]))
+    split = {}
+    for t, tool in enumerate(tools):
+        pairs = [one[t] for one in runs]
+        split[tool] = split_fixed_marginal(*(median_row([pair[k] for pair in pairs]) for k in (0, 1)))
+        print(f"{tool}: {split[tool][0]:.1f} s fixed per sweep (wall), {split[tool][1]:.2f} s per additional trial "
+              f"(slot-seconds){spread([split_fixed_marginal(*pair) for pair in pairs])}")  # fmt: skip
+    fixed, marginal = split["lslu-sweep"]
+    for tool in tools[1:]:
+        print(f"lslu-sweep against the {tool}: fixed cost {fixed / split[tool][0]:.2f}×, per additional trial "
+              f"{marginal / split[tool][1]:.2f}× (target: fixed ≤ 1.00×)")  # fmt: skip
+
+
 def run_apart(trials: int, args, reuse: bool, concurrent: int | None = None, gpu: float | None = None) -> dict:
     """One sweep in a driver process of its own, as ``lslu-sweep run`` starts one: what a driver builds once (its
     imports, its figure process) counts to the sweep. Ray's start is timed apart and not counted."""
@@ -173,6 +222,12 @@ def main(argv=None):
         metavar="K",
         help="GPU machine: a sweep of small models with K trials per GPU, for each K; reports GPU busy time",
     )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="lslu-sweep run against the by-hand peer (peer_sweep.py), whole processes: fixed and per-trial cost",
+    )
+    p.add_argument("--peer-trials", type=int, nargs=2, default=[8, 24], metavar=("SMALL", "LARGE"))
     p.add_argument("--packing-trials", type=int, default=16, help="trials of each --packing sweep")
     p.add_argument(
         "--trial",
@@ -200,6 +255,8 @@ def main(argv=None):
         print(json.dumps(row))
         return
     check_sweep(args)
+    if args.peer:
+        return against_peer(args)
     if args.packing:
         return packing(args)
     pairs = [[run_apart(n, args, reuse=True) for n in args.trials] for _ in range(args.repeat)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 # Set before Ray is imported or MLflow starts: no auth token for the embedded cluster, and nothing phoned home
 # (these machines are often offline, where telemetry only adds timeouts).
@@ -33,13 +34,17 @@ def prepare_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None) -> str:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, runtime_env: dict | None = None, meanwhile=None
+) -> str:
     """Start or join Ray; returns a description of where the sweep runs.
 
     Without an address (and without ``RAY_ADDRESS``) an embedded local Ray starts: ``address="local"``,
     because a bare ``ray.init()`` can try to join a stale cluster recorded in /tmp/ray.
     ``runtime_env`` (the sweep file's, paths absolute) is Ray's: the user's code and packages on every worker.
     A Ray already running in this process keeps the runtime_env it was started with.
+    ``meanwhile`` (a function of no arguments) runs in a thread while an embedded Ray starts, which is mostly
+    waiting on its own processes; it is not run on a cluster, whose checks come first (cluster/preflight.py).
     """
     global _embedded
     prepare_env()
@@ -55,14 +60,17 @@ def connect(address: str | None = None, num_cpus: int | None = None, runtime_env
         return f"the Ray cluster at {address}"
     # No dashboard, so nothing reads the metrics Ray's processes would export: their collection only takes CPU
     # from the trials (~1 s of the dashboard agent's per 32 short trials, benchmarks/README.md).
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env=runtime_env,
-        _system_config={"enable_metrics_collection": False},
-    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if meanwhile is not None:
+            pool.submit(meanwhile)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env=runtime_env,
+            _system_config={"enable_metrics_collection": False},
+        )
     _embedded = True
     return EMBEDDED
 

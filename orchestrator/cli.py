@@ -20,6 +20,7 @@ Values that do nothing (LSLU with n = 0, an empty space) are warnings: ``warning
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -325,5 +326,14 @@ def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -
     return 0 if ok else 1
 
 
+def console_main() -> int:
+    """The ``lslu-sweep`` program: ``main``, then every object left is frozen, so that the interpreter's last
+    collection at exit does not walk all of torch's, Ray's and MLflow's objects one by one (it took seconds a sweep,
+    benchmarks/README.md); the operating system frees them. Not in ``main``, which tests call in one process."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

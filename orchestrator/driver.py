@@ -9,6 +9,7 @@ continue the same parent run and the same trial runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
-from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run
+from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run, open_stores
 from orchestrator.search import make_scheduler, make_searcher
 from orchestrator.study_storage import MEMORY, open_study_error, redacted, resolve_optuna_storage, study_line
 from orchestrator.figures import complete_figures, figure_queue
@@ -71,7 +72,8 @@ def run_sweep(
     tracking_uri = resolve_tracking_uri(tracking_uri)
     study_storage, study_note = resolve_optuna_storage(optuna_storage, tracking_uri)  # a bad URL: before Ray
     storage_path = st.resolve_storage(storage)
-    ray_description = connect(address, runtime_env=sweep.spec.runtime_env)
+    warm = functools.partial(open_stores, tracking_uri, study_storage)  # while an embedded Ray starts
+    ray_description = connect(address, runtime_env=sweep.spec.runtime_env, meanwhile=warm)
     nodes = check_cluster(tracking_uri, storage_path)  # refuses before MLflow or Tune do anything
     where = _where(ray_description, nodes)
     if smoke_test:

@@ -46,6 +46,19 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     return exp.experiment_id
 
 
+def open_stores(tracking_uri: str, study_storage: str | None) -> None:
+    """The tracking store and the study's storage opened once, their schemas made (MLflow's and Optuna's migrations
+    take seconds on a new SQLite file): what later opens them finds them ready. An error is left for that opening."""
+    try:
+        mlflow_client(tracking_uri).search_experiments(max_results=1)
+        if study_storage:
+            import optuna
+
+            optuna.storages.RDBStorage(study_storage)
+    except Exception:  # the sweep's own opening reports it, with its context
+        pass
+
+
 def open_parent_run(
     tracking_uri: str, sweep: Sweep, run_name: str, smoke_test: bool, extra_tags: dict[str, str] | None = None
 ) -> SweepContext:

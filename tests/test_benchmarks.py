@@ -1,6 +1,7 @@
 """The benchmarks run and measure what they say, at tiny sizes on the CPU (their figures are in benchmarks/README.md;
 speed is never asserted here)."""
 
+import argparse
 import time
 
 import pytest
@@ -67,6 +68,18 @@ def test_sweep_benchmark_runs_a_real_sweep(ray_local):
     assert row["wall_s"] > row["train_s"] > 0  # the sweep's time holds both trials' training
     assert row["overhead_s_per_trial"] == pytest.approx((row["wall_s"] - row["train_s"]) / 2)
     assert row["figures_cpu_s"] > 0  # the driver drew both trials' figures, and counted the CPU it took
+
+
+@pytest.mark.slow
+def test_start_up_is_measured_against_the_by_hand_peer_as_whole_processes():
+    """Both sweeps of the side-by-side comparison run as the processes a user starts, and their trials' training is
+    read back from the MLflow store each wrote."""
+    args = argparse.Namespace(concurrent=1, trial={})
+    rows = [bench_sweep.run_whole(tool, 2, args) for tool in ("lslu-sweep", "peer, reusing actors")]
+    for row in rows:
+        assert row["completed"] == 2 and row["slots"] == 1
+        assert row["wall_s"] > row["train_s"] > 0
+        assert row["overhead_s_per_trial"] == pytest.approx((row["wall_s"] - row["train_s"]) / 2)
 
 
 def test_gpu_busy_share_spans_the_first_to_the_last_busy_sample():

@@ -5,6 +5,7 @@ activation functions a forward may call instead of a module (counted, not replac
 from __future__ import annotations
 
 import re
+import sys
 
 from torch import nn
 
@@ -12,49 +13,24 @@ from trainables.activations import ChannelsLast, act_module_types
 
 
 # Module types that count as activation sites: whatever the activation registry builds (so a replaced
-# site stays a site), the permuting adapter, plus the activations timm / torchvision models build themselves.
+# site stays a site), the permuting adapter, plus torch's activations that timm / torchvision models build.
+ACTIVATION_TYPES: tuple[type, ...] = act_module_types() + (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
+    ChannelsLast,
+)  # fmt: skip
+_TIMM_ACTIVATIONS = ("GELU", "GELUTanh", "QuickGELU", "Swish", "Mish", "HardSwish", "HardMish", "PReLU", "SwishMe",
+                     "MishMe", "HardSwishMe", "HardMishMe")  # fmt: skip
+
+
 def _timm_activation_types() -> tuple[type, ...]:
-    """timm's own activation modules (ConvNeXt's GELU is timm's class, not ``nn.GELU``); gates are not sites."""
-    try:
-        from timm.layers import activations, activations_me
-    except ImportError:
-        return ()
-    names = (
-        "GELU",
-        "GELUTanh",
-        "QuickGELU",
-        "Swish",
-        "Mish",
-        "HardSwish",
-        "HardMish",
-        "PReLU",
-        "SwishMe",
-        "MishMe",
-        "HardSwishMe",
-        "HardMishMe",
-    )
-    found = (getattr(mod, n, None) for mod in (activations, activations_me) for n in names)
+    """timm's own activation modules (ConvNeXt's GELU is timm's class, not ``nn.GELU``; gates are not sites), read
+    only once timm is imported: a network can hold them only then, and importing timm (with torchvision, dynamo and
+    sympy behind it) would cost every driver and worker seconds that a sweep of the project's own models never needs."""
+    found = (getattr(sys.modules.get(f"timm.layers.{mod}"), n, None) for mod in ("activations", "activations_me")
+             for n in _TIMM_ACTIVATIONS)  # fmt: skip
     return tuple(c for c in found if isinstance(c, type))
 
 
-ACTIVATION_TYPES: tuple[type, ...] = (
-    act_module_types()
-    + (
-        nn.ReLU,
-        nn.ReLU6,
-        nn.SiLU,
-        nn.GELU,
-        nn.LeakyReLU,
-        nn.Hardswish,
-        nn.PReLU,
-        nn.ELU,
-        nn.SELU,
-        nn.CELU,
-        nn.Mish,
-        ChannelsLast,
-    )
-    + _timm_activation_types()
-)
 _EXTRA_SITE_TYPES: list[type] = []  # model-specific activations (e.g. VanillaNet's series activation)
 _SE_CLASS = re.compile(r"SqueezeExcit|^SEModule$|^EffectiveSEModule$|^SqueezeExcitation$")
 # functions a forward may call in place of an activation module (gates such as sigmoid are not counted)
@@ -85,4 +61,5 @@ def register_site_type(cls: type) -> type:
 
 
 def is_site_module(module: nn.Module) -> bool:
-    return isinstance(module, (*ACTIVATION_TYPES, *act_module_types(), *_EXTRA_SITE_TYPES))  # imported ones too
+    types = (*ACTIVATION_TYPES, *act_module_types(), *_timm_activation_types(), *_EXTRA_SITE_TYPES)  # imported ones too
+    return isinstance(module, types)
