@@ -4,6 +4,7 @@ activation functions a forward may call instead of a module (counted, not replac
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 
@@ -18,14 +19,18 @@ ACTIVATION_TYPES: tuple[type, ...] = act_module_types() + (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Hardswish, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
     ChannelsLast,
 )  # fmt: skip
+_TIMM_LAYERS = "timm.layers.activations_me"  # the later of the two modules timm.layers imports
 _TIMM_ACTIVATIONS = ("GELU", "GELUTanh", "QuickGELU", "Swish", "Mish", "HardSwish", "HardMish", "PReLU", "SwishMe",
                      "MishMe", "HardSwishMe", "HardMishMe")  # fmt: skip
 
 
-def _timm_activation_types() -> tuple[type, ...]:
+@functools.cache
+def _timm_activation_types(timm_loaded: bool) -> tuple[type, ...]:
     """timm's own activation modules (ConvNeXt's GELU is timm's class, not ``nn.GELU``; gates are not sites), read
     only once timm is imported: a network can hold them only then, and importing timm (with torchvision, dynamo and
     sympy behind it) would cost every driver and worker seconds that a sweep of the project's own models never needs."""
+    if not timm_loaded:
+        return ()
     found = (getattr(sys.modules.get(f"timm.layers.{mod}"), n, None) for mod in ("activations", "activations_me")
              for n in _TIMM_ACTIVATIONS)  # fmt: skip
     return tuple(c for c in found if isinstance(c, type))
@@ -61,5 +66,10 @@ def register_site_type(cls: type) -> type:
 
 
 def is_site_module(module: nn.Module) -> bool:
-    types = (*ACTIVATION_TYPES, *act_module_types(), *_timm_activation_types(), *_EXTRA_SITE_TYPES)  # imported ones too
+    types = (
+        *ACTIVATION_TYPES,
+        *act_module_types(),
+        *_timm_activation_types(_TIMM_LAYERS in sys.modules),
+        *_EXTRA_SITE_TYPES,
+    )  # imported ones too
     return isinstance(module, types)
