@@ -155,14 +155,12 @@ def blackbox_pick(truth: Truth, algorithm: str, budget: int, search_seed: int) -
     truth's seeds, by the search seed)."""
     import optuna
 
+    from orchestrator.search import sampler_for
+    from search_spaces.schema import default_population_size
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial_seed = truth.seeds[search_seed % len(truth.seeds)]
-    if algorithm == "tpe":  # as orchestrator.search.make_sampler sets them for a sweep of `budget` trials
-        sampler = optuna.samplers.TPESampler(seed=search_seed, n_startup_trials=min(10, max(2, budget // 3)))
-    elif algorithm == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(population_size=max(4, min(50, budget // 4)), seed=search_seed)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=search_seed)
+    sampler = sampler_for(algorithm, budget, search_seed, default_population_size(budget))  # as a sweep sets it
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for _ in range(budget):
         trial = study.ask()

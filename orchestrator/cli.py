@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             print(sites_table(args.model, args.policy, args.cifar_stem))
             return 0
         if args.command == "run":
-            sweep = load_sweep(args.file, args.overrides)
-            _print_warnings(sweep)
+            sweep = load_sweep(args.file, args.overrides)  # run_sweep says its warnings
             from orchestrator.driver import run_sweep  # Ray and MLflow load only past validation
 
             outcome = run_sweep(

@@ -65,6 +65,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """``optuna_storage``: the Optuna RDB storage URL of the sweep's study, or ``"memory"``; by default ``optuna.db``
     beside a local tracking store, in memory with a remote one (orchestrator/study_storage.py)."""
+    for warning in sweep.warnings:  # values that do nothing (LSLU with n = 0, an empty space), as validate says them
+        echo(f"warning: {sweep.file}: {warning}")
     if smoke_test:
         sweep = sweep.shrunk()
     else:

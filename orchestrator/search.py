@@ -239,13 +239,21 @@ class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     s = sweep.spec.search
-    if s.algorithm == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, max(2, s.num_samples // 3)))
-    if s.algorithm == "nsga2":
-        return PicklableNSGAIISampler(population_size=sweep.population_size, seed=s.seed)
-    if s.algorithm == "grid":
-        return TuneGridSampler(sweep.grid(), seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+    grid = sweep.grid() if s.algorithm == "grid" else None
+    return sampler_for(s.algorithm, s.num_samples, s.seed, sweep.population_size, grid)
+
+
+def sampler_for(
+    algorithm: str, num_samples: int, seed: int | None, population_size: int, grid=None
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of a sweep of ``num_samples`` trials (bench_insertion.py replays sweeps with it)."""
+    if algorithm == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, num_samples // 3)))
+    if algorithm == "nsga2":
+        return PicklableNSGAIISampler(population_size=population_size, seed=seed)
+    if algorithm == "grid":
+        return TuneGridSampler(grid, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def make_searcher(sweep: Sweep, *, storage: str | None = None, study_name: str | None = None) -> Searcher:

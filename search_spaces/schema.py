@@ -253,10 +253,8 @@ class Sweep:
 
     @property
     def population_size(self) -> int:
-        """NSGA-II's generation size: as given, or a quarter of the budget (4…50), so that several generations
-        evolve."""
-        s = self.spec.search
-        return s.population_size or max(4, min(50, s.num_samples // 4))
+        """NSGA-II's generation size: as given, or ``default_population_size``."""
+        return self.spec.search.population_size or default_population_size(self.spec.search.num_samples)
 
     def active_keys(self, values: dict[str, Any]) -> list[str]:
         """The searched keys a trial with these config values sampled (a conditional key only where its
@@ -378,6 +376,11 @@ def parse_sweep(
             problems.errors.append(exc)
             problems.unsure.add(("runtime_env",))  # the checks that import the user's code are skipped
     return Sweep(spec, source, file, overrides=overrides, problems=problems)
+
+
+def default_population_size(num_samples: int) -> int:
+    """NSGA-II's generation where the file gives none: a quarter of the budget (4…50), so several generations evolve."""
+    return max(4, min(50, num_samples // 4))
 
 
 def when_holds(when: dict[str, Any] | None, chosen: dict[str, Any]) -> bool:

@@ -172,6 +172,20 @@ def test_a_config_that_does_nothing_is_a_warning(tmp_path, capsys, case, text, w
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: {warning}"), err
 
 
+def test_run_sweep_from_python_says_the_warnings_first(tmp_path):
+    """The Python API's run_sweep says what validate warns of, through its echo, before Ray or a store is touched
+    (a bad --optuna-storage URL is refused next, so nothing starts)."""
+    from cluster.preflight import ClusterError
+    from orchestrator.driver import run_sweep
+
+    path = _write(tmp_path, "name: x\n" + WARNED[0][1])
+    lines = []
+    with pytest.raises(ClusterError, match="optuna-storage"):
+        run_sweep(load_sweep(path), tracking_uri=f"sqlite:///{tmp_path}/m.db", optuna_storage="::", echo=lines.append)
+    assert lines == [f"warning: {path}: {w}" for w in load_sweep(path).warnings] and WARNED[0][2] in lines[0]
+    assert not (tmp_path / "m.db").exists()
+
+
 @pytest.mark.parametrize(
     "text",
     [
