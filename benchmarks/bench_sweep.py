@@ -255,6 +255,8 @@ def main(argv=None):
         print(json.dumps(row))
         return
     check_sweep(args)
+    if args.peer and set(args.trial) - {"epochs"}:  # the peer's network, data and recipe are written out in it
+        raise SystemExit(f"--trial with --peer takes only epochs (peer_sweep.py writes out the rest), got {args.trial}")
     if args.peer:
         return against_peer(args)
     if args.packing:

@@ -82,6 +82,11 @@ def test_start_up_is_measured_against_the_by_hand_peer_as_whole_processes():
         assert row["overhead_s_per_trial"] == pytest.approx((row["wall_s"] - row["train_s"]) / 2)
 
 
+def test_the_peer_comparison_refuses_trial_keys_the_peer_cannot_take():
+    with pytest.raises(SystemExit, match="takes only epochs.*batch_size"):
+        bench_sweep.main(["--peer", "--trial", "epochs=2", "batch_size=32"])
+
+
 def test_gpu_busy_share_spans_the_first_to_the_last_busy_sample():
     samples = [0.0, 0.0, 50.0, 100.0, 0.0, 80.0, 0.0]  # start-up, two trials with a gap, the closing plots
     assert common.busy_share(samples) == pytest.approx((230 / 7, 230 / 4))
