@@ -71,10 +71,13 @@ def check_policies(spec: SweepSpec, base: TrialConfig, file: str) -> list | None
     for key in (k for k in CONFIG_KEYS if k in spec.space):
         # a searched argument goes with the searched policy that takes it, if any (e.g. stages under policy: stages)
         uses = next(({"policy": p} for p in policies if ARGUMENT_KEY.get(p) == key), {})
-        candidates += [
-            (key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
-            for edge, value in spec.space[key].edges().items()
-        ]  # each value checked by check_space
+        for edge, value in spec.space[key].edges().items():
+            try:
+                candidates.append(
+                    (key, f"space.{key}.{edge}", TrialConfig.from_flat(spec.trial_values({**uses, key: value})))
+                )
+            except ConfigError:
+                continue  # not a trial value at all: check_space says so
     for searched, where, cfg in candidates:
         cfg = dataclasses.replace(cfg, insert_act=act)
         argument = ARGUMENT_KEY.get(cfg.policy)

@@ -29,7 +29,7 @@ def test_a_timm_name_builds_directly_and_from_a_trial_config(name):
     assert name not in list_models()  # timm's, not the project's
     model = build_model(name, num_classes=7, in_chans=1)
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 7)
-    cfg = TrialConfig.from_flat({"model": name, "act": "native", "n": 0, "dropout": 0.2})
+    cfg = TrialConfig.from_flat({"model": name, "act": "native", "n": 0, "dropout": 0.2, "image_size": 64})
     net, _ = build_network(cfg, num_classes=5, in_chans=3)
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 5) and net.drop_rate == 0.2
 
@@ -62,6 +62,24 @@ def test_model_args_reach_a_timm_constructor():
     with pytest.raises(ConfigError) as err:
         TrialConfig.from_flat({"model": "convnext_atto", "model_args.no_such_arg": 1})
     assert err.value.key == "model_args" and "no_such_arg" in err.value.message
+
+
+def test_a_model_built_for_another_image_size_is_refused_naming_image_size(tmp_path):
+    """A ViT's patch grid is fixed when it is built: at image_size 32 with timm's default 224 every trial would fail,
+    so the trial config says so; built for 32 (model_args img_size) it traces at 32, its GELUs on tokens."""
+    with pytest.raises(ConfigError) as err:
+        TrialConfig.from_flat({"model": "vit_tiny_patch16_224", "image_size": 32})
+    assert err.value.key == "image_size" and "does not run on 32×32 images" in err.value.message
+    assert "(Input height (32) doesn't match model (224))" in err.value.message
+    sweep = _sweep(
+        """
+        name: vit
+        trial: {model: vit_tiny_patch16_224, image_size: 32, model_args: {img_size: 32}, epochs: 1}
+        space: {mask: {type: sites}}
+        """,
+        tmp_path,
+    )
+    assert sweep.site_count == 12 and {s.layout for s in sweep.sites} == {"tokens"}
 
 
 def test_an_unknown_name_lists_the_closest_ones():

@@ -172,6 +172,19 @@ def test_a_config_that_does_nothing_is_a_warning(tmp_path, capsys, case, text, w
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: {warning}"), err
 
 
+@pytest.mark.parametrize(
+    "choice, message",
+    [
+        ("'stages:1'", "unknown policy 'stages:1'; valid choices: none, all, downsampling, stages"),
+        ("stages", "with policy = 'stages', trial.stages (its default): policy 'stages' needs comma-separated"),
+    ],
+)
+def test_a_searched_policy_that_is_no_policy_is_an_error_not_a_traceback(tmp_path, capsys, choice, message):
+    path = _write(tmp_path, f"name: x\nspace: {{policy: [none, downsampling, {choice}]}}\n")
+    errors = _errors(capsys, path)
+    assert len(errors) == 1 and errors[0].startswith(f"space.policy.choices[2]: {message}"), errors
+
+
 def test_run_sweep_from_python_says_the_warnings_first(tmp_path):
     """The Python API's run_sweep says what validate warns of, through its echo, before Ray or a store is touched
     (a bad --optuna-storage URL is refused next, so nothing starts)."""

@@ -82,7 +82,8 @@ class Policy:
         if kind not in KINDS:
             raise ConfigError(
                 "policy",
-                f"unknown policy {kind!r}; valid choices: {', '.join(KINDS)} (arguments go in mask / k / paths)",
+                f"unknown policy {kind!r}; valid choices: {', '.join(KINDS)} (an argument goes in its own key: "
+                f"{', '.join(sorted(set(ARGUMENT_KEY.values())))}, e.g. policy: stages with stages: '1,3')",
             )
         key = ARGUMENT_KEY.get(kind)
         if key is None:

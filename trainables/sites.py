@@ -98,7 +98,7 @@ def trace_sites(model: nn.Module, input_size: int | tuple | None = None) -> Site
     for size in _input_sizes(model, input_size):
         try:
             return _trace(model, size)
-        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
+        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, AssertionError) as exc:
             errors.append(f"{size}: {exc}")
     raise ValueError(
         f"cannot trace the forward of {type(model).__name__} to find its activation sites "
@@ -114,7 +114,9 @@ def _input_sizes(model: nn.Module, given) -> list[tuple]:
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     if isinstance(first, nn.Linear):
         return [(first.in_features,)]
-    sizes = [tuple(declared)] if declared else []
+    if declared:  # the trial's own input: a model that cannot take it is an error, not a trace at another size
+        return [tuple(declared)]
+    sizes = []
     if timm_cfg.get("input_size"):
         sizes.append((_in_chans(model), *tuple(timm_cfg["input_size"])[1:]))
     return sizes + [(_in_chans(model), 224, 224), (_in_chans(model), 32, 32)]

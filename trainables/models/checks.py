@@ -41,24 +41,37 @@ def check_model(cfg) -> None:
                 f"arguments: {', '.join(model_arguments(cfg.model))}",
             )
         return
-    error = _build_error(cfg.model, cfg.model_args, cfg.cifar_stem)
+    error = _build_error(cfg.model, cfg.model_args, cfg.cifar_stem, cfg.image_size)
     if error:
-        key = "cifar_stem" if error.startswith("cifar_stem") else "model_args" if cfg.model_args else "model"
+        key = next((k for k in ("cifar_stem", "image_size") if error.startswith(k)), None)
+        key = key or ("model_args" if cfg.model_args else "model")
         raise ConfigError(key, error.removeprefix(f"{key}: "))
 
 
-def _build_error(name: str, model_args: dict, cifar_stem: bool) -> str | None:
-    """Why building the model (on the meta device: no memory, no weights) fails, or None; once per process."""
+def _build_error(name: str, model_args: dict, cifar_stem: bool, image_size: int) -> str | None:
+    """Why building the model, or its forward on the trial's image size, fails (on the meta device: no memory, no
+    weights), or None; once per process."""
     import torch
 
-    key = (name, repr(sorted(model_args.items())), cifar_stem)
+    from trainables.sites import trace_sites
+
+    key = (name, repr(sorted(model_args.items())), cifar_stem, image_size)
     if key not in _BUILT:
         _BUILT[key] = None
         try:
             with torch.device("meta"):
-                build_model(name, num_classes=10, in_chans=3, cifar_stem=cifar_stem, model_args=model_args)
+                model = build_model(name, num_classes=10, in_chans=3, cifar_stem=cifar_stem, model_args=model_args)
         except ValueError as err:
             _BUILT[key] = str(err)
+            return _BUILT[key]
         except (RuntimeError, NotImplementedError):  # a constructor the meta device cannot run: the trial builds it
-            pass
+            return None
+        try:  # a network built for one input size (a ViT's patch grid) fails every trial at another
+            trace_sites(model, (3, image_size, image_size))
+        except ValueError as err:
+            reason = str(err).split(f"tried {(3, image_size, image_size)}: ", 1)[-1].rstrip(".")
+            _BUILT[key] = (
+                f"image_size: model {name!r} does not run on {image_size}×{image_size} images ({reason}); give an "
+                "image_size it takes, or the size in model_args (timm: img_size)"
+            )
     return _BUILT[key]
