@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -328,7 +329,11 @@ def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -
 def console_main() -> int:
     """The ``lslu-sweep`` program: ``main``, then every object left is frozen, so that the interpreter's last
     collection at exit does not walk all of torch's, Ray's and MLflow's objects one by one (it took seconds a sweep,
-    benchmarks/README.md); the operating system frees them. Not in ``main``, which tests call in one process."""
+    benchmarks/README.md); the operating system frees them. Not in ``main``, which tests call in one process.
+    The working directory is importable, as ``python -m`` makes it (``lslu-sweep sites mypkg.nets:build`` in the
+    folder that holds ``mypkg``; the workers get the user's code through the sweep file's ``runtime_env``)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     code = main()
     gc.freeze()
     return code

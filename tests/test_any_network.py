@@ -4,6 +4,8 @@ stage; a one-epoch trial of each runs with LSLU where the mask says; a policy th
 refused by `validate`, naming the site and why."""
 
 import math
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -250,3 +252,15 @@ def test_sites_of_the_example_network_show_its_layouts_and_the_functional_relu(m
     assert [r["path"] for r in rows if r["layout"] == "nhwc"] == ["stages.0.blocks.0.mlp.1", "stages.1.blocks.0.mlp.1"]
     assert all(r["eligible"] for r in rows) and len({r["stage"] for r in rows}) == 3
     assert "functional activation calls: 1 (relu 1;" in out
+
+
+def test_the_program_imports_the_users_package_from_the_working_directory():
+    """The README's `cd examples/my_project && lslu-sweep sites my_project.nets:build`: the program (not main in
+    this process) finds the package in the folder it runs in, as `python -m` would."""
+    program = Path(sys.executable).with_name("lslu-sweep")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(program), "sites", "my_project.nets:build"], cwd=EXAMPLE, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "my_project.nets:build: 5 sites" in done.stdout
