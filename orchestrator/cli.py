@@ -73,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="list the model names `model:` accepts: the project's and timm's (besides "
         "an import path package.module:factory)",
     )
-    models.add_argument("pattern", nargs="?", default="*", help="an fnmatch pattern, e.g. 'convnext*' (default: all)")
+    models.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        help="an fnmatch pattern, e.g. 'convnext*', or a part of a name (default: all)",
+    )
 
     sub.add_parser("presets", help="list the sweep files in search_spaces/ that run by name (lslu-sweep run NAME)")
 
@@ -197,8 +202,11 @@ def sites_table(model_name: str, policy: str, cifar_stem: bool = False) -> str:
 
 
 def models_listing(pattern: str = "*") -> str:
-    """The project's model names and timm's that match the fnmatch ``pattern``, one block each."""
+    """The project's model names and timm's that match the fnmatch ``pattern``, one block each; a pattern without
+    wildcards matches where it appears in a name (``res`` as ``*res*``)."""
     import fnmatch
+
+    pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
 
     from trainables.models import list_models
     from trainables.models.external import timm_names
@@ -334,7 +342,11 @@ def console_main() -> int:
     folder that holds ``mypkg``; the workers get the user's code through the sweep file's ``runtime_env``)."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `lslu-sweep models | head` stopped reading: quiet, as Python's docs on SIGPIPE do it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     gc.freeze()
     return code
 

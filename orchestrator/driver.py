@@ -23,6 +23,7 @@ from cluster.local import connect, is_embedded
 from cluster.preflight import check_cluster, node_capacities
 from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
+from orchestrator.experiments import MANIFEST, find_experiment, finished_in, read_manifest, resume_command
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run, open_stores
@@ -36,7 +37,6 @@ from trainables.mlflow_client import mlflow_client
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
 
-MANIFEST = "lslu_sweep.json"
 SMOKE_CPU = 1.0  # CPUs a smoke-test trial takes at most
 
 
@@ -158,8 +158,8 @@ def resume_sweep(
 ) -> SweepOutcome:
     """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks;
     runs are reused."""
-    exp_dir = find_experiment(name, storage)
-    manifest = json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
+    exp_dir = find_experiment(name, storage, finished=finished_in(tracking_uri))
+    manifest = read_manifest(exp_dir)
     sweep = parse_sweep(
         yaml.safe_load(manifest["source"]),
         manifest["source"],
@@ -187,16 +187,6 @@ def resume_sweep(
         echo(study_line(exp_name, manifest["optuna_storage"]))
     tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
     return _finish(sweep, exp_name, exp_dir, ctx, tuner.fit(), echo)
-
-
-def find_experiment(name: str, storage: str | None = None) -> str:
-    """``<storage>/<name>`` or, for a sweep name, its newest experiment ``<storage>/<name>-<date>`` (path or URI)."""
-    root = st.resolve_storage(storage)
-    sweeps = [n for n, _ in st.dirs_holding(root, MANIFEST)]  # oldest first
-    candidates = [n for n in sweeps if n == name] or [n for n in sweeps if n.startswith(f"{name}-")]
-    if not candidates:
-        raise FileNotFoundError(f"no sweep {name!r} under {root}; sweeps there: {', '.join(sorted(sweeps)) or 'none'}")
-    return st.join(root, candidates[-1])
 
 
 def _where(ray_description: str, node_count: int) -> str:
@@ -278,7 +268,8 @@ def _interrupted(name: str, path: str, ctx: SweepContext, echo, what: str, rows=
     client.set_tag(ctx.parent_run_id, "sweep_status", "interrupted")
     client.set_terminated(ctx.parent_run_id, "KILLED")
     text = (
-        f"\nsweep {name} was interrupted with {what}; its state is saved.\nContinue it with: lslu-sweep resume {name}"
+        f"\nsweep {name} was interrupted with {what}; its state is saved.\n"
+        f"Continue it with: {resume_command(name, path, ctx.tracking_uri)}"
     )
     echo(text)
     return SweepOutcome(name, path, ctx, list(rows), None, text, interrupted=True, results=result_grid)
@@ -382,6 +373,6 @@ def _summary_lines(
         "",
         "Browse the results in the MLflow UI:",
         *browse_lines(ctx.tracking_uri, client.get_run(ctx.parent_run_id)),
-        f"Resume or inspect this sweep: lslu-sweep resume {name}   (Ray Tune state: {path})",
+        f"Ray Tune's state of this sweep: {path}",
     ]
     return lines

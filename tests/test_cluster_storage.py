@@ -6,7 +6,7 @@ import pytest
 
 from cluster import storage as st
 from cluster.tracking import is_local_store
-from orchestrator.driver import MANIFEST, find_experiment
+from orchestrator.experiments import MANIFEST, find_experiment
 
 
 def test_paths_become_absolute_and_bucket_uris_stay(tmp_path, monkeypatch):

@@ -215,6 +215,9 @@ def test_the_models_command_lists_matching_names(capsys):
     assert "regnetx_002" not in out
     assert main(["models", "vanilla*"]) == 0
     assert "vanillanet_5" in capsys.readouterr().out
+    assert main(["models", "netx_00"]) == 0  # no wildcard: a part of the name
+    listed = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert "regnetx_002" in listed and all("netx_00" in n for n in listed)
 
 
 @pytest.mark.slow

@@ -313,6 +313,7 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
         callbacks=(InterruptDriver(tmp_path / "sent"),),
     )
     assert first.interrupted and first.best is None
+    assert f"Continue it with: lslu-sweep resume {first.name} --storage {storage}" in first.text  # not the default
     client, parents, _ = _runs(tracking_uri, "stopgo")
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["sweep_status"] == "interrupted"
 
@@ -332,6 +333,10 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
     _assert_study_holds_the_trials(
         f"sqlite:///{tmp_path / 'optuna.db'}", first.name, {r["trial_id"]: r["best_val_acc"] for r in second.rows}
     )
+    versions = len(client.search_model_versions("name = 'stopgo'"))
+    with pytest.raises(FileNotFoundError, match=f"{first.name} finished, nothing to resume"):
+        resume_sweep("stopgo", storage=storage, tracking_uri=tracking_uri)  # a finished sweep is left as it is
+    assert len(client.search_model_versions("name = 'stopgo'")) == versions == 1
 
 
 def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp_path, tracking_uri):

@@ -1,0 +1,61 @@
+"""Where a sweep's Ray Tune state lives (``<storage>/<name>-<date>``, with the manifest ``run_sweep`` writes there),
+which one ``resume`` continues, and the command that continues it."""
+
+from __future__ import annotations
+
+import json
+
+from cluster import storage as st
+from cluster.tracking import resolve_tracking_uri
+
+MANIFEST = "lslu_sweep.json"
+
+
+def find_experiment(name: str, storage: str | None = None, finished=None) -> str:
+    """``<storage>/<name>`` or, for a sweep name, its newest experiment ``<storage>/<name>-<date>`` (path or URI).
+    ``finished(exp_dir)``: whether that sweep ended; the newest that did not is taken (a finished sweep has nothing to
+    resume)."""
+    root = st.resolve_storage(storage)
+    sweeps = [n for n, _ in st.dirs_holding(root, MANIFEST)]  # oldest first
+    candidates = [n for n in sweeps if n == name] or [n for n in sweeps if n.startswith(f"{name}-")]
+    if not candidates:
+        raise FileNotFoundError(
+            f"no sweep {name!r} under {root}; sweeps there: {', '.join(sorted(sweeps)) or 'none'} (a sweep's state is "
+            "in the --storage its run had, by default ./ray_results where it ran: give resume the same --storage)"
+        )
+    open_ones = [c for c in candidates if finished is None or not finished(st.join(root, c))]
+    if not open_ones:
+        raise FileNotFoundError(
+            f"sweep {name!r} under {root}: {', '.join(candidates)} finished, nothing to resume "
+            f"(lslu-sweep report {candidates[-1]} shows it; lslu-sweep run starts a new one)"
+        )
+    return st.join(root, open_ones[-1])
+
+
+def finished_in(tracking_uri: str | None):
+    """``finished(exp_dir)`` for ``find_experiment``: the sweep's parent run is FINISHED in the tracking store its
+    manifest names (or in ``tracking_uri``)."""
+    from trainables.mlflow_client import mlflow_client
+
+    def finished(exp_dir: str) -> bool:
+        context = read_manifest(exp_dir)["context"]
+        uri = resolve_tracking_uri(tracking_uri) if tracking_uri else context["tracking_uri"]
+        return mlflow_client(uri).get_run(context["parent_run_id"]).info.status == "FINISHED"
+
+    return finished
+
+
+def read_manifest(exp_dir: str) -> dict:
+    return json.loads(st.read_text(st.join(exp_dir, MANIFEST)))
+
+
+def resume_command(name: str, exp_dir: str, tracking_uri: str) -> str:
+    """``lslu-sweep resume NAME`` with the options that reach this sweep from the folder it ran in (where they are
+    not the defaults there)."""
+    command = f"lslu-sweep resume {name}"
+    root = exp_dir.rstrip("/").rpartition("/")[0]
+    if root != st.resolve_storage(None):
+        command += f" --storage {root}"
+    if tracking_uri != resolve_tracking_uri(None):
+        command += f" --tracking-uri {tracking_uri}"
+    return command
