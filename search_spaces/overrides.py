@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from search_spaces.schema import SpecError
+from search_spaces.schema import SpecError, SpecErrors
 
 
 def apply_overrides(data: Any, overrides: Sequence[str], file: str) -> dict:
@@ -52,3 +52,15 @@ def overridden_source(source: str, data: dict, overrides: Sequence[str]) -> str:
         return source
     header = "".join(f"# --set {item}\n" for item in overrides)
     return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def blame_overrides(exc: SpecError, overrides: Sequence[str]) -> SpecError:
+    """``exc`` with each error at a key an override set (or below it) saying so: the file does not hold that value."""
+    keys = {item.partition("=")[0].strip(): item for item in overrides}
+
+    def blamed(err: SpecError) -> SpecError:
+        item = next((v for k, v in keys.items() if err.key == k or err.key.startswith((f"{k}.", f"{k}["))), None)
+        return err if item is None else SpecError(err.file, err.key, f"{err.message} (set by --set {item})")
+
+    errors = [blamed(e) for e in getattr(exc, "errors", [exc])]
+    return errors[0] if len(errors) == 1 else SpecErrors(errors)

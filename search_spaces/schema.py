@@ -333,7 +333,7 @@ def resolve_sweep_path(name_or_path: str) -> Path:
 
 def load_sweep(name_or_path: str, overrides: Sequence[str] = ()) -> Sweep:
     """The validated sweep of a file (or a preset by name), with ``--set KEY=VALUE`` overrides applied first."""
-    from search_spaces.overrides import apply_overrides, overridden_source  # it raises this module's SpecError
+    from search_spaces.overrides import apply_overrides, blame_overrides, overridden_source  # it raises SpecError
 
     path = resolve_sweep_path(name_or_path)
     file = str(path)
@@ -347,7 +347,10 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = ()) -> Sweep:
     if overrides:
         data = apply_overrides(data, overrides, file)
         source = overridden_source(source, data, overrides)
-    return parse_sweep(data, source, file, tuple(overrides))
+    try:
+        return parse_sweep(data, source, file, tuple(overrides))
+    except SpecError as exc:
+        raise blame_overrides(exc, overrides) from None
 
 
 def parse_sweep(
