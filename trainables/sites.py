@@ -256,12 +256,13 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
             previous = p if res[p] is not None else previous
             continue
         if res[p] is not None and previous is not None and _smaller(res[p], res[previous]):
-            part = _new_part(p, res[previous], res[p], calls)
+            part = _new_part(p, res[previous], res[p], calls, _kept(order[:i], stages, stage, stage_first, res))
             first = next(q for q in order if within(q, part)) if part else p
             if first != stage_first and previous not in stem:
                 stage, stage_first = stage + 1, first
                 stages.update({q: stage for q in order[order.index(first) : i] if q not in stem})
-            block = _downsampling_block(p, calls)
+            earlier = {q for q, k in stages.items() if k < stage or q in stem}
+            block = _downsampling_block(p, calls, earlier)
             if block is not None:
                 down.add([q for q in order if within(q, block)][-1])
             elif res[p] != (1, 1):
@@ -269,6 +270,9 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
         stage_first = stage_first or p
         stages[p] = stage
         previous = p if res[p] is not None else previous
+    trunk_end = _trunk_end_drop(order, res, calls)
+    if trunk_end is not None:
+        down.add(trunk_end)
     spatial = [i for i, p in enumerate(order) if res[p] is not None]
     for i, p in enumerate(order):  # the head: flat / token sites after the last spatial one
         if spatial and i > spatial[-1]:
@@ -312,12 +316,29 @@ def _declared_stages(model: nn.Module, order: list[str], calls: dict) -> dict[st
     return stages
 
 
-def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None:
+def _kept(before: list[str], stages: dict, stage: int, stage_first: str | None, res: dict) -> set[str]:
+    """The sites (run before the drop) that a module opening the new stage may not hold: those of earlier stages,
+    and the current stage's first site where its resolution is the stage's own (not the one the sites before it
+    had): a module holding it would swallow the current stage (a trunk that is one nn.Sequential). A first site at
+    the earlier resolution (RegNet's ``s1.b1.conv1`` after the stem) runs before the drop of the block it is in."""
+    start = before.index(stage_first) if stage_first in before else len(before)
+    inherited = next((res[q] for q in reversed(before[:start]) if res[q] is not None), None)
+    own = {stage_first} if start < len(before) and res[stage_first] != inherited else set()
+    return {q for q in before if stages.get(q, stage) < stage} | own
+
+
+def _holds(prefix: str, sites: set[str]) -> bool:
+    return any(within(q, prefix) for q in sites)
+
+
+def _new_part(path: str, before: tuple, after: tuple, calls: dict, kept: set[str]) -> str | None:
     """The largest module around ``path`` whose (N, C, H, W) input has resolution ``before`` and output ``after``
-    (the stage or block that made the drop, with its sites before the strided layer), or None."""
+    (the stage or block that made the drop, with its sites before the strided layer) and that holds none of the
+    ``kept`` sites (a trunk that is one nn.Sequential would swallow the stages before), or None."""
     parts = path.split(".")
     for k in range(1, len(parts)):
-        record = calls.get(".".join(parts[:k]))
+        prefix = ".".join(parts[:k])
+        record = calls.get(prefix)
         if (
             record
             and record[1]
@@ -325,13 +346,16 @@ def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None
             and len(record[1]) == len(record[2]) == 4
             and record[1][2:4] == before
             and record[2][2:4] == after
+            and not _holds(prefix, kept)
         ):
-            return ".".join(parts[:k])
+            return prefix
     return None
 
 
-def _downsampling_block(path: str, calls: dict) -> str | None:
-    """The smallest module around ``path`` (the model itself excluded) whose 4-D output is smaller than its input."""
+def _downsampling_block(path: str, calls: dict, earlier: set[str]) -> str | None:
+    """The smallest module around ``path`` (the model itself excluded) whose 4-D output is smaller than its input,
+    unless it also holds sites of an earlier stage (``earlier``): then it is the trunk, not the block that
+    downsamples, and there is none."""
     parts = path.split(".")
     for k in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:k])
@@ -343,5 +367,21 @@ def _downsampling_block(path: str, calls: dict) -> str | None:
             and len(record[1]) == len(record[2]) == 4
             and _smaller(record[2][2:4], record[1][2:4])
         ):
-            return prefix
+            return None if _holds(prefix, earlier) else prefix
+    return None
+
+
+def _trunk_end_drop(order: list[str], res: dict, calls: dict) -> str | None:
+    """The last spatial site, when a module called after it takes its NCHW map and makes it smaller but not 1×1
+    (VGG's last max-pool before the classifier), else None."""
+    spatial = [p for p in order if res[p] is not None]
+    if not spatial or len(calls[spatial[-1]][1]) != 4:
+        return None
+    last = spatial[-1]
+    at, shape = calls[last][0], calls[last][1]
+    for record in calls.values():
+        if record[0] > at and record[1] == shape and record[2] and len(record[2]) == 4:
+            out = record[2][2:4]
+            if _smaller(out, res[last]) and out != (1, 1):
+                return last
     return None
