@@ -211,3 +211,12 @@ def test_vgg11_marks_the_site_before_each_pool_between_blocks():
     assert [s.path for s in sites if s.downsampling] == before_a_drop + ["features.19"]
     assert [s.path for s in select_sites(sites, "downsampling")] == before_a_drop + ["features.19"]
     assert not any(s.downsampling for s in list_sites(torchvision.models.vgg11(weights=None), 32)[-3:])  # 2² to 1²
+
+
+def test_a_strided_conv_in_a_flat_sequential_marks_the_site_it_starts_a_block_for():
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+    sites = list_sites(nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1)), input_size=(3, 16, 16))
+    assert [(s.path, _resolution(s), s.stage, s.downsampling) for s in sites] == [
+        ("0.1", (16, 16), 1, False),
+        ("0.3", (8, 8), 2, True),  # conv(stride 2)–ReLU: the block that halves the map ends here
+    ]
