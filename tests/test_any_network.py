@@ -184,7 +184,7 @@ def _sweep(tmp_path, trial: str, space: str = "", points: str = "") -> str:
     "trial,space,where",
     [
         ('policy: mask, mask: "101"', "", "trial.mask"),
-        ("policy: stages, stages: '2'", "", "trial.stages"),
+        ("policy: stages, stages: '3'", "", "trial.stages"),  # the head: after the stages of 8² and 4²
         ("policy: last_k, k: 1", "", "trial.k"),
         ("policy: mask", "mask: ['110', '011']", "space.mask"),
         ("policy: mask, mask: '001'", "insert_act: [pwlu, lslu]", "trial.mask"),
@@ -225,7 +225,7 @@ def test_sites_marks_what_lslu_gets_and_notes_an_ineligible_choice(capsys):
     assert main(["sites", FLAT_HEAD]) == 0
     out = capsys.readouterr().out
     assert f"{FLAT_HEAD}: 3 sites; all selects 2" in out and "mask: 110" in out
-    assert main(["sites", FLAT_HEAD, "--policy", "stages:2"]) == 0
+    assert main(["sites", FLAT_HEAD, "--policy", "stages:3"]) == 0
     out = capsys.readouterr().out
     assert "mask: 001" in out and "note:" in out and "head.1 (no spatial map: layout flat)" in out
 

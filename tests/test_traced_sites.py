@@ -154,3 +154,69 @@ def test_the_sites_command_shows_layout_eligibility_and_functional_calls():
     table = sites_table("resnet18", "downsampling", cifar_stem=True)
     assert "layout" in table and "eligible" in table and "functional activation calls: 0" in table
     assert "mask: 10000010001000100" in table
+
+
+class _ConvBnAct(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _SequentialTrunk(nn.Module):
+    """The whole trunk is one top-level nn.Sequential: the module around every drop is the trunk itself."""
+
+    def __init__(self, strides=(1, 2, 1, 2, 1)):
+        super().__init__()
+        widths = [3] + [8 * 2 ** sum(s == 2 for s in strides[: i + 1]) for i in range(len(strides))]
+        self.body = nn.Sequential(*(_ConvBnAct(widths[i], widths[i + 1], s) for i, s in enumerate(strides)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _drops(sites):
+    """The indices of the spatial sites whose map is smaller than the previous spatial site's."""
+    spatial = [s for s in sites if s.eligible]
+    return [b.index for a, b in zip(spatial, spatial[1:]) if _resolution(b)[0] < _resolution(a)[0]]
+
+
+@pytest.mark.parametrize(
+    "strides, stages, downsampling",
+    [
+        ((1, 2, 1), [1, 2, 2], ["body.1.act"]),  # one drop: the trunk's input and output have the two resolutions
+        ((1, 2, 1, 2, 1), [1, 2, 2, 3, 3], ["body.1.act", "body.3.act"]),
+    ],
+)
+def test_a_sequential_trunk_gets_a_new_stage_at_each_resolution_drop(strides, stages, downsampling):
+    sites = list_sites(_SequentialTrunk(strides), input_size=(3, 32, 32))
+    assert [s.path for s in sites] == [f"body.{i}.act" for i in range(len(strides))]
+    drops = _drops(sites)
+    assert drops == [i for i, s in enumerate(strides) if s == 2]  # the strided blocks
+    assert [s.stage for s in sites] == stages == [1 + sum(d <= i for d in drops) for i in range(len(sites))]
+    assert [s.path for s in sites if s.downsampling] == downsampling  # the blocks that downsample
+
+
+def test_vgg11_marks_the_site_before_each_pool_between_blocks():
+    sites = list_sites(torchvision.models.vgg11(weights=None), input_size=(3, 224, 224))
+    spatial = [s for s in sites if s.eligible]
+    assert [_resolution(s)[0] for s in spatial] == [224, 112, 56, 56, 28, 28, 14, 14]
+    assert [s.stage for s in spatial] == [1, 2, 3, 3, 4, 4, 5, 5]  # one stage per resolution
+    before_a_drop = [sites[i - 1].path for i in _drops(sites)]
+    assert before_a_drop == ["features.1", "features.4", "features.9", "features.14"]
+    # and the last conv's site, before the pool that takes 14² to 7² (not a global pool: no 1×1 map)
+    assert [s.path for s in sites if s.downsampling] == before_a_drop + ["features.19"]
+    assert [s.path for s in select_sites(sites, "downsampling")] == before_a_drop + ["features.19"]
+    assert not any(s.downsampling for s in list_sites(torchvision.models.vgg11(weights=None), 32)[-3:])  # 2² to 1²
+
+
+def test_a_strided_conv_in_a_flat_sequential_marks_the_site_it_starts_a_block_for():
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+    sites = list_sites(nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1)), input_size=(3, 16, 16))
+    assert [(s.path, _resolution(s), s.stage, s.downsampling) for s in sites] == [
+        ("0.1", (16, 16), 1, False),
+        ("0.3", (8, 8), 2, True),  # conv(stride 2)–ReLU: the block that halves the map ends here
+    ]

@@ -22,16 +22,22 @@ first Linear's width). Each site records the shape of its first call's input. Fr
   the first top-level child holding two or more sites. After the stem the stage starts at 1 and goes up by one at
   each resolution drop (a site whose spatial resolution (H, W) is smaller than the previous spatial site's), from
   the first site of the largest module around that site whose input has the old resolution and output the new one
-  (ResNet-50's ``layer2.0.act1``, before the strided conv, is in stage 2 with the rest of ``layer2``; RegNet's
-  ``s1.b1.conv1.act`` is in stage 1 with ``s1``), else from the site itself.
-  Flat / token sites after the
-  last spatial site are the head, one stage of its own after the last. A model that declares its stage modules
-  (``lslu_stage_paths``) gets those instead: stage i holds the sites inside the i-th module, earlier sites are 0,
-  later ones S + 1.
+  (ResNet-50's ``layer2.0.act1``, before the strided conv, is in stage 2 with the rest of ``layer2``), else from the
+  site itself. That module may not hold sites of earlier stages, nor the current stage's first site where that
+  site's resolution is the current stage's own: a trunk that is one ``nn.Sequential`` would swallow the current
+  stage, so its strided block opens the new stage. A first site at the resolution of the sites before it (RegNet's
+  ``s1.b1.conv1.act``, after the stem) goes with its module: the drop inside ``s1`` opens no new stage, and
+  ``s1.b1.conv1.act`` is in stage 1 with ``s1``. Flat / token sites after the last spatial site are the head, one
+  stage of its own after the last. A model that declares its stage modules (``lslu_stage_paths``) gets those
+  instead: stage i holds the sites inside the i-th module, earlier sites are 0, later ones S + 1.
 - ``downsampling``: the stem's last site, and where the resolution drops at site i, the last site of the smallest
   module around site i whose (N, C, H, W) output is smaller than its input (the block that downsamples, e.g. a
-  ResNet ``layer2.0``); where no module around site i downsampled (a pooling layer between blocks), the site before
-  the drop, unless the drop is to a 1×1 map (a global pool: the head).
+  ResNet ``layer2.0``), unless that module also holds sites of an earlier stage (VGG's ``features``: the trunk, not
+  a block); where no block around site i downsampled, site i itself where a layer with weights between the two
+  sites made the drop (a strided conv in a flat ``nn.Sequential``: it starts the block site i ends), else (a
+  pooling layer between blocks) the site before the drop, unless the drop is to a 1×1 map (a global pool: the
+  head). The last spatial site is downsampling too where a layer after it takes its NCHW map to a smaller one that
+  is not 1×1 (VGG's last max-pool, 14² to 7²).
 
 Activations the forward applies as functions (``F.relu(x)``, ``torch.gelu``, ``x.relu()``) outside site modules
 cannot be replaced; the trace counts them (``SiteTrace.functional_calls``).
@@ -256,20 +262,23 @@ def _sites(model: nn.Module, rows: list, calls: dict) -> list[Site]:
             previous = p if res[p] is not None else previous
             continue
         if res[p] is not None and previous is not None and _smaller(res[p], res[previous]):
-            part = _new_part(p, res[previous], res[p], calls)
+            part = _new_part(p, res[previous], res[p], calls, _kept(order[:i], stages, stage, stage_first, res))
             first = next(q for q in order if within(q, part)) if part else p
             if first != stage_first and previous not in stem:
                 stage, stage_first = stage + 1, first
                 stages.update({q: stage for q in order[order.index(first) : i] if q not in stem})
-            block = _downsampling_block(p, calls)
+            block = _downsampling_block(p, calls, {q for q, k in stages.items() if k < stage})
             if block is not None:
                 down.add([q for q in order if within(q, block)][-1])
-            elif res[p] != (1, 1):
-                down.add(order[i - 1])
+            elif res[p] != (1, 1):  # a strided conv between sites starts the block that p ends; a pool ends one
+                down.add(p if _learned_drop(model, calls, previous, p) else order[i - 1])
         stage_first = stage_first or p
         stages[p] = stage
         previous = p if res[p] is not None else previous
     spatial = [i for i, p in enumerate(order) if res[p] is not None]
+    nchw = [p for p, _, layout, _ in rows if layout == "nchw"]
+    if spatial and order[spatial[-1]] in nchw and _pooled_after(order[spatial[-1]], calls):
+        down.add(order[spatial[-1]])
     for i, p in enumerate(order):  # the head: flat / token sites after the last spatial one
         if spatial and i > spatial[-1]:
             stages[p] = stage + 1
@@ -312,12 +321,29 @@ def _declared_stages(model: nn.Module, order: list[str], calls: dict) -> dict[st
     return stages
 
 
-def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None:
+def _kept(before: list[str], stages: dict, stage: int, stage_first: str | None, res: dict) -> set[str]:
+    """The sites (run before the drop) that a module opening the new stage may not hold: those of earlier stages,
+    and the current stage's first site where its resolution is the stage's own (not the one the sites before it
+    had): a module holding it would swallow the current stage (a trunk that is one nn.Sequential). A first site at
+    the earlier resolution (RegNet's ``s1.b1.conv1`` after the stem) runs before the drop of the block it is in."""
+    start = before.index(stage_first) if stage_first in before else len(before)
+    inherited = next((res[q] for q in reversed(before[:start]) if res[q] is not None), None)
+    own = {stage_first} if start < len(before) and res[stage_first] != inherited else set()
+    return {q for q in before if stages.get(q, stage) < stage} | own
+
+
+def _holds(prefix: str, sites: set[str]) -> bool:
+    return any(within(q, prefix) for q in sites)
+
+
+def _new_part(path: str, before: tuple, after: tuple, calls: dict, kept: set[str]) -> str | None:
     """The largest module around ``path`` whose (N, C, H, W) input has resolution ``before`` and output ``after``
-    (the stage or block that made the drop, with its sites before the strided layer), or None."""
+    (the stage or block that made the drop, with its sites before the strided layer) and that holds none of the
+    ``kept`` sites (a trunk that is one nn.Sequential would swallow the stages before), or None."""
     parts = path.split(".")
     for k in range(1, len(parts)):
-        record = calls.get(".".join(parts[:k]))
+        prefix = ".".join(parts[:k])
+        record = calls.get(prefix)
         if (
             record
             and record[1]
@@ -325,13 +351,16 @@ def _new_part(path: str, before: tuple, after: tuple, calls: dict) -> str | None
             and len(record[1]) == len(record[2]) == 4
             and record[1][2:4] == before
             and record[2][2:4] == after
+            and not _holds(prefix, kept)
         ):
-            return ".".join(parts[:k])
+            return prefix
     return None
 
 
-def _downsampling_block(path: str, calls: dict) -> str | None:
-    """The smallest module around ``path`` (the model itself excluded) whose 4-D output is smaller than its input."""
+def _downsampling_block(path: str, calls: dict, earlier: set[str]) -> str | None:
+    """The smallest module around ``path`` (the model itself excluded) whose 4-D output is smaller than its input,
+    unless it also holds sites of an earlier stage (``earlier``): then it is the trunk, not the block that
+    downsamples, and there is none."""
     parts = path.split(".")
     for k in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:k])
@@ -343,5 +372,26 @@ def _downsampling_block(path: str, calls: dict) -> str | None:
             and len(record[1]) == len(record[2]) == 4
             and _smaller(record[2][2:4], record[1][2:4])
         ):
-            return prefix
+            return None if _holds(prefix, earlier) else prefix
     return None
+
+
+def _learned_drop(model: nn.Module, calls: dict, before: str, site: str) -> bool:
+    """Whether a layer with weights (a strided conv) called between the sites ``before`` and ``site`` made the drop."""
+    for path, (at, given, made, _) in calls.items():
+        if calls[before][0] < at < calls[site][0] and given and made and len(given) == len(made) == 4:
+            module = model.get_submodule(path)
+            if _smaller(made[2:4], given[2:4]) and not list(module.children()) and list(module.parameters()):
+                return True
+    return False
+
+
+def _pooled_after(last: str, calls: dict) -> bool:
+    """Whether a module called after the NCHW site ``last`` takes its map and makes it smaller but not 1×1 (VGG's
+    last max-pool before the classifier)."""
+    at, shape = calls[last][0], calls[last][1]
+    for record in calls.values():
+        if record[0] > at and record[1] == shape and record[2] and len(record[2]) == 4:
+            if _smaller(record[2][2:4], shape[2:4]) and record[2][2:4] != (1, 1):
+                return True
+    return False
