@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from typing import Any
+from typing import Any, Collection
 
 from search_spaces.model_checks import model_sites, point_mask
 from search_spaces.schema import (
@@ -88,11 +88,12 @@ def _fixed(spec: SweepSpec, key: str) -> bool:
     return key in spec.trial or bool(dot) and entry in (spec.trial.get(field) or {})
 
 
-def check_space(spec: SweepSpec, base: TrialConfig | None, file: str) -> Any:
+def check_space(spec: SweepSpec, base: TrialConfig | None, file: str, dropped: Collection[str] = ()) -> Any:
     """Check every searched key and the edges of its range as trial values, each key's first error reported; return
     the model's sites if the mask is searched. ``base`` None: the trial values were bad (their errors said), so each
     edge is tried with the good ones only, an error that names another key (a default's verdict) is not reported,
-    and the sites are unknown (``FAILED``)."""
+    and the sites are unknown (``FAILED``). ``dropped``: the searched keys pydantic refused (their errors said): a
+    condition that names one is not judged."""
     from search_spaces.errors import FAILED
 
     values = spec.trial_values() if base is not None else trial_values_checked(spec, file)[0]
@@ -100,7 +101,7 @@ def check_space(spec: SweepSpec, base: TrialConfig | None, file: str) -> Any:
     errors = []
     for key, dist in spec.space.items():
         try:
-            found = _check_key(spec, key, dist, base, values, file)
+            found = _check_key(spec, key, dist, base, values, file, dropped)
         except SpecError as exc:
             errors.append(exc)
             continue
@@ -111,7 +112,7 @@ def check_space(spec: SweepSpec, base: TrialConfig | None, file: str) -> Any:
     return FAILED if base is None else sites
 
 
-def _check_key(spec: SweepSpec, key: str, dist, base: TrialConfig | None, values: dict, file: str) -> list | None:
+def _check_key(spec: SweepSpec, key: str, dist, base, values: dict, file: str, dropped: Collection[str]) -> list | None:
     """One searched key (see ``check_space``); the model's sites for a searched mask (None: none, or unknown)."""
     fields = set(TrialConfig.field_names())
     where = f"space.{key}"
@@ -167,15 +168,17 @@ def _check_key(spec: SweepSpec, key: str, dist, base: TrialConfig | None, values
                 else (f"with {key} = {value!r}, trial.{exc.key}{'' if exc.key in spec.trial else ' (its default)'}: ")
             )
             raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
-    _check_condition(spec, key, dist, file)
+    _check_condition(spec, key, dist, file, dropped)
     return None
 
 
-def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:
+def _check_condition(spec: SweepSpec, key: str, dist, file: str, dropped: Collection[str]) -> None:
     """``when``: each named key is searched before this one (define-by-run order), and each value is one it can take."""
     earlier = list(spec.space)[: list(spec.space).index(key)]
     searchable = [k for k in earlier if spec.space[k].type != "sites"]
     for cond, allowed in (dist.when or {}).items():
+        if cond in dropped:
+            continue
         where = f"space.{key}.when.{cond}"
         if cond not in earlier or spec.space[cond].type == "sites":
             raise SpecError(

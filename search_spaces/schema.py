@@ -205,7 +205,9 @@ class Sweep:
         base = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.check_trial, spec, file)
         traced = num_samples = FAILED
         resolved = None if base is FAILED else base  # bad trial values: space and points check what needs no config
-        sites = found.run([*code, ("space",)], checks.check_space, spec, resolved, file)  # the searched mask's sites
+        dropped = {u[1] for u in found.unsure if u[0] == "space" and len(u) > 1}  # a bad one hides no other key's
+        reads = [*code, *(("space", k) for k in [*spec.space, *ARGUMENT_KEYS])]
+        sites = found.run(reads, checks.check_space, spec, resolved, file, dropped)  # the searched mask's sites
         if base is not FAILED:
             traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
         objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
