@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+import re
+from typing import Any, Collection
 
 from search_spaces.model_checks import model_sites, point_mask
-from search_spaces.schema import FloatDist, IntDist, SearchSection, SitesDist, SpecError, SweepSpec, when_holds
+from search_spaces.schema import (
+    FloatDist,
+    IntDist,
+    SearchSection,
+    SitesDist,
+    SpecError,
+    SpecErrors,
+    SweepSpec,
+    when_holds,
+)
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import DataError, check_data_source
 from trainables.errors import did_you_mean
@@ -21,11 +31,35 @@ GRID_LIMIT = 100_000  # grid points a sweep may enumerate
 RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
 
 
+def trial_values_checked(spec: SweepSpec, file: str) -> tuple[dict[str, Any], list[SpecError], TrialConfig | None]:
+    """The trial values without the bad ones, an error for each bad one, and the config (None if any was bad).
+
+    ``TrialConfig.from_flat`` stops at its first error, so the key it names is dropped (its default stands in) and
+    the rest tried again, at most once per key. An error that names a dropped key's default, or that comes from a
+    default only (its key dropped already, or no trial key at all after an error), is a follow-on: not reported."""
+    values, errors, dropped = spec.trial_values(), [], set()
+    for _ in range(len(values) + 1):
+        try:
+            cfg = TrialConfig.from_flat(values)
+            return values, errors, None if errors else cfg
+        except ConfigError as exc:
+            key = exc.key if exc.key in values else exc.key.partition(".")[0]
+            follow_on = exc.key in dropped or any(re.search(rf"\b{re.escape(k)}\b", exc.message) for k in dropped)
+            if not follow_on:
+                errors.append(SpecError(file, f"trial.{exc.key}", exc.message))
+            if key not in values:  # about a default or the values together: nothing left to drop
+                return values, errors, None
+            dropped.add(key)
+            values = {k: v for k, v in values.items() if k != key}
+    return values, errors, None
+
+
 def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
-    try:
-        return TrialConfig.from_flat(spec.trial_values())
-    except ConfigError as exc:
-        raise SpecError(file, f"trial.{exc.key}", exc.message) from None
+    """The trial config of the fixed values; every bad value is an error at once (``trial_values_checked``)."""
+    _, errors, cfg = trial_values_checked(spec, file)
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+    return cfg
 
 
 def check_data(spec: SweepSpec, base: TrialConfig, file: str) -> None:
@@ -54,75 +88,97 @@ def _fixed(spec: SweepSpec, key: str) -> bool:
     return key in spec.trial or bool(dot) and entry in (spec.trial.get(field) or {})
 
 
-def check_space(spec: SweepSpec, base: TrialConfig, file: str) -> list:
-    """Check every searched key and the edges of its range as trial values; return the model's sites if the mask is
-    searched."""
-    fields = set(TrialConfig.field_names())
-    sites: list = []
+def check_space(spec: SweepSpec, base: TrialConfig | None, file: str, dropped: Collection[str] = ()) -> Any:
+    """Check every searched key and the edges of its range as trial values, each key's first error reported; return
+    the model's sites if the mask is searched. ``base`` None: the trial values were bad (their errors said), so each
+    edge is tried with the good ones only, an error that names another key (a default's verdict) is not reported,
+    and the sites are unknown (``FAILED``). ``dropped``: the searched keys pydantic refused (their errors said): a
+    condition that names one is not judged."""
+    from search_spaces.errors import FAILED
+
+    values = spec.trial_values() if base is not None else trial_values_checked(spec, file)[0]
+    sites: Any = []
+    errors = []
     for key, dist in spec.space.items():
-        where = f"space.{key}"
-        if not TrialConfig.is_key(key):
-            raise SpecError(
-                file,
-                where,
-                f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
-                "(a mapping's entry: "
-                f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())}){did_you_mean(key, fields)}",
-            )
-        if _fixed(spec, key) and not getattr(dist, "when", None):
-            raise SpecError(
-                file,
-                where,
-                f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
-                f"under a `when` condition, trial.{key} being its value elsewhere)",
-            )
-        if isinstance(dist, SitesDist):
-            if key != "mask":
-                raise SpecError(file, where, "type 'sites' is only valid for the key 'mask'")
-            if "model" in spec.space:
-                raise SpecError(
-                    file, where, "searching the mask needs a fixed model (its site count fixes the mask length)"
-                )
-            if spec.trial.get("policy", "mask") != "mask":
-                raise SpecError(
-                    file,
-                    "trial.policy",
-                    f"the space searches the mask, so policy must be 'mask', got {spec.trial['policy']!r}",
-                )
-            if "policy" in spec.space:
-                raise SpecError(
-                    file,
-                    "space.policy",
-                    "the space searches the mask, so policy is 'mask'; search either the mask or the policy",
-                )
-            sites = model_sites(base)
+        try:
+            found = _check_key(spec, key, dist, base, values, file, dropped)
+        except SpecError as exc:
+            errors.append(exc)
             continue
-        if isinstance(dist, (IntDist, FloatDist)):
-            if dist.low > dist.high:
-                raise SpecError(file, f"{where}.low", f"must not exceed high ({dist.high}), got {dist.low}")
-            if dist.log and dist.low <= 0:
-                raise SpecError(file, f"{where}.low", f"a log-scaled range needs low > 0, got {dist.low}")
-        for edge, value in dist.edges().items():
-            try:
-                TrialConfig.from_flat(spec.trial_values({key: value}))
-            except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
-                culprit = (
-                    ""
-                    if exc.key == key
-                    else (
-                        f"with {key} = {value!r}, trial.{exc.key}{'' if exc.key in spec.trial else ' (its default)'}: "
-                    )
-                )
-                raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
-        _check_condition(spec, key, dist, file)
-    return sites
+        if found is not None:
+            sites = found
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+    return FAILED if base is None else sites
 
 
-def _check_condition(spec: SweepSpec, key: str, dist, file: str) -> None:
+def _check_key(spec: SweepSpec, key: str, dist, base, values: dict, file: str, dropped: Collection[str]) -> list | None:
+    """One searched key (see ``check_space``); the model's sites for a searched mask (None: none, or unknown)."""
+    fields = set(TrialConfig.field_names())
+    where = f"space.{key}"
+    if not TrialConfig.is_key(key):
+        raise SpecError(
+            file,
+            where,
+            f"not a trial config key; valid keys: {', '.join(sorted(fields))} "
+            "(a mapping's entry: "
+            f"{', '.join(f'{m}.<key>' for m in TrialConfig.mapping_fields())}){did_you_mean(key, fields)}",
+        )
+    if _fixed(spec, key) and not getattr(dist, "when", None):
+        raise SpecError(
+            file,
+            where,
+            f"also fixed in trial.{key}; a key is either fixed or searched (or searched "
+            f"under a `when` condition, trial.{key} being its value elsewhere)",
+        )
+    if isinstance(dist, SitesDist):
+        if key != "mask":
+            raise SpecError(file, where, "type 'sites' is only valid for the key 'mask'")
+        if "model" in spec.space:
+            raise SpecError(
+                file, where, "searching the mask needs a fixed model (its site count fixes the mask length)"
+            )
+        if spec.trial.get("policy", "mask") != "mask":
+            raise SpecError(
+                file,
+                "trial.policy",
+                f"the space searches the mask, so policy must be 'mask', got {spec.trial['policy']!r}",
+            )
+        if "policy" in spec.space:
+            raise SpecError(
+                file,
+                "space.policy",
+                "the space searches the mask, so policy is 'mask'; search either the mask or the policy",
+            )
+        return None if base is None else model_sites(base)
+    if isinstance(dist, (IntDist, FloatDist)):
+        if dist.low > dist.high:
+            raise SpecError(file, f"{where}.low", f"must not exceed high ({dist.high}), got {dist.low}")
+        if dist.log and dist.low <= 0:
+            raise SpecError(file, f"{where}.low", f"a log-scaled range needs low > 0, got {dist.low}")
+    for edge, value in dist.edges().items():
+        try:
+            TrialConfig.from_flat({**values, key: value})
+        except ConfigError as exc:  # the value itself, or another key it does not go with (named, fixed or default)
+            if base is None and exc.key != key:
+                continue
+            culprit = (
+                ""
+                if exc.key == key
+                else (f"with {key} = {value!r}, trial.{exc.key}{'' if exc.key in spec.trial else ' (its default)'}: ")
+            )
+            raise SpecError(file, f"{where}.{edge}", culprit + exc.message) from None
+    _check_condition(spec, key, dist, file, dropped)
+    return None
+
+
+def _check_condition(spec: SweepSpec, key: str, dist, file: str, dropped: Collection[str]) -> None:
     """``when``: each named key is searched before this one (define-by-run order), and each value is one it can take."""
     earlier = list(spec.space)[: list(spec.space).index(key)]
     searchable = [k for k in earlier if spec.space[k].type != "sites"]
     for cond, allowed in (dist.when or {}).items():
+        if cond in dropped:
+            continue
         where = f"space.{key}.when.{cond}"
         if cond not in earlier or spec.space[cond].type == "sites":
             raise SpecError(
@@ -290,41 +346,50 @@ def _check_grid(spec: SweepSpec, site_count: int, file: str, smoke: bool) -> int
     return s.num_samples
 
 
-def check_points(spec: SweepSpec, base: TrialConfig, sites: list, file: str) -> list[dict[str, Any]]:
-    """Each point in sweep-file terms → the values the searcher suggests first (a policy becomes ``site_<i>`` bits)."""
-    out = []
-    mask_searched = "mask" in spec.space
+def check_points(spec: SweepSpec, base: TrialConfig | None, sites: list | None, file: str) -> list[dict[str, Any]]:
+    """Each point in sweep-file terms → the values the searcher suggests first (a policy becomes ``site_<i>`` bits),
+    each point's first error reported. ``base`` or ``sites`` None (bad trial values, or a mask whose sites are
+    unknown): a point's policy is not turned into a mask, the rest of it is checked."""
+    out, errors = [], []
     for i, point in enumerate(spec.search.points_to_evaluate):
-        where = f"search.points_to_evaluate[{i}]"
-        params: dict[str, Any] = {}
-        for key, value in point.items():
-            if mask_searched and key in CONFIG_KEYS:
-                continue
-            if key not in spec.space:
-                hint = " (a searched mask is given as policy, with k / stages / paths / mask)" if mask_searched else ""
-                searched = ", ".join(spec.space) or "none"
-                raise SpecError(file, f"{where}.{key}", f"not a searched key; searched: {searched}{hint}")
-            if not _fits(spec.space[key], value):
-                raise SpecError(
-                    file, f"{where}.{key}", f"{value!r} is not a value the space can take; {_describe(spec.space[key])}"
-                )
-            params[key] = value
-        for key in params:
-            when = spec.space[key].when
-            if when and not when_holds(when, params):
-                cond = ", ".join(f"{k} is {v}" for k, v in when.items())
-                raise SpecError(
-                    file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in this point too"
-                )
-        if mask_searched and any(k in point for k in CONFIG_KEYS):
-            bits = point_mask(point, base, sites, file, where)
-            if spec.search.max_sites is not None and bits.count("1") > spec.search.max_sites:
-                raise SpecError(
-                    file,
-                    where,
-                    f"its mask {bits} turns {bits.count('1')} sites on, above "
-                    f"search.max_sites ({spec.search.max_sites})",
-                )
-            params.update({f"site_{j}": int(b) for j, b in enumerate(bits)})
-        out.append(params)
+        try:
+            out.append(_check_point(spec, base, sites, point, f"search.points_to_evaluate[{i}]", file))
+        except SpecError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpecErrors(errors)
     return out
+
+
+def _check_point(spec: SweepSpec, base, sites, point: dict, where: str, file: str) -> dict[str, Any]:
+    mask_searched = "mask" in spec.space
+    params: dict[str, Any] = {}
+    for key, value in point.items():
+        if mask_searched and key in CONFIG_KEYS:
+            continue
+        if key not in spec.space:
+            hint = " (a searched mask is given as policy, with k / stages / paths / mask)" if mask_searched else ""
+            searched = ", ".join(spec.space) or "none"
+            raise SpecError(file, f"{where}.{key}", f"not a searched key; searched: {searched}{hint}")
+        if not _fits(spec.space[key], value):
+            raise SpecError(
+                file, f"{where}.{key}", f"{value!r} is not a value the space can take; {_describe(spec.space[key])}"
+            )
+        params[key] = value
+    for key in params:
+        when = spec.space[key].when
+        if when and not when_holds(when, params):
+            cond = ", ".join(f"{k} is {v}" for k, v in when.items())
+            raise SpecError(
+                file, f"{where}.{key}", f"{key} is searched only when {cond}; give those values in this point too"
+            )
+    if mask_searched and any(k in point for k in CONFIG_KEYS) and base is not None and sites is not None:
+        bits = point_mask(point, base, sites, file, where)
+        if spec.search.max_sites is not None and bits.count("1") > spec.search.max_sites:
+            raise SpecError(
+                file,
+                where,
+                f"its mask {bits} turns {bits.count('1')} sites on, above search.max_sites ({spec.search.max_sites})",
+            )
+        params.update({f"site_{j}": int(b) for j, b in enumerate(bits)})
+    return params

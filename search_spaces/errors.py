@@ -1,5 +1,5 @@
 """Every problem of a sweep file at once (DESIGN.md §6): all of pydantic's errors, each said as what was expected,
-and the first error of each check group that ``Sweep`` runs.
+and those of each check group that ``Sweep`` runs (a group reports each bad value it finds, not only its first).
 
 To check the rest of a file that pydantic refuses, the entries with an error are dropped and the file is validated
 again. An unknown key changes nothing by going; a known key that goes falls back to its default, so its path is
@@ -55,13 +55,13 @@ class Problems:
         return any(u[: len(r)] == r or r[: len(u)] == u for u in self.unsure for r in reads)
 
     def run(self, reads: Sequence[KeyPath], check: Callable, *args) -> Any:
-        """``check(*args)``; ``FAILED`` when it reads an unsure path (not run) or raises (its error kept)."""
+        """``check(*args)``; ``FAILED`` when it reads an unsure path (not run) or raises (its errors kept)."""
         if self.reads_unsure(reads):
             return FAILED
         try:
             return check(*args)
-        except SpecError as exc:
-            self.errors.append(exc)
+        except SpecError as exc:  # a SpecErrors (a check that found several): each its own error
+            self.errors.extend(getattr(exc, "errors", [exc]))
             return FAILED
 
     def raise_any(self) -> None:

@@ -203,19 +203,21 @@ class Sweep:
         code = [("trial",), ("runtime_env",)]  # the trial values, and the user's code they may name
         # fully resolved TrialConfig of the fixed values
         base = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.check_trial, spec, file)
-        sites = traced = num_samples = points = FAILED
+        traced = num_samples = FAILED
+        resolved = None if base is FAILED else base  # bad trial values: space and points check what needs no config
+        dropped = {u[1] for u in found.unsure if u[0] == "space" and len(u) > 1}  # a bad one hides no other key's
+        reads = [*code, *(("space", k) for k in [*spec.space, *ARGUMENT_KEYS])]
+        sites = found.run(reads, checks.check_space, spec, resolved, file, dropped)  # the searched mask's sites
         if base is not FAILED:
-            sites = found.run([*code, ("space",)], checks.check_space, spec, base, file)  # the searched mask's sites
             traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
         objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
-        # without a searched mask there are no sites to know
-        if base is not FAILED and (sites is not FAILED or not isinstance(spec.space.get("mask"), SitesDist)):
-            known = [] if sites is FAILED else sites
+        known = None if sites is FAILED else sites  # without a searched mask there are no sites to know
+        if base is not FAILED and (known is not None or not isinstance(spec.space.get("mask"), SitesDist)):
             grid = [("space",)] if spec.search.algorithm == "grid" else []
             reads = [*code, ("search",), ("space", "epochs"), ("space", "mask"), *grid]
-            num_samples = found.run(reads, checks.check_search, spec, base, file, len(known), smoke)
-            reads = [*code, ("search", "points_to_evaluate"), ("search", "max_sites"), ("space",)]
-            points = found.run(reads, checks.check_points, spec, base, known, file)
+            num_samples = found.run(reads, checks.check_search, spec, base, file, len(known or []), smoke)
+        reads = [*code, ("search", "points_to_evaluate"), ("search", "max_sites"), ("space",)]
+        points = found.run(reads, checks.check_points, spec, resolved, known, file)
         self.model_sites = None if traced is FAILED else traced  # the fixed model's sites, if a check traced them
         self.base, self.sites, self.objectives, self.points = base, sites, objectives, points
         self.site_count = 0 if sites is FAILED else len(sites)

@@ -218,3 +218,57 @@ def test_no_preset_has_a_warning():
     assert {p.stem: load_sweep(str(p)).warnings for p in PRESET_DIR.glob("*.yaml")} == {
         p.stem: [] for p in PRESET_DIR.glob("*.yaml")
     }
+
+
+MANY_BAD_VALUES = """
+name: many
+trial: {model: digits_cnn, dataset: digits, epochs: -3, batch_size: big, act: relux, granularity: pixel}
+space:
+  n: {type: int, low: 5, high: 1}
+  dropout: {type: float, low: 0.0, high: 1.5}
+  lr: {type: float, low: 0.001, high: 0.01}
+search:
+  num_samples: 2
+  points_to_evaluate: [{lr: 0.5}, {momentum: 0.9}, {lr: 0.005}]
+"""
+
+
+def test_every_bad_trial_value_space_key_and_point_from_one_validate(tmp_path, capsys):
+    """Each check group goes on past its first error: four bad trial values (each falling back to its default for
+    the rest), two bad searched keys and two bad points are eight errors at once, each at its own key path."""
+    errors = _errors(capsys, _write(tmp_path, MANY_BAD_VALUES))
+    by_key = {e.split(": ", 1)[0]: e.split(": ", 1)[1] for e in errors}
+    assert len(errors) == len(by_key) == 8, errors
+    assert set(by_key) == {
+        "trial.epochs",
+        "trial.batch_size",
+        "trial.act",
+        "trial.granularity",
+        "space.n.low",
+        "space.dropout.high",
+        "search.points_to_evaluate[0].lr",
+        "search.points_to_evaluate[1].momentum",
+    }
+    assert by_key["space.n.low"] == "must not exceed high (1), got 5"
+    assert by_key["trial.act"].startswith("unknown activation 'relux'")
+    assert by_key["search.points_to_evaluate[1].momentum"] == "not a searched key; searched: n, dropout, lr"
+
+
+def test_a_misspelt_searched_key_hides_no_other_key_in_the_space(tmp_path, capsys):
+    text = """
+    name: x
+    space:
+      insert_act: [lslu, pwlu]
+      n: {type: int, low: 1, high: 3, when: {insert_actt: lslu}}
+      lr: {type: floatt, low: 0.001, high: 0.01}
+    """
+    keys = [e.split(": ", 1)[0] for e in _errors(capsys, _write(tmp_path, text))]
+    assert keys == ["space.lr", "space.n.when.insert_actt"]
+
+
+def test_several_errors_of_one_group_pickle_as_one(tmp_path):
+    with pytest.raises(SpecErrors) as refused:
+        load_sweep(_write(tmp_path, MANY_BAD_VALUES))
+    again = pickle.loads(pickle.dumps(refused.value))
+    assert [e.key for e in again.errors] == [e.key for e in refused.value.errors] and len(again.errors) == 8
+    assert (again.file, again.key, again.message) == (refused.value.file, refused.value.key, refused.value.message)
