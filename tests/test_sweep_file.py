@@ -262,7 +262,7 @@ def test_set_overrides_are_validated_like_the_file_and_recorded_in_its_source(ca
         assert main(["validate", "quickstart", *[a for item in items for a in ("--set", item)]]) == 2
         assert message in capsys.readouterr().err, items
     # an error at an overridden key says the value came from --set, not from the file
-    assert main(["validate", "quickstart", "--set", "trial.epoch=2", "--set", "trial.lr=0.01"]) == 2
+    assert main(["validate", "quickstart", "--set", "trial.epoch=2", "--set", "search.seed=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "trial.epoch: unknown key" in err and err.endswith("did you mean epochs? (set by --set trial.epoch=2)")
 
