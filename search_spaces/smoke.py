@@ -1,9 +1,10 @@
 """The ``--smoke-test`` form of a sweep: same searcher and space, shrunk to run in minutes on a laptop.
 
-Digits, ≤ 4 trials, ≤ 2 epochs (PWLU realigns after 1), small images (the smallest every searched model takes) and
-fewer of them the deeper the network; a wide network with a width multiplier at width 0.25 (VanillaNet at full width
-means gigabyte checkpoints and seconds of fusing per trial: the same sites and stages, narrower). Sized by forward
-multiply–accumulates counted on the meta device (``model_checks.forward_macs``).
+Digits (the file's own data where the space searches its dataset or data_args), ≤ 4 trials, ≤ 2 epochs (PWLU
+realigns after 1), small images (the smallest every searched model takes) and fewer of them the deeper the network;
+a wide network with a width multiplier at width 0.25 (VanillaNet at full width means gigabyte checkpoints and
+seconds of fusing per trial: the same sites and stages, narrower). Sized by forward multiply–accumulates counted on
+the meta device (``model_checks.forward_macs``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def shrink(sweep: Sweep) -> Sweep:
         "train_samples": train,
         "val_samples": min(SMOKE_VAL, train // 2),
     }
+    if any(k == "dataset" or k.startswith("data_args.") for k in sweep.spec.space):  # searched keys of the file's
+        del shrunk["dataset"], shrunk["data_args"]  # data, which digits cannot take: the smoke test keeps that data
     data["trial"] = {**data["trial"], **{k: v for k, v in shrunk.items() if k not in sweep.spec.space}}
     data["search"]["num_samples"] = min(sweep.spec.search.num_samples, SMOKE_TRIALS)
     data["search"]["grace_period"] = 1

@@ -237,6 +237,20 @@ def test_the_smoke_form_keeps_searcher_and_space_and_shrinks_the_rest(preset):
     assert base.width == (0.25 if all(m.startswith("vanillanet") for m in models) else sweep.base.width)
 
 
+def test_the_smoke_form_keeps_a_users_data_whose_arguments_are_searched(tmp_path, monkeypatch):
+    from tests.tiny_datasets import write_factory_package
+
+    monkeypatch.syspath_prepend(str(write_factory_package(tmp_path, "smokedata")))
+    text = textwrap.dedent("""
+        name: own
+        trial: {model: digits_cnn, dataset: "smokedata.data:build", image_size: 12, epochs: 3}
+        space: {data_args.n: [24, 48], lr: [0.001, 0.01]}
+    """)
+    smoke = parse_sweep(yaml.safe_load(text), text, str(tmp_path / "own.yaml")).shrunk()
+    assert smoke.base.dataset == "smokedata.data:build" and smoke.spec.space["data_args.n"].choices == [24, 48]
+    assert smoke.base.epochs == 2 and smoke.spec.search.num_samples <= 4
+
+
 def test_set_overrides_are_validated_like_the_file_and_recorded_in_its_source(capsys):
     sweep = load_sweep("quickstart", ["trial.epochs=3", "search.num_samples=5"])
     assert sweep.base.epochs == 3 and sweep.spec.search.num_samples == 5
