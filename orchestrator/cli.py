@@ -29,7 +29,7 @@ from cluster.preflight import ClusterError
 from cluster.local import prepare_env
 from cluster.ui_server import DEFAULT_PORT, UiError
 from search_spaces.oneshot import describe_search
-from search_spaces.schema import SpecError, SpecErrors, Sweep, list_presets, load_sweep
+from search_spaces.schema import SpecError, SpecErrors, list_presets, load_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl+C
@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             sweep = load_sweep(args.file, args.overrides)
             sweep.check_data()
-            _print_warnings(sweep)
+            from search_spaces.sweep_warnings import warning_lines  # past validation, which loaded torch already
+
+            for line in warning_lines(sweep):
+                print(line, file=sys.stderr)
             objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
             print(
                 f"{sweep.file}: ok ({describe_search(sweep)}, "
@@ -288,11 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 0 if outcome.best else 1
-
-
-def _print_warnings(sweep: Sweep) -> None:
-    for warning in sweep.warnings:
-        print(f"warning: {sweep.file}: {warning}", file=sys.stderr)
 
 
 def _report(name: str, tracking_uri: str | None) -> int:

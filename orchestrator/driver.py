@@ -33,6 +33,7 @@ from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
 from search_spaces.schema import SpecError, Sweep, parse_sweep
+from search_spaces.sweep_warnings import warning_lines
 from trainables.mlflow_client import mlflow_client
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
@@ -65,8 +66,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """``optuna_storage``: the Optuna RDB storage URL of the sweep's study, or ``"memory"``; by default ``optuna.db``
     beside a local tracking store, in memory with a remote one (orchestrator/study_storage.py)."""
-    for warning in sweep.warnings:  # values that do nothing (LSLU with n = 0, an empty space), as validate says them
-        echo(f"warning: {sweep.file}: {warning}")
+    for line in warning_lines(sweep):  # values that do nothing (LSLU with n = 0, an empty space), as validate says
+        echo(line)
     if smoke_test:
         sweep = sweep.shrunk()
     else:

@@ -24,6 +24,11 @@ def config_warnings(sweep) -> list[str]:
     return [*_inserts_nothing(sweep), *_one_config(sweep), *_selects_no_site(sweep)]
 
 
+def warning_lines(sweep) -> list[str]:
+    """``warning: FILE: key: …``, a line for each of ``sweep.warnings``: what validate and run_sweep say."""
+    return [f"warning: {sweep.file}: {warning}" for warning in sweep.warnings]
+
+
 def _configs(sweep) -> list[TrialConfig]:
     """The fixed config and, for each searched key, the config at each of its edges (as ``check_space`` checks)."""
     spec = sweep.spec
