@@ -220,3 +220,17 @@ def test_a_strided_conv_in_a_flat_sequential_marks_the_site_it_starts_a_block_fo
         ("0.1", (16, 16), 1, False),
         ("0.3", (8, 8), 2, True),  # conv(stride 2)–ReLU: the block that halves the map ends here
     ]
+
+
+def test_a_forward_that_reads_values_is_traced_on_real_tensors_and_validates():
+    """``if x.sum() > 0`` cannot run on the meta device: the trace falls back to the real model (left as it was),
+    and the driver's check of the trial's image size builds it for real instead of refusing it."""
+    from tests.user_models import build, build_data_dependent
+    from trainables.config import TrialConfig
+
+    model = build_data_dependent(10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    same_without_the_branch = list_sites(build(10, depth=1), input_size=16)  # traced on the meta device
+    assert list_sites(model, input_size=16) == same_without_the_branch and len(same_without_the_branch) == 2
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    TrialConfig(model="tests.user_models:build_data_dependent", image_size=16, insert_act="lslu", policy="all")

@@ -53,3 +53,15 @@ def not_a_model(num_classes: int):
 
 
 NOT_CALLABLE = 3
+
+
+class DataDependentNet(TinyNet):
+    """TinyNet whose head depends on the input's values: ``torch.export`` cannot trace it (no MLflow model)."""
+
+    def forward(self, x):
+        features = self.blocks(self.stem(x)).mean((2, 3))
+        return self.head(features) if features.sum() > 0 else -self.head(features)
+
+
+def build_data_dependent(num_classes: int, in_chans: int = 3) -> nn.Module:
+    return DataDependentNet(num_classes, in_chans, 1.0, 1)

@@ -7,8 +7,9 @@ is free, a two-sample input example and the trial's config as the model's metada
 exporting: ``torch.export`` traces PyTorch's ops, not a compiled or Triton kernel.
 
 MLflow's ``log_model`` finds its store through the process's tracking URI and its experiment through the active run;
-a trial logs to an explicit run id with an explicit client, so the LoggedModel is created here in the run's
-experiment and ``log_model`` is given its id, the run id and (for the call) the trial's tracking URI.
+the driver logs each trial's model to the trial's run with an explicit client (``orchestrator.export``), so the
+LoggedModel is created here in the run's experiment and ``log_model`` is given its id, the run id and (for the call)
+the tracking URI.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from trainables.activations.lslu.dispatch import eager_kernels
 from trainables.models.stats import fuse_model
 
 MODEL_NAME = "model"  # the LoggedModel's name: one per trial run
+# A trial that ends with a deployable network tags its run DEPLOY_TAG: PENDING; the driver logs the model from the
+# run's config.yaml and model_final.pt and sets LOGGED, or FAILED with the reason in DEPLOY_ERROR_TAG.
+DEPLOY_TAG, DEPLOY_ERROR_TAG = "deploy_model", "deploy_model_error"
+PENDING, LOGGED, FAILED = "pending", "logged", "failed"
 EXAMPLE_BATCH = 2  # a batch of 1 would pin the exported batch dimension to 1
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides both
 
@@ -46,7 +51,6 @@ def log_deploy_model(
     client, experiment_id: str, run_id: str, model: nn.Module, input_shape: tuple[int, ...], config: dict
 ) -> str:
     """Log ``model``'s deploy form as the run's MLflow model; returns the LoggedModel's id."""
-    import mlflow.pytorch
     import numpy as np
     from mlflow.entities import LoggedModelStatus
     from mlflow.models.signature import ModelSignature
@@ -66,11 +70,23 @@ def log_deploy_model(
         source_run_id=run_id,
         tags={"mlflow.modelFlavor": "pytorch", "model": str(config.get("model"))},
     )
-    with using_tracking_uri(client.tracking_uri), eager_kernels():
+    try:
+        _log_model(client.tracking_uri, logged.model_id, run_id, deploy, example, signature, input_shape, config)
+    except BaseException:  # torch.export could not trace it: no half-made model stays on the run
+        client.delete_logged_model(logged.model_id)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return logged.model_id
+
+
+def _log_model(tracking_uri: str, model_id: str, run_id: str, deploy, example, signature, input_shape, config) -> None:
+    import mlflow.pytorch
+
+    with using_tracking_uri(tracking_uri), eager_kernels():
         mlflow.pytorch.log_model(
             deploy,
             name=MODEL_NAME,
-            model_id=logged.model_id,
+            model_id=model_id,
             run_id=run_id,
             signature=signature,
             input_example=example.numpy(),
@@ -80,8 +96,6 @@ def log_deploy_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             validate_serving_input=False,
         )
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return logged.model_id
 
 
 @contextlib.contextmanager

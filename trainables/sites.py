@@ -5,11 +5,12 @@ class, or one of the activations timm / torchvision build); a module called twic
 often). Sites inside squeeze-excitation gates, and modules inside a site, are not sites.
 
 ``trace_sites`` runs one forward pass with hooks on every module, on a meta-device copy of the model (no weights
-allocated, nothing computed; a model that cannot run on the meta device runs once on its own device, in eval mode,
-without gradients). The input is ``input_size`` (C, H, W) where the caller gives it, else the model's
-``lslu_input_size`` (``build_network`` sets it from the trial's image size), else timm's ``pretrained_cfg`` input
-size, else 224² then 32² with the first conv's input channels (a model without a conv takes a flat vector of its
-first Linear's width). Each site records the shape of its first call's input. From those shapes:
+allocated, nothing computed; a model that cannot be copied there, or whose forward reads values (``if x.sum() > 0``),
+runs once on its own device, in eval mode, without gradients). The input is ``input_size`` (C, H, W) where the
+caller gives it, else the model's ``lslu_input_size`` (``build_network`` sets it from the trial's image size), else
+timm's ``pretrained_cfg`` input size, else 224² then 32² with the first conv's input channels (a model without a
+conv takes a flat vector of its first Linear's width). Each site records the shape of its first call's input. From
+those shapes:
 
 - ``layout``: 2-D ``flat``, 3-D ``tokens`` (B, N, C), 4-D ``nchw`` or ``nhwc``. A 4-D site is ``nhwc`` when its
   nearest traced neighbour that fixes the channel dim is a Linear (channels last), ``nchw`` when it is a conv or a
@@ -99,12 +100,15 @@ def list_sites(model: nn.Module, input_size: int | tuple | None = None) -> list[
     return trace_sites(model, input_size).sites
 
 
+_TRACE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, AssertionError)
+
+
 def trace_sites(model: nn.Module, input_size: int | tuple | None = None) -> SiteTrace:
     errors = []
     for size in _input_sizes(model, input_size):
         try:
             return _trace(model, size)
-        except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, AssertionError) as exc:
+        except _TRACE_ERRORS as exc:
             errors.append(f"{size}: {exc}")
     raise ValueError(
         f"cannot trace the forward of {type(model).__name__} to find its activation sites "
@@ -169,10 +173,14 @@ def _shape(value) -> tuple | None:
 
 
 def _trace(model: nn.Module, size: tuple) -> SiteTrace:
+    param = next(itertools.chain(model.parameters(), model.buffers()), None)
     traced = _meta_copy(model)
     if traced is not None:
-        return _run(traced, size, torch.device("meta"))
-    param = next(itertools.chain(model.parameters(), model.buffers()), None)
+        try:
+            return _run(traced, size, torch.device("meta"))
+        except _TRACE_ERRORS:  # a forward that reads values (`if x.sum() > 0`, `.item()`): traced on real tensors
+            if param is not None and param.is_meta:
+                raise
     flags = {m: m.training for m in model.modules()}
     try:
         return _run(model, size, param.device if param is not None else torch.device("cpu"))
@@ -343,17 +351,15 @@ def _new_part(path: str, before: tuple, after: tuple, calls: dict, kept: set[str
     parts = path.split(".")
     for k in range(1, len(parts)):
         prefix = ".".join(parts[:k])
-        record = calls.get(prefix)
-        if (
-            record
-            and record[1]
-            and record[2]
-            and len(record[1]) == len(record[2]) == 4
-            and record[1][2:4] == before
-            and record[2][2:4] == after
-            and not _holds(prefix, kept)
-        ):
+        if _resolutions(calls.get(prefix)) == (before, after) and not _holds(prefix, kept):
             return prefix
+    return None
+
+
+def _resolutions(record) -> tuple | None:
+    """A traced module's input and output resolutions (H, W), where both are 4-D maps."""
+    if record and record[1] and record[2] and len(record[1]) == len(record[2]) == 4:
+        return record[1][2:4], record[2][2:4]
     return None
 
 
@@ -364,14 +370,8 @@ def _downsampling_block(path: str, calls: dict, earlier: set[str]) -> str | None
     parts = path.split(".")
     for k in range(len(parts) - 1, 0, -1):
         prefix = ".".join(parts[:k])
-        record = calls.get(prefix)
-        if (
-            record
-            and record[1]
-            and record[2]
-            and len(record[1]) == len(record[2]) == 4
-            and _smaller(record[2][2:4], record[1][2:4])
-        ):
+        maps = _resolutions(calls.get(prefix))
+        if maps and _smaller(maps[1], maps[0]):
             return None if _holds(prefix, earlier) else prefix
     return None
 
