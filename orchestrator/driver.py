@@ -23,7 +23,7 @@ from cluster.local import connect, is_embedded
 from cluster.preflight import check_cluster, node_capacities
 from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
-from orchestrator.experiments import MANIFEST, find_experiment, finished_in, read_manifest, resume_command
+from orchestrator.experiments import MANIFEST, resume_command, unfinished_experiment
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run, open_stores
@@ -151,8 +151,7 @@ def resume_sweep(
 ) -> SweepOutcome:
     """Continue an interrupted sweep: Tune restores its trials, the searcher's state and the callbacks;
     runs are reused."""
-    exp_dir = find_experiment(name, storage, finished=finished_in(tracking_uri))
-    manifest = read_manifest(exp_dir)
+    exp_dir, manifest = unfinished_experiment(name, storage, tracking_uri)
     sweep = parse_sweep(
         yaml.safe_load(manifest["source"]),
         manifest["source"],
