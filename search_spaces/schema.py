@@ -201,7 +201,7 @@ class Sweep:
         self.overrides = overrides  # the --set KEY=VALUE items applied to the file (already in source)
         found = problems or Problems(file)
         code = [("trial",), ("runtime_env",)]  # the trial values, and the user's code they may name
-        # the good trial values, an error per bad one, and the fully resolved TrialConfig of the fixed values (if none)
+        # the good trial values, an error per bad one, and the resolved TrialConfig of the fixed values (if all good)
         checked = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.trial_values_checked, spec, file)
         base = FAILED if checked is FAILED else found.run([], checks.check_trial, checked)
         traced = num_samples = FAILED
