@@ -32,17 +32,21 @@ def find_experiment(name: str, storage: str | None = None, finished=None) -> str
     return st.join(root, open_ones[-1])
 
 
-def finished_in(tracking_uri: str | None):
-    """``finished(exp_dir)`` for ``find_experiment``: the sweep's parent run is FINISHED in the tracking store its
-    manifest names (or in ``tracking_uri``)."""
+def unfinished_experiment(name: str, storage: str | None, tracking_uri: str | None) -> tuple[str, dict]:
+    """The newest experiment of ``name`` (``find_experiment``) whose sweep did not finish, and its manifest: its
+    parent run is not FINISHED in the tracking store the manifest names (or in ``tracking_uri``)."""
     from trainables.mlflow_client import mlflow_client
 
+    manifests: dict[str, dict] = {}  # by experiment directory: the one taken is read once
+
     def finished(exp_dir: str) -> bool:
-        context = read_manifest(exp_dir)["context"]
+        manifests[exp_dir] = read_manifest(exp_dir)
+        context = manifests[exp_dir]["context"]
         uri = resolve_tracking_uri(tracking_uri) if tracking_uri else context["tracking_uri"]
         return mlflow_client(uri).get_run(context["parent_run_id"]).info.status == "FINISHED"
 
-    return finished
+    exp_dir = find_experiment(name, storage, finished)
+    return exp_dir, manifests[exp_dir]
 
 
 def read_manifest(exp_dir: str) -> dict:

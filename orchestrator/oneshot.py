@@ -26,8 +26,6 @@ from cluster import storage as st
 from orchestrator import summary
 from orchestrator.figures import log_figure
 from orchestrator.mask_search import candidates, kendall_tau, mask_search_csv, search_masks
-from orchestrator.progress import SweepReporter
-from orchestrator.runs import RunCloser
 from orchestrator.search import make_scheduler
 from orchestrator.sweep_plots import pareto_figure
 from search_spaces.oneshot import MASK_SCORES
@@ -102,7 +100,7 @@ def _fit(
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        from orchestrator.driver import trial_dirname
+        from orchestrator.driver import run_config, trial_dirname
 
         tuner = tune.Tuner(
             trainable,
@@ -114,15 +112,7 @@ def _fit(
                 reuse_actors=s.reuse_actors,
                 trial_dirname_creator=trial_dirname,
             ),
-            run_config=tune.RunConfig(
-                name=phase,
-                storage_path=exp_dir,
-                callbacks=[RunCloser(ctx.tracking_uri), *callbacks],
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                progress_reporter=SweepReporter(sweep),
-                verbose=1,
-            ),
+            run_config=run_config(sweep, phase, exp_dir, ctx.tracking_uri, max_failures, callbacks),
         )
     grid = tuner.fit()
     pending = sum(t.status not in ("TERMINATED", "ERROR") for t in tune.ExperimentAnalysis(path).trials)

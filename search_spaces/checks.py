@@ -29,9 +29,10 @@ from trainables.policy import CONFIG_KEYS
 
 GRID_LIMIT = 100_000  # grid points a sweep may enumerate
 RANDOM_MAX_DRAWS = 1_000  # max_sites with random/grid: expected draws per feasible mask it tolerates
+TrialChecked = tuple[dict[str, Any], list[SpecError], TrialConfig | None]  # what trial_values_checked returns
 
 
-def trial_values_checked(spec: SweepSpec, file: str) -> tuple[dict[str, Any], list[SpecError], TrialConfig | None]:
+def trial_values_checked(spec: SweepSpec, file: str) -> TrialChecked:
     """The trial values without the bad ones, an error for each bad one, and the config (None if any was bad).
 
     ``TrialConfig.from_flat`` stops at its first error, so the key it names is dropped (its default stands in) and
@@ -54,9 +55,9 @@ def trial_values_checked(spec: SweepSpec, file: str) -> tuple[dict[str, Any], li
     return values, errors, None
 
 
-def check_trial(spec: SweepSpec, file: str) -> TrialConfig:
-    """The trial config of the fixed values; every bad value is an error at once (``trial_values_checked``)."""
-    _, errors, cfg = trial_values_checked(spec, file)
+def check_trial(checked: TrialChecked) -> TrialConfig:
+    """The trial config of the fixed values; every bad value is an error at once (``trial_values_checked``'s)."""
+    _, errors, cfg = checked
     if errors:
         raise errors[0] if len(errors) == 1 else SpecErrors(errors)
     return cfg
@@ -88,15 +89,15 @@ def _fixed(spec: SweepSpec, key: str) -> bool:
     return key in spec.trial or bool(dot) and entry in (spec.trial.get(field) or {})
 
 
-def check_space(spec: SweepSpec, base: TrialConfig | None, file: str, dropped: Collection[str] = ()) -> Any:
+def check_space(spec: SweepSpec, checked: TrialChecked, file: str, dropped: Collection[str] = ()) -> Any:
     """Check every searched key and the edges of its range as trial values, each key's first error reported; return
-    the model's sites if the mask is searched. ``base`` None: the trial values were bad (their errors said), so each
-    edge is tried with the good ones only, an error that names another key (a default's verdict) is not reported,
-    and the sites are unknown (``FAILED``). ``dropped``: the searched keys pydantic refused (their errors said): a
-    condition that names one is not judged."""
+    the model's sites if the mask is searched. ``checked``: ``trial_values_checked``'s good values, errors and config;
+    no config: the trial values were bad (their errors said), so each edge is tried with the good ones only, an error
+    that names another key (a default's verdict) is not reported, and the sites are unknown (``FAILED``).
+    ``dropped``: the searched keys pydantic refused (their errors said): a condition that names one is not judged."""
     from search_spaces.errors import FAILED
 
-    values = spec.trial_values() if base is not None else trial_values_checked(spec, file)[0]
+    values, _, base = checked
     sites: Any = []
     errors = []
     for key, dist in spec.space.items():

@@ -201,13 +201,14 @@ class Sweep:
         self.overrides = overrides  # the --set KEY=VALUE items applied to the file (already in source)
         found = problems or Problems(file)
         code = [("trial",), ("runtime_env",)]  # the trial values, and the user's code they may name
-        # fully resolved TrialConfig of the fixed values
-        base = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.check_trial, spec, file)
+        # the good trial values, an error per bad one, and the resolved TrialConfig of the fixed values (if all good)
+        checked = found.run([*code, *(("space", k) for k in ARGUMENT_KEYS)], checks.trial_values_checked, spec, file)
+        base = FAILED if checked is FAILED else found.run([], checks.check_trial, checked)
         traced = num_samples = FAILED
         resolved = None if base is FAILED else base  # bad trial values: space and points check what needs no config
         dropped = {u[1] for u in found.unsure if u[0] == "space" and len(u) > 1}  # a bad one hides no other key's
         reads = [*code, *(("space", k) for k in [*spec.space, *ARGUMENT_KEYS])]
-        sites = found.run(reads, checks.check_space, spec, resolved, file, dropped)  # the searched mask's sites
+        sites = found.run(reads, checks.check_space, spec, checked, file, dropped)  # the searched mask's sites
         if base is not FAILED:
             traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
         objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)

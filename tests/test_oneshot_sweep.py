@@ -81,6 +81,11 @@ def test_a_oneshot_sweep_killed_during_its_mask_search_resumes_and_runs_each_pha
     assert {f"theta/{p}/1" for p in ("act1", "layer1.0.act1", "layer4.1.act2")} <= set(supernet.data.metrics)
     (supernet_result,) = glob.glob(str(tmp_path / "ray_results" / name / "supernet" / "*" / "result.json"))
     assert [json.loads(line)["epoch"] for line in Path(supernet_result).read_text().splitlines()] == [1, 2]
+    # each trial keeps only its latest checkpoint: the supernet's is the one the manifest records for phase 2
+    trial_dirs = glob.glob(str(tmp_path / "ray_results" / name / "*" / "train_*"))
+    assert len(trial_dirs) == 3 and all(len(glob.glob(f"{d}/checkpoint_*")) == 1 for d in trial_dirs), trial_dirs
+    (supernet_checkpoint,) = glob.glob(str(tmp_path / "ray_results" / name / "supernet" / "*" / "checkpoint_*"))
+    assert _manifest(tmp_path)[1]["phases"]["supernet"]["checkpoint"].endswith(supernet_checkpoint)
 
     # mask_search.csv: every scored mask once, the preset's three policies first, the retrained ones marked
     text = client.download_artifacts(parent.info.run_id, "mask_search.csv", str(tmp_path / "dl"))

@@ -290,6 +290,9 @@ def test_killed_trial_continues_from_its_checkpoint_in_the_same_run(ray_local, t
     # Tune's own record of the killed trial: epochs 1, 2, then 3, 4 after the restore, not 1, 2 again
     result = next(r for r in outcome.results if r.metrics["trial_id"] == killed)
     assert list(result.metrics_dataframe["epoch"]) == [1, 2, 3, 4]
+    # each trial keeps only its latest checkpoint (each is the full training state), the killed one too
+    for r in outcome.results:
+        assert sorted(Path(r.path).glob("checkpoint_*")) == [Path(r.checkpoint.path)], r.path
 
 
 class InterruptDriver(Callback):
