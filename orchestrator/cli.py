@@ -2,7 +2,7 @@
 
     lslu-sweep run search_spaces/quickstart.yaml [--set KEY=VALUE …] [--smoke-test] [--tracking-uri URI] [--storage DIR]
                    [--address ADDR] [--optuna-storage URL]
-    lslu-sweep validate FILE [--set KEY=VALUE …]
+    lslu-sweep validate FILE [--set KEY=VALUE …] [--smoke-test]
     lslu-sweep resume NAME [--storage DIR] [--tracking-uri URI] [--address ADDR]
     lslu-sweep report NAME [--tracking-uri URI]
     lslu-sweep export RUN_OR_SWEEP [--format pt2|onnx] [--output PATH] [--tracking-uri URI]
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("file")
     _overrides(val)
+    val.add_argument("--smoke-test", action="store_true", help="validate and describe the smoke form run would use")
 
     sites = sub.add_parser("sites", help="print a model's activation sites and which ones a policy selects")
     sites.add_argument("model")
@@ -240,19 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args.run, args.format, args.output, args.tracking_uri)
     try:
         if args.command == "validate":
-            sweep = load_sweep(args.file, args.overrides)
-            sweep.check_data()
-            from search_spaces.sweep_warnings import warning_lines  # past validation, which loaded torch already
-
-            for line in warning_lines(sweep):
-                print(line, file=sys.stderr)
-            objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
-            print(
-                f"{sweep.file}: ok ({describe_search(sweep)}, "
-                f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
-                + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "")
-                + ")"
-            )
+            _validate(args.file, args.overrides, args.smoke_test)
             return 0
         if args.command == "models":
             print(models_listing(args.pattern))
@@ -291,6 +280,36 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 0 if outcome.best else 1
+
+
+def _validate(file: str, overrides: list[str], smoke_test: bool) -> None:
+    """``lslu-sweep validate``: the file's warnings, then what the sweep runs; with ``smoke_test``, its smoke form as
+    ``run --smoke-test`` runs it (shrunk after the warnings, its data not checked: it trains on digits) and the trial
+    values the smoke form changes."""
+    sweep = load_sweep(file, overrides)
+    if not smoke_test:
+        sweep.check_data()
+    from search_spaces.sweep_warnings import warning_lines  # past validation, which loaded torch already
+
+    for line in warning_lines(sweep):  # the file's, as run says them (before it shrinks a smoke test)
+        print(line, file=sys.stderr)
+    full, sweep = sweep, sweep.shrunk() if smoke_test else sweep
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
+    print(
+        f"{sweep.file}: ok{', as a smoke test' if smoke_test else ''} ({describe_search(sweep)}, "
+        f"{objectives}, searching {', '.join(sweep.spec.space) or 'nothing'}"
+        + (f"; the mask spans {sweep.site_count} sites" if sweep.site_count else "")
+        + ")"
+    )
+    if smoke_test:
+        was, now = full.base.to_dict(), sweep.base.to_dict()
+        from search_spaces.smoke import SMOKE_CPU
+
+        changed = ", ".join(f"{k} {now[k]!r} (was {was[k]!r})" for k in now if now[k] != was[k])
+        print(
+            f"smoke test: {changed or 'the trial values as the file gives them'}; each trial on at most "
+            f"{SMOKE_CPU:g} CPU, and a GPU only where the machine it runs on has one"
+        )
 
 
 def _report(name: str, tracking_uri: str | None) -> int:

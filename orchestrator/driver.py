@@ -33,12 +33,11 @@ from orchestrator.figures import complete_figures, figure_queue
 from orchestrator.sweep_plots import log_sweep_plots
 from orchestrator.ui import browse_lines
 from search_spaces.schema import SpecError, Sweep, parse_sweep
+from search_spaces.smoke import SMOKE_CPU
 from search_spaces.sweep_warnings import warning_lines
 from trainables.mlflow_client import mlflow_client
 from trainables.trainable import train_trial
 from trainables.tracking import SweepContext
-
-SMOKE_CPU = 1.0  # CPUs a smoke-test trial takes at most
 
 
 @dataclass

@@ -25,11 +25,12 @@ from mlflow.tracking import MlflowClient
 from orchestrator.summary import finished, frame_csv, pareto_rows, ranked
 from orchestrator.sweep_plots import config_of, param_importances
 from search_spaces.schema import Sweep, parse_sweep
+from trainables.activations import config_fields, list_acts
 from trainables.mlflow_client import mlflow_client
 
 REPORT_METRICS = ("best_val_acc", "min_val_loss", "params_m", "flops_g", "latency_ms", "train_s_per_epoch")
 AVERAGED = "seed"  # not a group key: the report averages over it
-OFF = "—"  # a conditional key the trials of a group did not sample
+OFF = "—"  # a value the trials of a group did not use (LSLU's n in a PWLU trial)
 TEXT_COLUMNS = (
     "mask",
     "config.mask",
@@ -54,12 +55,13 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
     """One row per group of finished trials: the group's values, ``trials``, and ``<metric>_mean`` / ``<metric>_std``
     (sample std; NaN for a single trial), groups in the order the space lists its choices."""
     keys, metrics = group_keys(sweep), report_metrics(sweep)
+    fixed, knobs = sweep.base.params(), activation_fields()
     records = []
     for row in finished(rows, sweep.metric):
-        sampled = set(sweep.active_keys(config_of(row)))
-        records.append(
-            {**{k: row[f"config.{k}"] if k in sampled else OFF for k in keys}, **{m: row.get(m) for m in metrics}}
-        )
+        # what the trial trained with: a conditional key it did not sample kept its fixed value (SpaceSampler)
+        config = {**fixed, **config_of(row)}
+        unused = knobs - read_fields(config)  # n in a PWLU trial: no value of it was used
+        records.append({**{k: OFF if k in unused else config.get(k) for k in keys}, **{m: row.get(m) for m in metrics}})
     if not records:
         return pd.DataFrame(columns=[*keys, "trials"])
     frame = pd.DataFrame(records)
@@ -76,6 +78,23 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(sorted(out, key=lambda e: [_order(sweep, k, e[k]) for k in keys]))
 
 
+def activation_fields() -> set[str]:
+    """The trial-config fields an activation reads (``n``, ``pwlu_intervals``, ``la_alpha``, ``granularity``, …)."""
+    return {field for name in list_acts() for field in config_fields(name).values()}
+
+
+def read_fields(config: dict) -> set[str]:
+    """The activation fields a trial's activations read: its inserted activation's and its network's own (all of
+    them where one cannot be looked up here, e.g. a plugin the report's process cannot import)."""
+    read: set[str] = set()
+    for name in {config.get("insert_act"), config.get("act")} - {"native", None}:
+        try:
+            read |= set(config_fields(name).values())
+        except ValueError:
+            return activation_fields()
+    return read
+
+
 def report_metrics(sweep: Sweep) -> list[str]:
     return list(dict.fromkeys([*(m for m, _ in sweep.objectives), *REPORT_METRICS]))
 
@@ -88,7 +107,7 @@ def report_markdown(sweep: Sweep, table: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "", _caption(sweep, table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, e in table.iterrows():
         cells = (
-            [str(e[k]) for k in keys]
+            [_cell(e[k]) for k in keys]
             + [str(int(e["trials"]))]
             + [_mean_std(e[f"{m}_mean"], e[f"{m}_std"]) for m in metrics]
         )
@@ -230,13 +249,18 @@ def _caption(sweep: Sweep, table: pd.DataFrame) -> str:
     by = f"grouped by {', '.join(keys)}" if keys else "all trials together"
     seeds = " (the seeds)" if AVERAGED in sweep.spec.space else ""
     objectives = ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives)
-    has_conditional = any(getattr(d, "when", None) for d in sweep.spec.space.values())
-    conditional = f" {OFF}: not sampled (a conditional key)." if has_conditional else ""
+    unused = any((table[k] == OFF).any() for k in keys if k in table)
+    conditional = f" {OFF}: a value the trials' activations do not read (n without LSLU)." if unused else ""
     return (
         f"{int(table['trials'].sum()) if len(table) else 0} finished trials, {by}; "
         f"mean ± std over each group's trials{seeds}. "
         f"Objectives: {objectives}.{conditional}"
     )
+
+
+def _cell(value) -> str:
+    """A group's value, a float rounded as the means are."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _mean_std(mean: float, std: float) -> str:

@@ -1,6 +1,7 @@
 """The checks of a sweep file's own values: the searched keys and their conditions, the search section, a grid's
 size, the points to evaluate first (DESIGN.md §6). ``Sweep`` runs them; what needs the trial's network is asked of
-``model_checks``. Each problem is a ``SpecError`` naming the file and the key path.
+``model_checks``, the metrics (and a searcher that takes them) of ``objectives``. Each problem is a ``SpecError``
+naming the file and the key path.
 """
 
 from __future__ import annotations
@@ -11,20 +12,10 @@ import re
 from typing import Any, Collection
 
 from search_spaces.model_checks import model_sites, point_mask
-from search_spaces.schema import (
-    FloatDist,
-    IntDist,
-    SearchSection,
-    SitesDist,
-    SpecError,
-    SpecErrors,
-    SweepSpec,
-    when_holds,
-)
+from search_spaces.schema import FloatDist, IntDist, SitesDist, SpecError, SpecErrors, SweepSpec, when_holds
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import DataError, check_data_source
 from trainables.errors import did_you_mean
-from trainables.metrics import OBJECTIVES
 from trainables.policy import CONFIG_KEYS
 
 GRID_LIMIT = 100_000  # grid points a sweep may enumerate
@@ -214,8 +205,8 @@ def _describe(dist) -> str:
 
 
 def check_search(spec: SweepSpec, base: TrialConfig, file: str, site_count: int, smoke: bool) -> int:
-    """Check the search section but its objectives (``check_objectives``); return the number of trials (a grid's
-    size where the file leaves num_samples out)."""
+    """Check the search section but its objectives (``objectives``); return the number of trials (a grid's size
+    where the file leaves num_samples out)."""
     s = spec.search
     if s.scheduler == "asha" and "epochs" not in spec.space and s.grace_period > base.epochs:
         raise SpecError(
@@ -240,33 +231,6 @@ def check_search(spec: SweepSpec, base: TrialConfig, file: str, site_count: int,
     if s.algorithm == "grid":
         return _check_grid(spec, site_count, file, smoke)
     return s.num_samples
-
-
-def check_objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
-    """The objectives, ``[(metric, mode), …]``: known metrics, each once, and one mode per metric (if any)."""
-    metrics = [s.metric] if isinstance(s.metric, str) else list(s.metric)
-    for i, metric in enumerate(metrics):
-        where = "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
-        if metric not in OBJECTIVES:
-            raise SpecError(
-                file,
-                where,
-                f"unknown metric {metric!r}; valid choices: {', '.join(OBJECTIVES)}{did_you_mean(metric, OBJECTIVES)}",
-            )
-        if metric in metrics[:i]:
-            raise SpecError(file, where, f"{metric} is already an objective")
-    if s.mode is None:
-        modes = [OBJECTIVES[m] for m in metrics]
-    else:
-        modes = [s.mode] if isinstance(s.mode, str) else list(s.mode)
-        if isinstance(s.mode, str) != isinstance(s.metric, str) or len(modes) != len(metrics):
-            raise SpecError(
-                file,
-                "search.mode",
-                f"give one mode per metric ({len(metrics)}: {', '.join(metrics)}), "
-                f"or leave it out for each metric's natural direction; got {s.mode!r}",
-            )
-    return list(zip(metrics, modes))
 
 
 def _feasible_masks(site_count: int, max_sites: int) -> int:

@@ -3,10 +3,9 @@
 A sweep file has the sections ``name``, ``trial`` (fixed trial values), ``space`` (searched values),
 ``search`` (searcher, objectives, budget, scheduler), ``resources`` (per trial) and ``runtime_env`` (Ray's own:
 the user's code and packages on every worker; its local paths relative to the sweep file, resolved here).
-``load_sweep`` validates
-it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming the file, the
-key path and what was expected, and all of a file's are raised at once (``SpecErrors``; ``errors`` collects them).
-Values that do nothing are ``Sweep.warnings`` (``sweep_warnings``).
+``load_sweep`` validates it completely before Ray or MLflow are touched; every problem is a ``SpecError`` naming
+the file, the key path and what was expected, and all of a file's are raised at once (``SpecErrors``; ``errors``
+collects them). Values that do nothing are ``Sweep.warnings`` (``sweep_warnings``).
 
 A searched key may be conditional: ``n: {type: int, low: 1, high: 4, when: {insert_act: lslu}}`` is sampled
 only in trials whose (earlier searched) ``insert_act`` is ``lslu``; elsewhere it keeps its value from ``trial``
@@ -15,8 +14,9 @@ only in trials whose (earlier searched) ``insert_act`` is ``lslu``; elsewhere it
 and become the searcher's own values (``site_<i>``) here, for the model at hand.
 
 This module holds the sections' models and ``Sweep``; the checks a ``Sweep`` runs live beside it, by job:
-``checks`` (the file's own values: space, search, grid, points), ``model_checks`` (those that build the trial's
-network: its sites, a policy that must fit it, FLOP counts) and ``smoke`` (the ``--smoke-test`` form).
+``checks`` (the file's own values: space, search, grid, points), ``objectives`` (metrics, modes, a searcher that
+takes them), ``model_checks`` (those that build the trial's network: its sites, a policy that must fit it, FLOP
+counts) and ``smoke`` (the ``--smoke-test`` form).
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ class Sweep:
         needs a failed one's result: one error does not hide another."""
         from search_spaces import checks, model_checks  # here: they check the models above, so they import this module
         from search_spaces.errors import FAILED, Problems
+        from search_spaces.objectives import check_algorithm, check_objectives
         from search_spaces.sweep_warnings import config_warnings
 
         self.source, self.file, self.smoke = source, file, smoke
@@ -211,7 +212,8 @@ class Sweep:
         sites = found.run(reads, checks.check_space, spec, checked, file, dropped)  # the searched mask's sites
         if base is not FAILED:
             traced = found.run([*code, ("space",)], model_checks.check_policies, spec, base, file)
-        objectives = found.run([("search", "metric"), ("search", "mode")], checks.check_objectives, spec.search, file)
+        objectives = found.run([("search", "metric"), ("search", "mode")], check_objectives, spec.search, file)
+        found.run([("search", "algorithm"), ("search", "metric")], check_algorithm, spec.search, file)
         known = None if sites is FAILED else sites  # without a searched mask there are no sites to know
         if base is not FAILED and (known is not None or not isinstance(spec.space.get("mask"), SitesDist)):
             grid = [("space",)] if spec.search.algorithm == "grid" else []

@@ -22,6 +22,7 @@ SMOKE_WIDTH = 0.25  # a wide network with a width multiplier trains this wide in
 SMOKE_WIDE_GMACS = 0.02  # ... when one smoke image costs it more than this (G multiply–accumulates)
 SMOKE_SIZES = (16, 32, 64)  # smoke image sides, smallest first: the first every searched model can take
 SMOKE_TRIALS = 4  # trials a smoke test runs at most
+SMOKE_CPU = 1.0  # CPUs a smoke-test trial takes at most (the driver fits it to the machine: a GPU only where one is)
 SMOKE_CANDIDATES, SMOKE_EVAL_MASKS = 2, 16  # a one-shot smoke test: masks retrained, masks scored on the supernet
 ARCHITECTURE_KEYS = ("model", "cifar_stem", "width")  # searched keys that change what a smoke test must afford
 

@@ -308,7 +308,7 @@ def test_a_oneshot_sweep_runs_its_three_phases_on_the_workers(cluster, server, t
         trial: {{model: '{package}.nets:build', dataset: '{package}.data:build', data_args: {{n: 48, classes: 3}},
                 insert_act: lslu, n: 1, image_size: 12, epochs: 2, warmup_epochs: 0, batch_size: 16, workers: 0}}
         space: {{mask: {{type: sites}}}}
-        search: {{strategy: oneshot, algorithm: tpe, metric: [best_val_acc, latency_ms], eval_masks: 6, candidates: 2,
+        search: {{strategy: oneshot, algorithm: nsga2, metric: [best_val_acc, latency_ms], eval_masks: 6, candidates: 2,
                  scheduler: none, max_concurrent: 2}}
         resources: {{cpu: 1}}
         runtime_env: {{working_dir: .}}

@@ -128,6 +128,45 @@ def test_a_conditional_key_groups_the_trials_that_did_not_sample_it_apart():
     assert "| lslu | 2 | 1 | 20 |" in report_markdown(sweep, table, "cond")
 
 
+def test_each_trial_shows_the_values_it_trained_with_and_floats_rounded():
+    # dropout is sampled by PWLU trials only: the LSLU trials trained with the fixed 0.05, which the report shows;
+    # n is searched for every trial, but a PWLU trial does not read it: "—", and its trials group together
+    sweep = _sweep("""
+        name: used
+        trial: {epochs: 6, dropout: 0.05}
+        space:
+          insert_act: [lslu, pwlu]
+          n: {type: int, low: 1, high: 2}
+          dropout: {type: categorical, choices: [0.1], when: {insert_act: pwlu}}
+          lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+        search: {algorithm: random, num_samples: 4, scheduler: none}
+    """)
+    trials = [("lslu", 1, 0.05), ("lslu", 2, 0.05), ("pwlu", 1, 0.1), ("pwlu", 2, 0.1)]
+    rows = [
+        {
+            "trial_id": f"t{k}",
+            "status": "completed",
+            "config.insert_act": act,
+            "config.n": n,
+            "config.dropout": dropout,
+            "config.lr": 0.0031622776601683794,
+            "best_val_acc": 90.0 + k / 3,
+        }
+        for k, (act, n, dropout) in enumerate(trials)
+    ]
+    table = report_frame(sweep, rows)
+    assert list(zip(table["insert_act"], table["n"], table["dropout"], table["trials"])) == [
+        ("lslu", 1, 0.05, 1),
+        ("lslu", 2, 0.05, 1),
+        ("pwlu", OFF, 0.1, 2),
+    ]
+    text = report_markdown(sweep, table, "used")
+    assert (
+        "| lslu | 1 | 0.05 | 0.003162 | 1 | 90 |" in text and "| pwlu | — | 0.1 | 0.003162 | 2 | 90.83 ± 0.24 |" in text
+    )
+    assert "—: a value the trials' activations do not read (n without LSLU)." in text
+
+
 MASKED = """
 name: masked
 trial: {model: digits_cnn, n: 1, epochs: 2}

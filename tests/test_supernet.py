@@ -183,7 +183,7 @@ ONESHOT = {
     "name": "os",
     "trial": {"model": "digits_cnn", "insert_act": "lslu", "n": 1, "epochs": 2},
     "space": {"mask": {"type": "sites"}},
-    "search": {"strategy": "oneshot", "metric": ["best_val_acc", "latency_ms"]},
+    "search": {"strategy": "oneshot", "algorithm": "nsga2", "metric": ["best_val_acc", "latency_ms"]},
 }
 
 
@@ -215,7 +215,7 @@ def test_validate_says_what_a_oneshot_sweep_runs(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**ONESHOT, "search": {**ONESHOT["search"], "max_sites": 2, "eval_masks": 10}}))
     assert main(["validate", str(path)]) == 0
     # digits_cnn: 4 eligible sites, at most 2 on: 1 + 4 + 6 = 11 feasible masks, more than eval_masks
-    assert "ok (one-shot: a supernet of 2 epochs, 10 masks scored on it (tpe), 4 retrained" in capsys.readouterr().out
+    assert "ok (one-shot: a supernet of 2 epochs, 10 masks scored on it (nsga2), 4 retrained" in capsys.readouterr().out
     path.write_text(yaml.safe_dump({**ONESHOT, "search": {**ONESHOT["search"], "max_sites": 2}}))
     assert main(["validate", str(path)]) == 0
     assert "every one of its 11 feasible masks scored on it" in capsys.readouterr().out

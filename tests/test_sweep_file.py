@@ -237,6 +237,22 @@ def test_the_smoke_form_keeps_searcher_and_space_and_shrinks_the_rest(preset):
     assert base.width == (0.25 if all(m.startswith("vanillanet") for m in models) else sweep.base.width)
 
 
+def test_validate_smoke_test_describes_the_smoke_form_run_would_use(capsys):
+    # table2 reads CIFAR-10 from data/, which is not here: validate refuses it, its smoke form trains on digits
+    assert main(["validate", "table2_resnet18_cifar10"]) == 2
+    assert "trial.data_dir: data_dir data: expected cifar-10-batches-py/" in capsys.readouterr().err
+    assert main(["validate", "table2_resnet18_cifar10", "--smoke-test", "--set", "trial.epochs=50"]) == 0
+    summary, smoke = capsys.readouterr().out.splitlines()
+    shrunk = load_sweep("table2_resnet18_cifar10", ["trial.epochs=50"]).shrunk()
+    assert summary.endswith(
+        "table2_resnet18_cifar10.yaml: ok, as a smoke test (grid, 4 trials, best_val_acc (max), "
+        "searching act, policy, seed)"
+    )
+    size = shrunk.base.image_size
+    assert smoke.startswith(f"smoke test: dataset 'digits' (was 'cifar10'), image_size {size} (was 32)")
+    assert "epochs 2 (was 50)" in smoke and "each trial on at most 1 CPU" in smoke
+
+
 def test_the_smoke_form_keeps_a_users_data_whose_arguments_are_searched(tmp_path, monkeypatch):
     from tests.tiny_datasets import write_factory_package
 

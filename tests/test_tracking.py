@@ -60,6 +60,25 @@ def test_each_epoch_is_logged_once_across_a_reopen(tracking_uri):
     assert len(client.search_runs([ctx.experiment_id], "tags.trial_id = 'trial_1'")) == 1
 
 
+@pytest.mark.parametrize(
+    "cfg, mask, name",
+    [
+        (TrialConfig(model="mypkg.nets:build", n=2, policy="mask", mask="010"), "010", "nets.build-lslu-n2-010-t1"),
+        (
+            TrialConfig(model="nets:build", insert_act="tests.plugin_act:SlopeReLU", policy="all"),
+            "11",
+            "nets.build-plugin_act.SlopeReLU-all-t1",
+        ),
+        (TrialConfig(model="resnet18", n=2, policy="mask", mask="000"), "000", "resnet18-none-t1"),  # nothing inserted
+        (TrialConfig(model="resnet18", n=0, policy="all"), "1111", "resnet18-none-t1"),  # LSLU with n = 0
+        (TrialConfig(model="convnext_atto", insert_act="pwlu", policy="none"), "0000", "convnext_atto-none-t1"),
+    ],
+)
+def test_a_run_name_is_short_and_names_only_what_the_trial_inserts(tracking_uri, cfg, mask, name):
+    run = TrialRun.create(_context(tracking_uri), cfg, "t1", mask, "index,path\n")
+    assert MlflowClient(tracking_uri).get_run(run.run_id).info.run_name == name
+
+
 def test_a_sqlite_store_is_kept_in_write_ahead_log_mode(tracking_uri, tmp_path):
     """Every process of a sweep opens the store through ``mlflow_client`` first: the SQLite file is switched to
     write-ahead logging (readers are not shut out while a trial writes) and MLflow's connections sync the disk only

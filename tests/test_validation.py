@@ -88,6 +88,20 @@ def test_a_group_that_needs_a_failed_one_or_a_dropped_value_is_skipped(tmp_path,
     assert errors == ["search.algorithm: expected one of tpe, nsga2, random, grid; got 'nsga-2'; did you mean nsga2?"]
 
 
+@pytest.mark.parametrize("algorithm, given", [("algorithm: tpe, ", ""), ("", " (the default)")])
+def test_tpe_with_several_metrics_is_refused_naming_the_algorithm(tmp_path, capsys, algorithm, given):
+    # DESIGN.md §6: TPE searches one objective, NSGA-II several; the metrics' own errors are still reported beside it
+    text = f"name: x\ntrial: {{epochs: 2}}\nsearch: {{{algorithm}metric: [best_val_acc, latency_ms, val_accc]}}\n"
+    errors = _errors(capsys, _write(tmp_path, text))
+    assert [e.split(": ", 1)[0] for e in errors] == ["search.metric[2]", "search.algorithm"]
+    assert errors[1] == (
+        f"search.algorithm: tpe{given} searches one metric; this sweep has 3 (best_val_acc, latency_ms, val_accc); "
+        "use nsga2 for several objectives (or random), or give search.metric one metric"
+    )
+    for search in ("{algorithm: tpe, metric: [best_val_acc]}", "{algorithm: nsga2, metric: [val_acc, latency_ms]}"):
+        assert main(["validate", str(_write(tmp_path, f"name: x\ntrial: {{epochs: 2}}\nsearch: {search}\n"))]) == 0
+
+
 def test_pydantic_messages_say_what_was_expected(tmp_path, capsys):
     errors = _errors(
         capsys,

@@ -11,6 +11,15 @@ def is_import_path(name: str) -> bool:
     return ":" in name
 
 
+def short_name(name: str) -> str:
+    """A name for display: an import path as its module's last part and its attribute (``mypkg.nets:build`` →
+    ``nets.build``); a registry or timm name as it is."""
+    if not is_import_path(name):
+        return name
+    module, _, attr = name.partition(":")
+    return f"{module.rpartition('.')[2]}.{attr}"
+
+
 def import_object(path: str, what: str):
     """The object ``path`` names; a ``ValueError`` ``"<what> 'path': …"`` naming the missing module or attribute.
 

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from trainables.activations import config_fields
 from trainables.mlflow_client import mlflow_client
 from trainables.config import TrialConfig
+from trainables.imports import short_name
 from trainables.metrics import act_metrics
 from trainables.retry import is_transient, retry
 
@@ -69,11 +70,17 @@ class SweepContext:
 
 
 def run_name(cfg: TrialConfig, mask: str, trial_id: str) -> str:
-    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU): readable in the MLflow run
-    list."""
+    """``<model>-<insert_act>[-n<n>]-<policy or mask>-<trial id>`` (n only for LSLU), or ``<model>-none-<trial id>``
+    for a trial that inserts nothing (policy none, LSLU with n = 0, a mask of zeros: ``mask`` is what its policy
+    selected): readable in the MLflow run list, an import path in its short form (``nets.build``); the trial id
+    keeps names unique."""
+    model = short_name(cfg.model)
+    if not cfg.inserts or (mask and "1" not in mask):
+        return f"{model}-none-{trial_id}"
     where = mask if cfg.policy == "mask" else cfg.policy_spec.replace(":", "")
-    act = f"{cfg.insert_act}-n{cfg.n}" if "n" in config_fields(cfg.insert_act).values() else cfg.insert_act
-    return f"{cfg.model}-{act}-{where}-{trial_id}"
+    act = short_name(cfg.insert_act)
+    act = f"{act}-n{cfg.n}" if "n" in config_fields(cfg.insert_act).values() else act
+    return f"{model}-{act}-{where}-{trial_id}"
 
 
 class TrialRun:
