@@ -3,8 +3,6 @@
 - ``trained_model``: the trial's network rebuilt from its run (``config.yaml``, ``model_final.pt`` and the
   ``input_shape`` / ``num_classes`` tags the trial sets), in eval mode: the reference every deploy form is checked
   against.
-- ``log_requested_model``: the MLflow model of a trial that ended with a deployable network (tag
-  ``deploy_model: pending``), logged by the driver's figure queue, so no trial spends its time on ``torch.export``.
 - ``register_best_model``: the end of a sweep registers its best trial's MLflow model under the sweep's name, a new
   version per sweep (a best trial the scheduler stopped has no logged model yet: it is logged here first).
 - ``export_run``: ``lslu-sweep export RUN_OR_SWEEP``: the deploy form as a ``torch.export`` program (``.pt2``) or
@@ -22,20 +20,7 @@ import torch
 import yaml
 
 from trainables.activations.lslu.dispatch import eager_kernels
-from trainables.deploy import (
-    DEPLOY_ERROR_TAG,
-    DEPLOY_TAG,
-    FAILED,
-    LOGGED,
-    PENDING,
-    deploy_form,
-    example_input,
-    export_program,
-    log_deploy_model,
-    using_tracking_uri,
-)
-from trainables.retry import is_transient
-from trainables.tracking import error_line
+from trainables.deploy import deploy_form, example_input, export_program, log_deploy_model, using_tracking_uri
 
 TOLERANCE = 1e-4  # max abs difference between the exported and the trained model's outputs
 FORMATS = ("pt2", "onnx")
@@ -110,31 +95,6 @@ def logged_model_id(client, run_id: str) -> str | None:
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
     return max(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
-
-
-def log_requested_model(client, run) -> str | None:
-    """If the trial run asks for its MLflow model (tag ``deploy_model: pending``), log its deploy form, rebuilt from
-    the run, and set the tag to ``logged``; returns the model's id. A network that cannot be rebuilt or traced (a
-    user's model with data-dependent control flow) is a warning: the tag says ``failed``, ``deploy_model_error``
-    why, and the run keeps its ``model_final.pt``. A transient MLflow error is raised, for the caller to retry."""
-    run_id = run.info.run_id
-    if run.data.tags.get(DEPLOY_TAG) != PENDING:
-        return None
-    model_id = logged_model_id(client, run_id)  # logged before a driver restart that came before the tag
-    if model_id is None:
-        try:
-            model, shape, config = trained_model(client, run)
-            model_id = log_deploy_model(client, run.info.experiment_id, run_id, model, shape, config)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            line = error_line(exc)
-            log.warning("could not log the deploy form of run %s as an MLflow model: %s", run_id, line)
-            client.set_tag(run_id, DEPLOY_ERROR_TAG, line)
-            client.set_tag(run_id, DEPLOY_TAG, FAILED)
-            return None
-    client.set_tag(run_id, DEPLOY_TAG, LOGGED)
-    return model_id
 
 
 def register_best_model(client, experiment_id: str, sweep_name: str, sweep_run_name: str, run_id: str):

@@ -1,12 +1,9 @@
-"""Every trial's figures and MLflow model, made in the driver from what its MLflow run holds, so trials spend no
-time on them.
+"""Every trial's figures, drawn in the driver from what its MLflow run holds, so trials spend no time on them.
 
-A trial logs numbers, tables and weights (its metrics per epoch, ``sites.csv``, ``config.yaml``,
-``model_final.pt``); when Tune reports the trial ended (completed, stopped by the scheduler, failed), the driver
-queues it, and one background thread draws ``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png``
-onto its run — the same path for every trial — and, for a trial whose run asks for it (tag ``deploy_model:
-pending``), logs its deploy form as the run's MLflow model (``orchestrator.export.log_requested_model``). The end of a
-sweep waits for the queue and makes whatever is still missing (after a ``resume``, say).
+A trial logs numbers and tables (its metrics per epoch, ``sites.csv``); when Tune reports the trial ended
+(completed, stopped by the scheduler, failed), the driver queues it, and one background thread draws
+``theta_omega.csv``/``.png``, ``learning_curves.png`` and ``sites.png`` onto its run — the same path for every
+trial. The end of a sweep waits for the queue and draws whatever is still missing (after a ``resume``, say).
 """
 
 from __future__ import annotations
@@ -107,14 +104,14 @@ def draw_trial_figures(client: MlflowClient, run_id: str) -> None:
 
 
 class FigureQueue:
-    """One background thread drawing trials' figures and logging their models, in the order their trials ended."""
+    """One background thread drawing trials' figures in the order their trials ended."""
 
     def __init__(self, tracking_uri: str):
         self.client = mlflow_client(tracking_uri)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lslu-figures")
         self._pending: list[Future] = []
         self._lock = threading.Lock()
-        self.cpu_s = 0.0  # CPU time the thread has spent (benchmarks/bench_sweep.py reports it per trial)
+        self.cpu_s = 0.0  # CPU time the thread has spent drawing (benchmarks/bench_sweep.py reports it per trial)
 
     def submit(self, run_id: str) -> None:
         with self._lock:
@@ -130,10 +127,6 @@ class FigureQueue:
             )
         except Exception as exc:  # the end of the sweep draws what is missing
             log.warning("could not draw the figures of run %s: %s", run_id, exc)
-        try:
-            log_model(self.client, run_id)
-        except Exception as exc:  # still pending: the end of the sweep logs it
-            log.warning("could not log the model of run %s: %s", run_id, exc)
         finally:
             self.cpu_s += time.thread_time() - start
 
@@ -154,28 +147,15 @@ def figure_queue(tracking_uri: str) -> FigureQueue:
     return _QUEUES[tracking_uri]
 
 
-def log_model(client: MlflowClient, run_id: str) -> None:
-    """The trial's MLflow model, if its run asks for one (``orchestrator.export.log_requested_model``)."""
-    from orchestrator.export import log_requested_model  # torch.export's imports: only once a trial ends
-
-    retry(lambda: log_requested_model(client, client.get_run(run_id)), budget_s=60, what=f"logging {run_id}'s model")
-
-
 def complete_figures(ctx: SweepContext) -> int:
-    """Wait for the queue, then draw the figures and log the model of every trial run of the sweep that still lacks
-    them; returns how many runs were completed."""
-    from trainables.deploy import DEPLOY_TAG, PENDING
-
+    """Wait for the queue, then draw the figures of every trial run of the sweep that still lacks them; returns how
+    many."""
     figure_queue(ctx.tracking_uri).drain()
     client = mlflow_client(ctx.tracking_uri)
-    completed = 0
+    drawn = 0
     for run in client.search_runs([ctx.experiment_id], f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'"):
-        run_id, pending = run.info.run_id, run.data.tags.get(DEPLOY_TAG) == PENDING
-        held = {a.path for a in client.list_artifacts(run_id)}
-        missing = not set(TRIAL_FIGURES) <= held and "sites.csv" in held
-        if missing:
-            retry(lambda: draw_trial_figures(client, run_id), budget_s=60, what="drawing a trial's figures")
-        if pending:
-            log_model(client, run_id)
-        completed += missing or pending
-    return completed
+        held = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if not set(TRIAL_FIGURES) <= held and "sites.csv" in held:
+            retry(lambda: draw_trial_figures(client, run.info.run_id), budget_s=60, what="drawing a trial's figures")
+            drawn += 1
+    return drawn

@@ -14,9 +14,8 @@ only in trials whose (earlier searched) ``insert_act`` is ``lslu``; elsewhere it
 and become the searcher's own values (``site_<i>``) here, for the model at hand.
 
 This module holds the sections' models and ``Sweep``; the checks a ``Sweep`` runs live beside it, by job:
-``checks`` (the file's own values: space, search, grid, points), ``objectives`` (metrics, modes, a searcher that
-takes them), ``model_checks`` (those that build the trial's network: its sites, a policy that must fit it, FLOP
-counts) and ``smoke`` (the ``--smoke-test`` form).
+``checks`` (the file's own values: space, search, grid, points), ``objectives`` (metrics, modes, their searcher),
+``model_checks`` (those that build the trial's network: its sites, a policy that fits it, FLOPs), ``smoke``.
 """
 
 from __future__ import annotations

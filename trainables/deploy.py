@@ -7,9 +7,8 @@ is free, a two-sample input example and the trial's config as the model's metada
 exporting: ``torch.export`` traces PyTorch's ops, not a compiled or Triton kernel.
 
 MLflow's ``log_model`` finds its store through the process's tracking URI and its experiment through the active run;
-the driver logs each trial's model to the trial's run with an explicit client (``orchestrator.export``), so the
-LoggedModel is created here in the run's experiment and ``log_model`` is given its id, the run id and (for the call)
-the tracking URI.
+a trial logs to an explicit run id with an explicit client, so the LoggedModel is created here in the run's
+experiment and ``log_model`` is given its id, the run id and (for the call) the trial's tracking URI.
 """
 
 from __future__ import annotations
@@ -23,10 +22,6 @@ from trainables.activations.lslu.dispatch import eager_kernels
 from trainables.models.stats import fuse_model
 
 MODEL_NAME = "model"  # the LoggedModel's name: one per trial run
-# A trial that ends with a deployable network tags its run DEPLOY_TAG: PENDING; the driver logs the model from the
-# run's config.yaml and model_final.pt and sets LOGGED, or FAILED with the reason in DEPLOY_ERROR_TAG.
-DEPLOY_TAG, DEPLOY_ERROR_TAG = "deploy_model", "deploy_model_error"
-PENDING, LOGGED, FAILED = "pending", "logged", "failed"
 EXAMPLE_BATCH = 2  # a batch of 1 would pin the exported batch dimension to 1
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides both
 

@@ -296,12 +296,10 @@ class TrialRun:
 
         retry(log_once, budget_s=budget_s, what=f"logging {', '.join(sorted(os.listdir(folder)))}")
 
-    def finish(
-        self, status: str, final: dict[str, float], reason: str = "", files: str | None = None, tags=None
-    ) -> None:
-        """End-of-trial metrics, the files in ``files`` (a folder), the status tag, ``tags`` and the run status; the
-        driver draws the trial's figures and logs its model afterwards (orchestrator/figures.py). Waits out an outage
-        (``outage_wait_s``): what is queued is sent first."""
+    def finish(self, status: str, final: dict[str, float], reason: str = "", files: str | None = None) -> None:
+        """End-of-trial metrics, the files in ``files`` (a folder), the status tag and the run status; the driver
+        draws the trial's figures afterwards (orchestrator/figures.py). Waits out an outage (``outage_wait_s``):
+        what is queued is sent first."""
         wait = outage_wait_s()
         if not self.flush(wait):
             raise ConnectionError(
@@ -313,9 +311,7 @@ class TrialRun:
         # not twice: the record logged at the start, or all of it if the trial died after an earlier finish()
         final_metrics = retry(lambda: self._not_yet_logged(final), budget_s=wait, what="reading the run's metrics")
         retry(
-            lambda: end(self.client, self.run_id, status, reason, final_metrics, tags),
-            budget_s=wait,
-            what="ending the run",
+            lambda: end(self.client, self.run_id, status, reason, final_metrics), budget_s=wait, what="ending the run"
         )
 
 

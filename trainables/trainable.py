@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -24,13 +25,13 @@ import yaml
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.deploy import DEPLOY_TAG, PENDING, SystemMetrics
+from trainables.deploy import SystemMetrics, log_deploy_model
 from trainables.insertion import format_site_table, functional_note
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
-from trainables.retry import fail_fast_http
+from trainables.retry import fail_fast_http, retry
 from trainables.mlflow_client import mlflow_client
-from trainables.tracking import SweepContext, TrialRun, fail, run_name
+from trainables.tracking import SweepContext, TrialRun, error_line, fail, run_name
 
 STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def train_trial(config: dict, sweep: SweepContext, make_training=Training) -> No
     }
     system = SystemMetrics(sweep.tracking_uri, run.run_id, resume=run_id is not None).start()
     try:
-        _train(training, run, trial_id, fixed, system)
+        _train(training, run, trial_id, fixed, system, sweep)
     except Exception as exc:
         system.stop()  # its last sample goes in before the run ends FAILED (the finally's stop is then a no-op)
         _fail(lambda: run.run_id, sweep, exc)
@@ -112,7 +113,9 @@ def _restore(training: Training) -> tuple[str | None, list | None]:
     return state["mlflow_run_id"], state.get("mlflow_unsent")
 
 
-def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system: SystemMetrics) -> None:
+def _train(
+    training: Training, run: TrialRun, trial_id: str, fixed: dict, system: SystemMetrics, sweep: SweepContext
+) -> None:
     """The epochs still to run, each logged to MLflow and reported to Tune with a checkpoint. The system metrics stop
     before the run ends (Tune may stop the actor right after the last report)."""
     cfg = training.cfg
@@ -135,12 +138,11 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system
         if training.done:  # finish the run before the report: Tune may stop the actor right after it
             status = "stopped_early" if training.stop_reason else "completed"
             system.stop()
-            # the driver logs the deploy form from the run's config and weights (orchestrator/figures.py): the
-            # torch.export it takes would be most of a short trial's overhead here, and the driver's CPU is spare
-            asks = {DEPLOY_TAG: PENDING} if training.logs_model else None
+            if training.logs_model:
+                log_model(training, run, sweep)
             with tempfile.TemporaryDirectory() as files:
                 write_final_weights(training, files)
-                run.finish(status, record, training.stop_reason, files=files, tags=asks)
+                run.finish(status, record, training.stop_reason, files=files)
         with tempfile.TemporaryDirectory() as d:
             torch.save(
                 {"training": training.state_dict(), "mlflow_run_id": run.run_id, "mlflow_unsent": run.unsent_state()},
@@ -162,6 +164,23 @@ def _train(training: Training, run: TrialRun, trial_id: str, fixed: dict, system
 def input_shape(training: Training) -> tuple[int, int, int]:
     """One input sample's shape, (channels, height, width)."""
     return (training.data.in_chans, training.cfg.image_size, training.cfg.image_size)
+
+
+def log_model(training: Training, run: TrialRun, sweep: SweepContext) -> None:
+    """The trained network's deploy form as the run's MLflow model (trainables/deploy.py). A network
+    ``torch.export`` cannot trace (a user's model with data-dependent control flow) keeps its trial: the run gets
+    tag ``deploy_model_error`` instead, and the weights-only ``model_final.pt`` as always."""
+    start = time.perf_counter()
+    try:
+        model_id = log_deploy_model(
+            run.client, sweep.experiment_id, run.run_id, training.model, input_shape(training), training.cfg.to_dict()
+        )
+    except Exception as exc:
+        line = error_line(exc)
+        log.warning("could not log the deploy form of run %s as an MLflow model: %s", run.run_id, line)
+        retry(lambda: run.client.set_tag(run.run_id, "deploy_model_error", line), budget_s=30, what="tagging the run")
+        return
+    log.info("logged model %s for run %s in %.2f s", model_id, run.run_id, time.perf_counter() - start)
 
 
 def epoch_line(trial_id: str, epoch: int, epochs: int, m: dict[str, float]) -> str:
