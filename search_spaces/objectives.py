@@ -12,11 +12,21 @@ from trainables.metrics import OBJECTIVES
 SINGLE_OBJECTIVE = ("tpe",)  # the searchers the sweep offers for one metric only
 
 
+def metrics_of(s: SearchSection) -> list[str]:
+    """``search.metric`` as a list (one metric may be written as a string)."""
+    return [s.metric] if isinstance(s.metric, str) else list(s.metric)
+
+
+def metric_key(s: SearchSection, i: int) -> str:
+    """The key path of the ``i``-th metric: ``search.metric``, or ``search.metric[i]`` in a list."""
+    return "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
+
+
 def check_objectives(s: SearchSection, file: str) -> list[tuple[str, str]]:
     """The objectives, ``[(metric, mode), …]``: known metrics, each once, and one mode per metric (if any)."""
-    metrics = [s.metric] if isinstance(s.metric, str) else list(s.metric)
+    metrics = metrics_of(s)
     for i, metric in enumerate(metrics):
-        where = "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
+        where = metric_key(s, i)
         if metric not in OBJECTIVES:
             raise SpecError(
                 file,
@@ -43,7 +53,7 @@ def check_algorithm(s: SearchSection, file: str) -> None:
     """The searcher takes the sweep's number of objectives: tpe is the single-objective searcher here. (Optuna's
     TPESampler would run on several, but the project offers NSGA-II for that, and says so: a sweep that asks TPE for
     two metrics gets the searcher it names, not a silent stand-in.)"""
-    metrics = [s.metric] if isinstance(s.metric, str) else list(s.metric)
+    metrics = metrics_of(s)
     if s.algorithm in SINGLE_OBJECTIVE and len(metrics) > 1:
         given = "" if "algorithm" in s.model_fields_set else " (the default)"
         raise SpecError(

@@ -7,6 +7,7 @@ options that have no meaning there (a grid, num_samples, population_size) are re
 
 from __future__ import annotations
 
+from search_spaces.objectives import metric_key
 from search_spaces.schema import SpecError
 
 # the objectives a mask search scores on the supernet, and what it measures for each: the supernet's validation
@@ -48,9 +49,10 @@ def check_oneshot(sweep) -> None:
         )
     for i, (metric, _) in enumerate(sweep.objectives):
         if metric not in MASK_SCORES:
-            where = "search.metric" if isinstance(s.metric, str) else f"search.metric[{i}]"
             raise SpecError(
-                file, where, f"the mask search cannot score {metric!r} on the supernet; use {', '.join(MASK_SCORES)}"
+                file,
+                metric_key(s, i),
+                f"the mask search cannot score {metric!r} on the supernet; use {', '.join(MASK_SCORES)}",
             )
     for key in ("num_samples", "population_size"):
         if key in s.model_fields_set and not sweep.smoke:  # the smoke form sets num_samples itself

@@ -46,6 +46,7 @@ def log_deploy_model(
     client, experiment_id: str, run_id: str, model: nn.Module, input_shape: tuple[int, ...], config: dict
 ) -> str:
     """Log ``model``'s deploy form as the run's MLflow model; returns the LoggedModel's id."""
+    import mlflow.pytorch
     import numpy as np
     from mlflow.entities import LoggedModelStatus
     from mlflow.models.signature import ModelSignature
@@ -66,31 +67,25 @@ def log_deploy_model(
         tags={"mlflow.modelFlavor": "pytorch", "model": str(config.get("model"))},
     )
     try:
-        _log_model(client.tracking_uri, logged.model_id, run_id, deploy, example, signature, input_shape, config)
+        with using_tracking_uri(client.tracking_uri), eager_kernels():
+            mlflow.pytorch.log_model(
+                deploy,
+                name=MODEL_NAME,
+                model_id=logged.model_id,
+                run_id=run_id,
+                signature=signature,
+                input_example=example.numpy(),
+                metadata={"config": config, "input_shape": list(input_shape)},
+                serialization_format="pt2",
+                # given, so MLflow neither infers them in a subprocess nor reloads the model to try the example (~1 s)
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                validate_serving_input=False,
+            )
     except BaseException:  # torch.export could not trace it: no half-made model stays on the run
         client.delete_logged_model(logged.model_id)
         raise
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return logged.model_id
-
-
-def _log_model(tracking_uri: str, model_id: str, run_id: str, deploy, example, signature, input_shape, config) -> None:
-    import mlflow.pytorch
-
-    with using_tracking_uri(tracking_uri), eager_kernels():
-        mlflow.pytorch.log_model(
-            deploy,
-            name=MODEL_NAME,
-            model_id=model_id,
-            run_id=run_id,
-            signature=signature,
-            input_example=example.numpy(),
-            metadata={"config": config, "input_shape": list(input_shape)},
-            serialization_format="pt2",
-            # given, so MLflow neither infers them in a subprocess nor reloads the model to try the example (~1 s)
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            validate_serving_input=False,
-        )
 
 
 @contextlib.contextmanager
