@@ -5,9 +5,11 @@ import json
 import os
 import re
 import signal
+import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -216,6 +218,26 @@ def _assert_models_in_mlflow(client, uri, parent, children, tmp_path, capsys):
     x = torch.randn(5, *shape)  # another batch size than the traced one: the batch dimension is free
     with torch.no_grad():
         assert (torch.export.load(str(tmp_path / "best.pt2")).module()(x) - model(x)).abs().max() <= 1e-4
+    _assert_onnx_export(parent.info.run_name, model, x, tmp_path, capsys)
+
+
+def _assert_onnx_export(sweep_run_name, model, x, tmp_path, capsys):
+    """`export --format onnx` (the onnx extra, installed with the test extra) writes a file onnxruntime runs to the
+    trained model's output; without the extra it says what to install and writes nothing."""
+    import onnxruntime
+
+    path = tmp_path / "best.onnx"
+    assert main(["export", sweep_run_name, "--format", "onnx", "--output", str(path)]) == 0
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-4
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` meets without the extra
+        assert main(["export", sweep_run_name, "--format", "onnx", "--output", str(tmp_path / "no.onnx")]) != 0
+    assert "onnxruntime is missing): pip install 'lslu-sweep[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "no.onnx").exists()
 
 
 SPEC = """
