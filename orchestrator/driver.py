@@ -352,7 +352,7 @@ def _summary_lines(
 ) -> list[str]:
     """The driver's closing words: the trial table, the counts, the best trial, where to look next."""
     metric = sweep.metric
-    lines = ["", summary.table(ranked, list(sweep.spec.space), [m for m, _ in sweep.objectives]), ""]
+    lines = ["", summary.table(sweep, ranked), ""]
     lines.append(
         f"trials: {len(ranked)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})"
         + (f"; {closed} run(s) left open were marked failed" if closed else "")

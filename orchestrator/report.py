@@ -22,15 +22,13 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from orchestrator.summary import finished, frame_csv, pareto_rows, ranked
-from orchestrator.sweep_plots import config_of, param_importances
+from orchestrator.summary import OFF, finished, frame_csv, pareto_rows, ranked, trained_values
+from orchestrator.sweep_plots import param_importances
 from search_spaces.schema import Sweep, parse_sweep
-from trainables.activations import config_fields, list_acts
 from trainables.mlflow_client import mlflow_client
 
 REPORT_METRICS = ("best_val_acc", "min_val_loss", "params_m", "flops_g", "latency_ms", "train_s_per_epoch")
 AVERAGED = "seed"  # not a group key: the report averages over it
-OFF = "—"  # a value the trials of a group did not use (LSLU's n in a PWLU trial)
 TEXT_COLUMNS = (
     "mask",
     "config.mask",
@@ -55,13 +53,9 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
     """One row per group of finished trials: the group's values, ``trials``, and ``<metric>_mean`` / ``<metric>_std``
     (sample std; NaN for a single trial), groups in the order the space lists its choices."""
     keys, metrics = group_keys(sweep), report_metrics(sweep)
-    fixed, knobs = sweep.base.params(), activation_fields()
-    records = []
-    for row in finished(rows, sweep.metric):
-        # what the trial trained with: a conditional key it did not sample kept its fixed value (SpaceSampler)
-        config = {**fixed, **config_of(row)}
-        unused = knobs - read_fields(config)  # n in a PWLU trial: no value of it was used
-        records.append({**{k: OFF if k in unused else config.get(k) for k in keys}, **{m: row.get(m) for m in metrics}})
+    records = [
+        {**trained_values(sweep, row, keys), **{m: row.get(m) for m in metrics}} for row in finished(rows, sweep.metric)
+    ]
     if not records:
         return pd.DataFrame(columns=[*keys, "trials"])
     frame = pd.DataFrame(records)
@@ -76,23 +70,6 @@ def report_frame(sweep: Sweep, rows: list[dict]) -> pd.DataFrame:
             entry[f"{m}_std"] = group[m].std(ddof=1) if len(group) > 1 else math.nan
         out.append(entry)
     return pd.DataFrame(sorted(out, key=lambda e: [_order(sweep, k, e[k]) for k in keys]))
-
-
-def activation_fields() -> set[str]:
-    """The trial-config fields an activation reads (``n``, ``pwlu_intervals``, ``la_alpha``, ``granularity``, …)."""
-    return {field for name in list_acts() for field in config_fields(name).values()}
-
-
-def read_fields(config: dict) -> set[str]:
-    """The activation fields a trial's activations read: its inserted activation's and its network's own (all of
-    them where one cannot be looked up here, e.g. a plugin the report's process cannot import)."""
-    read: set[str] = set()
-    for name in {config.get("insert_act"), config.get("act")} - {"native", None}:
-        try:
-            read |= set(config_fields(name).values())
-        except ValueError:
-            return activation_fields()
-    return read
 
 
 def report_metrics(sweep: Sweep) -> list[str]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import yaml
 
 from search_spaces.schema import Sweep
+from trainables.activations import config_fields, list_acts
 from trainables.config import TrialConfig
 from trainables.metrics import EMA_METRICS, EPOCH_METRICS, FINAL_METRICS, record_of
 from trainables.tracking import error_line
+
+OFF = "—"  # an activation setting a trial's activations do not read (LSLU's n in a PWLU trial)
 
 
 def trial_rows(result_grid) -> list[dict[str, Any]]:
@@ -125,12 +128,47 @@ def frame_csv(frame: pd.DataFrame) -> str:
     return out.getvalue()
 
 
-def table(rows: list[dict], searched: list[str], metrics: Sequence[str]) -> str:
-    """The printed summary: one line per trial, the searched values and the headline metrics (the objectives)."""
-    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + ["val_acc", *metrics]
-    cols = list(dict.fromkeys(c for c in cols if any(c in r for r in rows)))
-    frame = pd.DataFrame(rows, columns=cols).rename(columns=lambda c: c.removeprefix("config."))
+def table(sweep: Sweep, rows: list[dict]) -> str:
+    """The printed summary: one line per trial, the searched values as the report shows them (``trained_values``)
+    and the headline metrics (the objectives)."""
+    searched = [k for k in sweep.spec.space if any(f"config.{k}" in r for r in rows)]
+    shown = [{**r, **{f"config.{k}": v for k, v in trained_values(sweep, r, searched).items()}} for r in rows]
+    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + ["val_acc"]
+    cols += [m for m, _ in sweep.objectives]
+    cols = list(dict.fromkeys(c for c in cols if any(c in r for r in shown)))
+    frame = pd.DataFrame(shown, columns=cols).rename(columns=lambda c: c.removeprefix("config."))
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def trained_values(sweep: Sweep, row: dict, keys: Iterable[str]) -> dict[str, Any]:
+    """What a trial trained with for each of ``keys``, as the report, the console table and the parallel-coordinates
+    figure show it: a conditional key the trial did not sample kept its fixed value (SpaceSampler); an activation
+    setting the trial's activations do not read is ``OFF`` (LSLU's ``n`` in a PWLU trial: no value of it was used)."""
+    config = {**sweep.base.params(), **config_of(row)}
+    unused = activation_fields() - read_fields(config)
+    return {k: OFF if k in unused else config.get(k) for k in keys}
+
+
+def config_of(row: dict) -> dict:
+    """A results row's trial config, without the ``config.`` prefix."""
+    return {k[len("config.") :]: v for k, v in row.items() if k.startswith("config.")}
+
+
+def activation_fields() -> set[str]:
+    """The trial-config fields an activation reads (``n``, ``pwlu_intervals``, ``la_alpha``, ``granularity``, …)."""
+    return {field for name in list_acts() for field in config_fields(name).values()}
+
+
+def read_fields(config: dict) -> set[str]:
+    """The activation fields a trial's activations read: its inserted activation's and its network's own (all of
+    them where one cannot be looked up here, e.g. a plugin the report's process cannot import)."""
+    read: set[str] = set()
+    for name in {config.get("insert_act"), config.get("act")} - {"native", None}:
+        try:
+            read |= set(config_fields(name).values())
+        except ValueError:
+            return activation_fields()
+    return read
 
 
 def _finite(value) -> bool:

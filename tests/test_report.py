@@ -167,6 +167,43 @@ def test_each_trial_shows_the_values_it_trained_with_and_floats_rounded():
     assert "—: a value the trials' activations do not read (n without LSLU)." in text
 
 
+def test_the_console_trial_table_shows_each_trial_what_the_report_shows():
+    # the quickstart's shape: n is sampled by LSLU trials only, dropout by PWLU trials only (fixed 0.05 otherwise);
+    # the rows are trial_rows', which carry every config field, n = 2 (the fixed value) in a PWLU trial too
+    sweep = _sweep("""
+        name: console
+        trial: {epochs: 6, n: 2, dropout: 0.05}
+        space:
+          insert_act: [lslu, pwlu]
+          n: {type: int, low: 1, high: 3, when: {insert_act: lslu}}
+          dropout: {type: categorical, choices: [0.1, 0.2], when: {insert_act: pwlu}}
+        search: {algorithm: random, num_samples: 4, scheduler: none}
+    """)
+    trials = [("lslu", 3, 0.05), ("pwlu", 2, 0.2), ("lslu", 1, 0.05), ("pwlu", 2, 0.1)]
+    rows = [
+        {
+            "trial_id": f"t{k}",
+            "status": "completed",
+            "epochs_run": 6,
+            "config.insert_act": act,
+            "config.n": n,
+            "config.dropout": dropout,
+            "val_acc": 90.0 + k,
+            "best_val_acc": 90.0 + k,
+        }
+        for k, (act, n, dropout) in enumerate(trials)
+    ]
+    lines = summary.table(sweep, rows).splitlines()
+    assert lines[0].split() == "trial_id status epochs_run insert_act n dropout val_acc best_val_acc".split()
+    printed = [line.split()[3:6] for line in lines[1:]]
+    assert printed == [["lslu", "3", "0.05"], ["pwlu", OFF, "0.2"], ["lslu", "1", "0.05"], ["pwlu", OFF, "0.1"]]
+    # the report's rule, not a copy of it: its groups hold the same values
+    report = report_frame(sweep, rows)
+    assert {tuple(str(v) for v in e) for e in zip(report["insert_act"], report["n"], report["dropout"])} == {
+        tuple(p) for p in printed
+    }
+
+
 MASKED = """
 name: masked
 trial: {model: digits_cnn, n: 1, epochs: 2}
