@@ -4,8 +4,10 @@ Every per-sweep plot lives here: ``PLOTS`` maps an artifact name to a function `
 or None`` (None: this sweep cannot show it, e.g. fewer than two finished trials, or not two objectives).
 ``rows`` are ``summary.trial_rows``. Plots that rank trials use the sweep's first objective.
 
-A conditional key (``when``) has no value in the trials that did not sample it: it is drawn at "off" below
-its axis, and Optuna's importance only weighs keys every finished trial sampled.
+The parallel-coordinates figure draws each trial's values as the report shows them (``summary.trained_values``):
+a conditional key (``when``) a trial did not sample at the fixed value it trained with, an activation setting its
+activations do not read (LSLU's ``n`` in a PWLU trial) at "— not read" below its axis. Optuna's importance only
+weighs keys every finished trial sampled.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import optuna  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from orchestrator.summary import finished, pareto_rows  # noqa: E402
+from orchestrator.summary import OFF, config_of, finished, pareto_rows, trained_values  # noqa: E402
 from search_spaces.schema import Sweep  # noqa: E402
 from orchestrator.figures import log_figure  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # `report` prints its table alone, not "A new study created…"
 IMPORTANCE_MIN_TRIALS = 3
-OFF = -0.1  # where a conditional key's "not sampled" sits, below its axis
+OFF_Y = -0.1  # where an activation setting a trial does not read (OFF) sits, below its axis
+OFF_LABEL = f"{OFF} not read"
 
 
 @dataclass(frozen=True)
@@ -40,25 +43,31 @@ class Axis:
     log: bool = False
 
 
-def searched_axes(sweep: Sweep, rows: list[dict]) -> list[Axis]:
+def searched_axes(sweep: Sweep, rows: list[dict], *, trained: bool = False) -> list[Axis]:
     """One axis per searched key; a searched mask (``sites``) gives one 0/1 axis per site, ``site_<i>``.
-    A conditional key's value is None in the rows that did not sample it."""
+    A conditional key's value is None in the rows that did not sample it (what Optuna's importance weighs), or with
+    ``trained`` each row's value as the report shows it (``summary.trained_values``: the fixed value it kept, OFF for
+    a setting the trial's activations do not read); a fixed value outside a categorical's choices joins its axis."""
+    space = sweep.spec.space
+    if trained:
+        shown = [trained_values(sweep, r, space) for r in rows]
+    else:
+        shown = [{k: r[f"config.{k}"] for k in sweep.active_keys(config_of(r))} for r in rows]
     axes = []
-    active = [set(sweep.active_keys(config_of(r))) for r in rows]
-    for key, dist in sweep.spec.space.items():
-        values = [r[f"config.{key}"] if key in on else None for r, on in zip(rows, active)]
+    for key, dist in space.items():
+        values = [s.get(key) for s in shown]
         if dist.type == "sites":
-            axes += [Axis(f"site_{i}", [int(m[i]) for m in values], [0, 1]) for i in range(sweep.site_count)]
+            axes += [
+                Axis(f"site_{i}", [OFF if m == OFF else int(m[i]) for m in values], [0, 1])
+                for i in range(sweep.site_count)
+            ]
         elif dist.type == "categorical":
-            axes.append(Axis(key, values, list(dist.choices)))
+            choices = list(dist.choices)
+            choices += [v for v in _unique(values) if v not in (None, OFF) and repr(v) not in map(repr, choices)]
+            axes.append(Axis(key, values, choices))
         else:
             axes.append(Axis(key, values, log=dist.log))
     return axes
-
-
-def config_of(row: dict) -> dict:
-    """A results row's trial config, without the ``config.`` prefix."""
-    return {k[len("config.") :]: v for k, v in row.items() if k.startswith("config.")}
 
 
 def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
@@ -68,7 +77,7 @@ def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     if len(rows) < 2:
         return None
     metric, mode = sweep.metric, sweep.mode
-    axes = [*searched_axes(sweep, rows), Axis(metric, [r[metric] for r in rows])]
+    axes = [*searched_axes(sweep, rows, trained=True), Axis(metric, [r[metric] for r in rows])]
     placed = [_place(axis) for axis in axes]
     scores = [r[metric] for r in rows]
     norm = colors.Normalize(min(scores), max(scores))
@@ -99,7 +108,7 @@ def parallel_coordinates_figure(sweep: Sweep, rows: list[dict]):
     )
     ax.set_yticks([])
     ax.set_xlim(-0.3, len(axes) - 0.5)
-    ax.set_ylim(OFF - 0.06 if any(None in a.values for a in axes) else -0.06, 1.06)
+    ax.set_ylim(OFF_Y - 0.06 if any(OFF in a.values for a in axes) else -0.06, 1.06)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, pad=0.02)
@@ -234,18 +243,19 @@ def _distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistribut
 
 
 def _place(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
-    """Positions in [0, 1] for the axis' values, and the (position, label) ticks to write beside it; a value
-    a trial did not sample (None) sits at OFF."""
-    if None in axis.values:
-        sampled = [v for v in axis.values if v is not None]
-        placed, ticks = _place(Axis(axis.name, sampled, axis.choices, axis.log)) if sampled else ([], [])
+    """Positions in [0, 1] for the axis' values, and the (position, label) ticks to write beside it; a setting
+    a trial's activations do not read (OFF) sits at OFF_Y, labelled OFF_LABEL."""
+    if OFF in axis.values:
+        read = [v for v in axis.values if v != OFF]
+        placed, ticks = _place(Axis(axis.name, read, axis.choices, axis.log)) if read else ([], [])
         spots = iter(placed)
-        return [OFF if v is None else next(spots) for v in axis.values], [*ticks, (OFF, "off")]
+        return [OFF_Y if v == OFF else next(spots) for v in axis.values], [*ticks, (OFF_Y, OFF_LABEL)]
     if axis.choices is not None:
         span = max(1, len(axis.choices) - 1)
         index = {repr(c): i for i, c in enumerate(axis.choices)}
         return [index[repr(v)] / span for v in axis.values], [(i / span, str(c)) for i, c in enumerate(axis.choices)]
-    scale = math.log10 if axis.log else float
+    # log-scaled unless a value is not positive (a fixed 0 that trials not sampling the key kept)
+    scale = math.log10 if axis.log and min(axis.values) > 0 else float
     lo, hi = scale(min(axis.values)), scale(max(axis.values))
     if hi == lo:
         return [0.5] * len(axis.values), [(0.5, _fmt(min(axis.values)))]
@@ -253,6 +263,11 @@ def _place(axis: Axis) -> tuple[list[float], list[tuple[float, str]]]:
         [(scale(v) - lo) / (hi - lo) for v in axis.values],
         [(0.0, _fmt(min(axis.values))), (1.0, _fmt(max(axis.values)))],
     )
+
+
+def _unique(values: list) -> list:
+    """``values`` without repeats (by repr: 1 and 1.0 stay apart, as the axis' index keeps them), in order."""
+    return list({repr(v): v for v in values}.values())
 
 
 def _fmt(value) -> str:

@@ -9,7 +9,7 @@ import yaml
 from matplotlib.colors import to_rgba
 from mlflow.tracking import MlflowClient
 
-from orchestrator import sweep_plots
+from orchestrator import summary, sweep_plots
 from orchestrator.runs import open_parent_run
 from search_spaces.schema import parse_sweep
 
@@ -116,3 +116,53 @@ def test_sweep_plots_are_logged_on_the_parent_run(tracking_uri, quickstart):
     ]
     logged = {a.path for a in client.list_artifacts(ctx.parent_run_id)}
     assert {"parallel_coordinates.png", "param_importance.png"} <= logged
+
+
+CONDITIONAL = """
+name: conditional
+trial: {model: digits_cnn, epochs: 6, n: 2, dropout: 0.05}
+space:
+  insert_act: [lslu, pwlu]
+  n: {type: int, low: 1, high: 3, when: {insert_act: lslu}}
+  dropout: {type: categorical, choices: [0.1, 0.2], when: {insert_act: pwlu}}
+  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+"""
+
+
+def test_parallel_coordinates_draws_what_each_trial_trained_with_as_the_report_shows_it():
+    # n is read by LSLU trials only ("— not read" in a PWLU one, below the axis); dropout is sampled by PWLU trials
+    # only, the LSLU ones trained with the fixed 0.05: a value on its axis beside the choices
+    sweep = parse_sweep(yaml.safe_load(CONDITIONAL), CONDITIONAL, "conditional.yaml")
+    trials = [("lslu", 3, 0.05), ("pwlu", 2, 0.2), ("lslu", 1, 0.05), ("pwlu", 2, 0.1)]
+    rows = [
+        {
+            "trial_id": f"t{k}",
+            "status": "completed",
+            "config.insert_act": act,
+            "config.n": n,
+            "config.dropout": dropout,
+            "config.lr": 10 ** (-3 + k / 3),  # a third of the log axis apart, as the metric
+            "best_val_acc": 90.0 + k,
+        }
+        for k, (act, n, dropout) in enumerate(trials)
+    ]
+    axes = {a.name: a for a in sweep_plots.searched_axes(sweep, rows, trained=True)}
+    assert axes["n"].values == [3, summary.OFF, 1, summary.OFF]
+    assert axes["dropout"].values == [0.05, 0.2, 0.05, 0.1] and axes["dropout"].choices == [0.1, 0.2, 0.05]
+    fig = sweep_plots.parallel_coordinates_figure(sweep, rows)
+    try:
+        ax = fig.axes[0]
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 5]
+        drawn = {tuple(line.get_ydata()) for line in lines}
+        off = sweep_plots.OFF_Y
+        expected = {(0.0, 1.0, 1.0, 0.0, 0.0), (1.0, off, 0.5, 1 / 3, 1 / 3), (0.0, 0.0, 1.0, 2 / 3, 2 / 3)}
+        expected.add((1.0, off, 0.0, 1.0, 1.0))
+        assert {tuple(round(y, 9) for y in ys) for ys in drawn} == {tuple(round(y, 9) for y in e) for e in expected}
+        labels = {(round(t.get_position()[0]), t.get_text()) for t in ax.texts}
+        assert {(1, "1"), (1, "3"), (1, f"{summary.OFF} not read")} <= labels  # n: the LSLU values, then unread
+        assert {(2, "0.1"), (2, "0.2"), (2, "0.05")} <= labels and not any("sampled" in t for _, t in labels)
+        assert ax.get_ylim()[0] < off  # the unread category is inside the figure
+    finally:
+        plt.close(fig)
+    # Optuna's importance still weighs only what the trials sampled (a conditional key out, lr and insert_act in)
+    assert set(sweep_plots.param_importances(sweep, rows)) == {"insert_act", "lr"}
