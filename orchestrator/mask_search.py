@@ -26,6 +26,7 @@ import optuna
 import torch
 
 from orchestrator.summary import dominates, ranked
+from search_spaces.objectives import algorithm_error
 from search_spaces.oneshot import MASK_SCORES, feasible_masks
 from trainables.config import TrialConfig
 from trainables.models.stats import architecture_stats
@@ -49,7 +50,11 @@ def search_masks(
 ) -> dict:
     """Score masks on the supernet of ``checkpoint_dir``; ``first``: masks scored before the sampler's (the sweep's
     points_to_evaluate). Returns ``rows`` (one per scored mask, in the order scored: ``mask`` and ``SCORE_COLUMNS``),
-    ``exhaustive``, ``seconds`` and ``cost_trainings`` (images forwarded, over 3 × the images of a full training)."""
+    ``exhaustive``, ``seconds`` and ``cost_trainings`` (images forwarded, over 3 × the images of a full training).
+    ``algorithm`` must take that many ``objectives``, as a sweep file's must (tpe: one): ValueError otherwise."""
+    error = algorithm_error(algorithm, [m for m, _ in objectives])
+    if error:
+        raise ValueError(error)
     start = time.perf_counter()
     training = SupernetTraining(TrialConfig.from_flat(config), max_sites=max_sites)
     state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=training.device, weights_only=False)

@@ -53,12 +53,17 @@ def check_algorithm(s: SearchSection, file: str) -> None:
     """The searcher takes the sweep's number of objectives: tpe is the single-objective searcher here. (Optuna's
     TPESampler would run on several, but the project offers NSGA-II for that, and says so: a sweep that asks TPE for
     two metrics gets the searcher it names, not a silent stand-in.)"""
-    metrics = metrics_of(s)
-    if s.algorithm in SINGLE_OBJECTIVE and len(metrics) > 1:
-        given = "" if "algorithm" in s.model_fields_set else " (the default)"
-        raise SpecError(
-            file,
-            "search.algorithm",
-            f"{s.algorithm}{given} searches one metric; this sweep has {len(metrics)} ({', '.join(metrics)}); "
-            "use nsga2 for several objectives (or random), or give search.metric one metric",
+    error = algorithm_error(s.algorithm, metrics_of(s), "" if "algorithm" in s.model_fields_set else " (the default)")
+    if error:
+        raise SpecError(file, "search.algorithm", error)
+
+
+def algorithm_error(algorithm: str, metrics: list[str], given: str = "") -> str | None:
+    """Why ``algorithm`` cannot search ``metrics`` (tpe: one metric only), or None; ``given``: said after its name.
+    The sweep file's check, and the one-shot mask search's (``search_masks``) for a caller that skipped it."""
+    if algorithm in SINGLE_OBJECTIVE and len(metrics) > 1:
+        return (
+            f"{algorithm}{given} searches one metric; this sweep has {len(metrics)} ({', '.join(metrics)}); "
+            "use nsga2 for several objectives (or random), or give search.metric one metric"
         )
+    return None

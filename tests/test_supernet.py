@@ -166,7 +166,7 @@ def test_the_mask_search_scores_distinct_masks_from_the_checkpoint(eval_masks, e
     config = training.cfg.to_dict()
     with tempfile.TemporaryDirectory() as d:
         torch.save({"training": training.state_dict()}, Path(d) / STATE_FILE)
-        found = search_masks(d, config, 3, [("best_val_acc", "max"), ("latency_ms", "min")], "tpe", eval_masks, 0,
+        found = search_masks(d, config, 3, [("best_val_acc", "max"), ("latency_ms", "min")], "nsga2", eval_masks, 0,
                              ["0000"])  # fmt: skip
     masks = [r["mask"] for r in found["rows"]]
     assert found["exhaustive"] is exhaustive and masks[0] == "0000" and len(set(masks)) == len(masks)
@@ -177,6 +177,14 @@ def test_the_mask_search_scores_distinct_masks_from_the_checkpoint(eval_masks, e
         assert row["lslu_sites"] == row["mask"].count("1")
     per_mask = min(training.cfg.bn_recalibrate_batches * training.cfg.batch_size, 256) + 128
     assert found["cost_trainings"] == pytest.approx(len(masks) * per_mask / (3 * 256 * 1))
+
+
+def test_the_mask_search_refuses_tpe_for_two_objectives_as_the_sweep_file_does():
+    two = [("best_val_acc", "max"), ("latency_ms", "min")]
+    with pytest.raises(ValueError, match="tpe searches one metric; this sweep has 2 .*use nsga2"):
+        search_masks("no-checkpoint-read", {}, 3, two, "tpe", 5, 0)  # refused before the checkpoint is read
+    with pytest.raises(SpecError, match="tpe searches one metric"):
+        parse_sweep({**ONESHOT, "search": {**ONESHOT["search"], "algorithm": "tpe"}}, "", "os.yaml")
 
 
 ONESHOT = {
