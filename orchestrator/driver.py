@@ -360,12 +360,7 @@ def _summary_lines(
     lines += summary.failed_lines(ranked)
     if best:
         lines.append(f"best trial {best['trial_id']}: {metric} = {best[metric]:.4g}")
-        searched = [
-            f"{k[7:]}={best[k]}"
-            for k in best
-            if k.startswith("config.") and k[7:] in sweep.spec.space and k != "config.mask"
-        ]
-        lines.append("best config: " + ", ".join([*searched, f"mask={best['mask']} (the sites its policy chose)"]))
+        lines.append(summary.best_config_line(sweep, best))
     else:
         lines.append("no trial finished with a result")
     if "pareto.csv" in tables:
@@ -375,7 +370,8 @@ def _summary_lines(
             f"({', '.join(map(str, front['trial_id']))}); pareto.csv and pareto.png on the parent run"
         )
     lines += extra
-    lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
+    if best:
+        lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
     lines += [
         "",
         "Browse the results in the MLflow UI:",

@@ -133,11 +133,26 @@ def table(sweep: Sweep, rows: list[dict]) -> str:
     and the headline metrics (the objectives)."""
     searched = [k for k in sweep.spec.space if any(f"config.{k}" in r for r in rows)]
     shown = [{**r, **{f"config.{k}": v for k, v in trained_values(sweep, r, searched).items()}} for r in rows]
-    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + ["val_acc"]
-    cols += [m for m, _ in sweep.objectives]
+    metrics = ["val_acc", *(m for m, _ in sweep.objectives)]
+    cols = ["trial_id", "status", "epochs_run"] + [f"config.{k}" for k in searched] + metrics
     cols = list(dict.fromkeys(c for c in cols if any(c in r for r in shown)))
-    frame = pd.DataFrame(shown, columns=cols).rename(columns=lambda c: c.removeprefix("config."))
-    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    frame = pd.DataFrame(shown, columns=cols)
+    for m in set(metrics) & set(cols):  # a failed trial's None is a missing number, not the word None
+        frame[m] = pd.to_numeric(frame[m], errors="coerce")
+    frame = frame.rename(columns=lambda c: c.removeprefix("config."))
+    return frame.to_string(index=False, float_format=_short, na_rep="")  # a failed trial has no metrics: blank
+
+
+def best_config_line(sweep: Sweep, best: dict) -> str:
+    """The best trial's searched values as the table shows them (``.4g``; best_config.yaml holds them in full),
+    without the activation settings its activations do not read, and the mask its policy chose."""
+    keys = [k for k in sweep.spec.space if f"config.{k}" in best and k != "mask"]
+    shown = [f"{k}={_short(v)}" for k, v in trained_values(sweep, best, keys).items() if v != OFF]
+    return "best config: " + ", ".join([*shown, f"mask={best['mask']} (the sites its policy chose)"])
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def trained_values(sweep: Sweep, row: dict, keys: Iterable[str]) -> dict[str, Any]:

@@ -202,6 +202,21 @@ def test_the_console_trial_table_shows_each_trial_what_the_report_shows():
     assert {tuple(str(v) for v in e) for e in zip(report["insert_act"], report["n"], report["dropout"])} == {
         tuple(p) for p in printed
     }
+    # the best trial's line leaves out what its activations do not read; a failed trial's metrics are blank
+    best = {**rows[1], "mask": "0110", "config.lr": 0.0060000759}
+    assert (
+        summary.best_config_line(sweep, best)
+        == "best config: insert_act=pwlu, dropout=0.2, mask=0110 (the sites its policy chose)"
+    )
+    failed = {
+        "trial_id": "t9",
+        "status": "failed",
+        "epochs_run": 0,
+        "config.insert_act": "lslu",
+        "config.n": 1,
+        "val_acc": None,
+    }
+    assert summary.table(sweep, [*rows, failed]).splitlines()[-1].split() == ["t9", "failed", "0", "lslu", "1", "0.05"]
 
 
 MASKED = """
