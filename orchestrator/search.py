@@ -22,6 +22,7 @@ import logging
 import math
 import pickle
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -142,9 +143,16 @@ class SweepSearcher(Searcher):
         """Each epoch's metric becomes an intermediate value of the Optuna trial (single objective only: Optuna
         keeps none for several). No pruner reads it; it is the study's learning curve."""
         trial = self._running.get(trial_id)
-        if isinstance(self.metric, list) or trial is None or self.metric not in result:
+        if trial is not None:
+            self._report(trial, result)
+
+    def _report(self, trial: optuna.Trial, result: dict | None) -> None:
+        step = (result or {}).get("training_iteration")
+        if isinstance(self.metric, list) or step is None or self.metric not in result:
             return
-        trial.report(result[self.metric], result["training_iteration"])
+        with warnings.catch_warnings():  # a step told twice (the last result, a resumed epoch) keeps its first value
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            trial.report(result[self.metric], step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self._running.pop(trial_id, None)
@@ -153,6 +161,9 @@ class SweepSearcher(Searcher):
                 log.warning("trial %s completed again; the study keeps its first result", trial_id)
             return
         self._completed.add(trial_id)
+        # Tune gives a trial's last result to on_trial_complete alone when its scheduler stops it (ASHA at max_t or
+        # early), and to both when the trial ends by itself: the learning curve ends at the last epoch either way
+        self._report(trial, result)
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [(result or {}).get(m) for m in metrics]
         if any(v is None for v in values):  # no result: failed, or stopped before it reported the metric

@@ -48,14 +48,19 @@ def _runs(uri, experiment):
     return client, parents, children
 
 
-def _assert_study_holds_the_trials(storage, study_name, best_val_acc):
+def _assert_study_holds_the_trials(storage, study_name, best_val_acc, epochs_run):
     """The sweep's Optuna study in its storage: one trained trial per Ray trial (``best_val_acc``: Tune trial id →
-    its value), told with that value; every other trial a sample rejected over max_sites, none left running."""
+    its value), told with that value, its learning curve one value per epoch it ran (``epochs_run``) ending at it;
+    every other trial a sample rejected over max_sites, none left running."""
     study = optuna.load_study(study_name=study_name, storage=storage)
     trained = [t for t in study.trials if TUNE_TRIAL_ID in t.user_attrs]
     assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in trained) == sorted(best_val_acc)  # each Ray trial once
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trained)
     assert {t.user_attrs[TUNE_TRIAL_ID]: t.value for t in trained} == pytest.approx(best_val_acc)
+    for t in trained:  # the last epoch too, whether the trial ended by itself or its scheduler stopped it
+        curve = t.intermediate_values
+        assert sorted(curve) == list(range(1, epochs_run[t.user_attrs[TUNE_TRIAL_ID]] + 1))
+        assert curve[max(curve)] == pytest.approx(t.value)
     rejected = [t for t in study.trials if TUNE_TRIAL_ID not in t.user_attrs]
     assert all(t.state == TrialState.COMPLETE and t.constraints[MAX_SITES_CONSTRAINT] > 0 for t in rejected)
 
@@ -145,7 +150,12 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     assert parent.data.tags["optuna_storage"] == storage
     assert parent.data.tags["optuna_study"] == parent.info.run_name
     assert "watch it with: optuna-dashboard sqlite:///optuna.db" in out
-    _assert_study_holds_the_trials(storage, parent.info.run_name, dict(zip(rows["trial_id"], rows["best_val_acc"])))
+    _assert_study_holds_the_trials(
+        storage,
+        parent.info.run_name,
+        dict(zip(rows["trial_id"], rows["best_val_acc"])),
+        dict(zip(rows["trial_id"], rows["epochs_run"])),
+    )
     best_file = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
     best = load_sweep(best_file)  # directly runnable
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"
@@ -356,7 +366,10 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
         _assert_each_epoch_once(client, child, 4)
     # the resumed searcher told the same study in the same storage: each trial once
     _assert_study_holds_the_trials(
-        f"sqlite:///{tmp_path / 'optuna.db'}", first.name, {r["trial_id"]: r["best_val_acc"] for r in second.rows}
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        first.name,
+        {r["trial_id"]: r["best_val_acc"] for r in second.rows},
+        {r["trial_id"]: r["epochs_run"] for r in second.rows},
     )
     versions = len(client.search_model_versions("name = 'stopgo'"))
     with pytest.raises(FileNotFoundError, match=f"{first.name} finished, nothing to resume"):
