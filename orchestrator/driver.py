@@ -23,7 +23,7 @@ from cluster.local import connect, is_embedded
 from cluster.preflight import check_cluster, node_capacities
 from cluster.tracking import resolve_tracking_uri
 from orchestrator import summary
-from orchestrator.experiments import MANIFEST, resume_command, unfinished_experiment
+from orchestrator.experiments import MANIFEST, fit, resume_command, tracking_option, unfinished_experiment
 from orchestrator.progress import SweepReporter
 from orchestrator.report import log_sweep_tables
 from orchestrator.runs import RunCloser, close_leftover_runs, open_parent_run, open_stores
@@ -127,7 +127,7 @@ def run_sweep(
         ),
         run_config=run_config(sweep, name, storage_path, tracking_uri, max_failures, callbacks),
     )
-    return _finish(sweep, name, exp_dir, ctx, tuner.fit(), echo)
+    return _finish(sweep, name, exp_dir, ctx, fit(tuner), echo)
 
 
 def _open_searcher(sweep: Sweep, study_storage: str | None, name: str):
@@ -177,7 +177,7 @@ def resume_sweep(
     if "optuna_storage" in manifest:  # the restored searcher reconnects to the storage it pickled
         echo(study_line(exp_name, manifest["optuna_storage"]))
     tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(sweep, ctx), resume_unfinished=True, resume_errored=True)
-    return _finish(sweep, exp_name, exp_dir, ctx, tuner.fit(), echo)
+    return _finish(sweep, exp_name, exp_dir, ctx, fit(tuner), echo)
 
 
 def _where(ray_description: str, node_count: int) -> str:
@@ -371,7 +371,10 @@ def _summary_lines(
         )
     lines += extra
     if best:
-        lines.append(f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}")
+        lines.append(
+            f"Paper-style table (grouped, mean ± std over seeds): lslu-sweep report {name}"
+            + tracking_option(ctx.tracking_uri)
+        )
     lines += [
         "",
         "Browse the results in the MLflow UI:",

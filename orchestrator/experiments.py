@@ -1,9 +1,11 @@
 """Where a sweep's Ray Tune state lives (``<storage>/<name>-<date>``, with the manifest ``run_sweep`` writes there),
-which one ``resume`` continues, and the command that continues it."""
+which one ``resume`` continues, the command that continues it, and the Tune run itself (``fit``)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 
 from cluster import storage as st
 from cluster.tracking import resolve_tracking_uri
@@ -60,6 +62,24 @@ def resume_command(name: str, exp_dir: str, tracking_uri: str) -> str:
     root = exp_dir.rstrip("/").rpartition("/")[0]
     if root != st.resolve_storage(None):
         command += f" --storage {root}"
-    if tracking_uri != resolve_tracking_uri(None):
-        command += f" --tracking-uri {tracking_uri}"
-    return command
+    return command + tracking_option(tracking_uri)
+
+
+def tracking_option(tracking_uri: str) -> str:
+    """`` --tracking-uri URI`` where ``tracking_uri`` is not the default of the folder the command runs in."""
+    return f" --tracking-uri {tracking_uri}" if tracking_uri != resolve_tracking_uri(None) else ""
+
+
+def fit(tuner):
+    """``tuner.fit()``, with the process's SIGINT handler as it was before. Tune installs its own for the run, which
+    ends the run and puts the old one back only when a Ctrl+C comes; after a run that got none it would swallow the
+    next one (in the one-shot's mask search, or the end of a sweep) and stop nothing."""
+    kept = [getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name)]
+    handlers = {sig: signal.getsignal(sig) for sig in kept}
+    try:
+        return tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():  # where Tune could install one
+            for sig, handler in handlers.items():
+                if handler is not None:  # None: set outside Python, nothing to put back
+                    signal.signal(sig, handler)

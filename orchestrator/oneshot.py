@@ -24,6 +24,7 @@ from ray.tune.schedulers import FIFOScheduler
 
 from cluster import storage as st
 from orchestrator import summary
+from orchestrator.experiments import fit
 from orchestrator.figures import log_figure
 from orchestrator.mask_search import candidates, kendall_tau, mask_search_csv, search_masks
 from orchestrator.search import make_scheduler
@@ -114,7 +115,7 @@ def _fit(
             ),
             run_config=run_config(sweep, phase, exp_dir, ctx.tracking_uri, max_failures, callbacks),
         )
-    grid = tuner.fit()
+    grid = fit(tuner)
     pending = sum(t.status not in ("TERMINATED", "ERROR") for t in tune.ExperimentAnalysis(path).trials)
     if pending:
         raise PhaseInterrupted(phase, pending)
