@@ -156,15 +156,16 @@ def _mask_search(sweep: Sweep, ctx: SweepContext, supernet: dict, client, echo) 
     if fig is not None:
         fig.axes[0].set_title(f"{sweep.name}: {len(rows)} masks scored on the supernet", fontsize=10)
         log_figure(client, ctx.parent_run_id, fig, "mask_search.png")
-    first_metric = sweep.objectives[0][0]
+    metrics = [m for m, _ in sweep.objectives]
+    how = f"the best by {metrics[0]}" if len(metrics) == 1 else f"from the Pareto front over {', '.join(metrics)}"
     echo(
         f"mask search: {len(rows)} masks scored in {found['seconds']:.0f} s"
-        f"{' (every feasible mask)' if found['exhaustive'] else ''}; candidates by {first_metric} on the supernet: "
-        + ", ".join(f"{row['mask']} ({row[MASK_SCORES[first_metric]]:.4g})" for row in picked)
+        f"{' (every feasible mask)' if found['exhaustive'] else ''}; candidates, {how} (scored on the supernet): "
+        + ", ".join(f"{row['mask']} ({', '.join(f'{m} {row[MASK_SCORES[m]]:.4g}' for m in metrics)})" for row in picked)
     )
     return {
         "candidates": chosen,
-        "supernet_scores": {row["mask"]: row[MASK_SCORES[first_metric]] for row in picked},
+        "supernet_scores": {row["mask"]: row[MASK_SCORES[metrics[0]]] for row in picked},
         "scored": len(rows),
         "exhaustive": found["exhaustive"],
         "cost_trainings": found["cost_trainings"],

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +65,8 @@ def test_a_oneshot_sweep_killed_during_its_mask_search_resumes_and_runs_each_pha
     assert resumed.returncode == 0, (out[-3000:], err[-5000:])
     assert f"resuming sweep {name}" in out and "one-shot phase 1/3" not in out  # the supernet is not trained again
     assert "one-shot phase 2/3" in out and "one-shot phase 3/3: 2 candidate mask(s)" in out
+    line = r"candidates, from the Pareto front over best_val_acc, latency_ms \(scored on the supernet\): "
+    assert re.search(line + r"[01]+ \(best_val_acc [\d.]+, latency_ms [\d.e-]+\)", out), out[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name(PRESET)
