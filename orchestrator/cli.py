@@ -345,7 +345,8 @@ def _export(name: str, fmt: str, output: str | None, tracking_uri: str | None) -
         return EXIT_BAD_INPUT
     ok = diff <= TOLERANCE
     print(
-        f"wrote {path}: the deploy form of run {run.info.run_id} ({run.info.run_name}); max abs difference from "
+        f"wrote {path}: the deploy form of run {run.info.run_id} ({run.info.run_name}), input (N, "
+        f"{run.data.tags.get('input_shape', '?').replace('x', ', ')}) float32; max abs difference from "
         f"the trained model's output {diff:.3g} ({'within' if ok else 'ABOVE'} the tolerance {TOLERANCE:g})"
     )
     return 0 if ok else 1

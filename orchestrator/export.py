@@ -20,7 +20,15 @@ import torch
 import yaml
 
 from trainables.activations.lslu.dispatch import eager_kernels
-from trainables.deploy import deploy_form, example_input, export_program, log_deploy_model, using_tracking_uri
+from trainables.deploy import (
+    DEPLOY_WEIGHTS_TAG,
+    MODEL_WEIGHTS,
+    deploy_form,
+    example_input,
+    export_program,
+    log_deploy_model,
+    using_tracking_uri,
+)
 
 TOLERANCE = 1e-4  # max abs difference between the exported and the trained model's outputs
 FORMATS = ("pt2", "onnx")
@@ -57,7 +65,8 @@ def trial_run(client, name: str, tracking_uri: str):
 
 
 def trained_model(client, run):
-    """The trial's trained network (eval mode, CPU), one input sample's shape and its config, rebuilt from its run."""
+    """The trial's trained network (eval mode, CPU), one input sample's shape and its config, rebuilt from its run
+    (its deployed weights: the EMA's where tag deploy_weights names them)."""
     from trainables.config import TrialConfig
     from trainables.loop import build_network
 
@@ -67,15 +76,14 @@ def trained_model(client, run):
             f"run {run_id} has no input_shape / num_classes tags (a run logged before they were "
             "recorded): it cannot be rebuilt"
         )
+    file = tags.get(DEPLOY_WEIGHTS_TAG, MODEL_WEIGHTS)  # a trial whose EMA scored higher deploys the EMA's
     with tempfile.TemporaryDirectory() as d:
         try:
             config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", d)).read_text())
-            weights = torch.load(
-                client.download_artifacts(run_id, "model_final.pt", d), map_location="cpu", weights_only=True
-            )
+            weights = torch.load(client.download_artifacts(run_id, file, d), map_location="cpu", weights_only=True)
         except Exception as exc:  # MLflow raises its own types for a missing artifact
             raise ExportError(
-                f"run {run_id} ({run.info.run_name}) has no config.yaml and model_final.pt to rebuild "
+                f"run {run_id} ({run.info.run_name}) has no config.yaml and {file} to rebuild "
                 f"its model from (status {tags.get('status', '?')}): {exc}"
             ) from None
     shape = tuple(int(s) for s in tags["input_shape"].split("x"))

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster.tracking import resolve_tracking_uri, ui_command
 from cluster.ui_server import DEFAULT_PORT, HOST, UiError, UiServer
+from orchestrator.experiments import tracking_option
 from search_spaces.schema import Sweep
 from trainables.mlflow_client import mlflow_client
 
@@ -88,7 +89,7 @@ def browse_lines(tracking_uri: str, parent: Run) -> list[str]:
     base = ui_base(tracking_uri)
     if base != LOCAL_UI:
         return sweep_links(base, parent)
-    option = "" if tracking_uri == resolve_tracking_uri(None) else f" --tracking-uri {tracking_uri}"
+    option = tracking_option(tracking_uri)
     return [f"  lslu-sweep ui{option}    (or: {ui_command(tracking_uri)}), then open", *sweep_links(base, parent)]
 
 

@@ -223,7 +223,8 @@ def _assert_models_in_mlflow(client, uri, parent, children, tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["export", parent.info.run_name, "--output", str(tmp_path / "best.pt2")]) == 0
-    assert "max abs difference from the trained model's output" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "input (N, 3, 16, 16) float32; max abs difference from the trained model's output" in out
     model, shape = _trained(client, client.get_run(best_run_id), tmp_path / "best")
     x = torch.randn(5, *shape)  # another batch size than the traced one: the batch dimension is free
     with torch.no_grad():

@@ -22,6 +22,8 @@ from trainables.activations.lslu.dispatch import eager_kernels
 from trainables.models.stats import fuse_model
 
 MODEL_NAME = "model"  # the LoggedModel's name: one per trial run
+MODEL_WEIGHTS, EMA_WEIGHTS = "model_final.pt", "model_ema_final.pt"  # a finished trial's weights-only artifacts
+DEPLOY_WEIGHTS_TAG = "deploy_weights"  # on a run with an EMA: which of the two its deploy form is (deploys_ema)
 EXAMPLE_BATCH = 2  # a batch of 1 would pin the exported batch dimension to 1
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides both
 

@@ -134,6 +134,7 @@ class Training:
         self.criterion = TrainLoss(cfg)
         self.mixup = make_mixup(cfg, self.data.num_classes)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.deploys_ema = False  # the EMA scored higher in the last evaluation: its weights are the deploy form's
         # params_m, flops_g, latency_ms of the deploy form: architecture only, so measured before training, once per
         # architecture in this worker
         self.stats = architecture_stats(self.model, (self.data.in_chans, cfg.image_size, cfg.image_size))
@@ -237,6 +238,7 @@ class Training:
             metrics["ema_val_loss"], metrics["ema_val_acc"] = self.evaluate(self.ema.module)
             accs.append(metrics["ema_val_acc"])
             losses.append(metrics["ema_val_loss"])
+            self.deploys_ema = metrics["ema_val_acc"] > metrics["val_acc"]  # best_val_acc takes the better one too
         if max(accs) > self.best_val_acc:
             self.best_val_acc, self.best_epoch = max(accs), self.epoch
         self.min_val_loss = min(self.min_val_loss, *[v for v in losses if math.isfinite(v)])
@@ -247,6 +249,12 @@ class Training:
                 f"(best {self.best_val_acc:.2f} at epoch {self.best_epoch})"
             )
         return metrics
+
+    @property
+    def deploy_weights(self) -> nn.Module:
+        """The network a finished trial deploys (its MLflow model, ``export``): its EMA where that scored higher in
+        the last evaluation (``model_ema_final.pt``), else the model itself (``model_final.pt``)."""
+        return self.ema.module if self.deploys_ema else self.model
 
     def recalibrate_bn(self, model: nn.Module) -> int:
         """``model``'s BatchNorm statistics recomputed on the trial's first ``bn_recalibrate_batches`` training batches

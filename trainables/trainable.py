@@ -25,7 +25,7 @@ import yaml
 from ray import tune
 
 from trainables.config import TrialConfig
-from trainables.deploy import SystemMetrics, log_deploy_model
+from trainables.deploy import DEPLOY_WEIGHTS_TAG, EMA_WEIGHTS, MODEL_WEIGHTS, SystemMetrics, log_deploy_model
 from trainables.insertion import format_site_table, functional_note
 from trainables.loop import Diverged, Training
 from trainables.metrics import act_metrics, convergence_metrics
@@ -138,6 +138,9 @@ def _train(
         if training.done:  # finish the run before the report: Tune may stop the actor right after it
             status = "stopped_early" if training.stop_reason else "completed"
             system.stop()
+            if training.ema is not None:  # which weights the deploy form (and `lslu-sweep export`) takes
+                weights = EMA_WEIGHTS if training.deploys_ema else MODEL_WEIGHTS
+                retry(lambda: run.client.set_tag(run.run_id, DEPLOY_WEIGHTS_TAG, weights), budget_s=30, what="tagging")
             if training.logs_model:
                 log_model(training, run, sweep)
             with tempfile.TemporaryDirectory() as files:
@@ -173,7 +176,12 @@ def log_model(training: Training, run: TrialRun, sweep: SweepContext) -> None:
     start = time.perf_counter()
     try:
         model_id = log_deploy_model(
-            run.client, sweep.experiment_id, run.run_id, training.model, input_shape(training), training.cfg.to_dict()
+            run.client,
+            sweep.experiment_id,
+            run.run_id,
+            training.deploy_weights,
+            input_shape(training),
+            training.cfg.to_dict(),
         )
     except Exception as exc:
         line = error_line(exc)
@@ -243,12 +251,12 @@ def write_final_weights(training: Training, folder: str) -> None:
     """The weights-only final checkpoint(s), loadable with ``torch.load(weights_only=True)``."""
     torch.save(
         {k: v.cpu() if torch.is_tensor(v) else v for k, v in training.model.state_dict().items()},
-        Path(folder) / "model_final.pt",
+        Path(folder) / MODEL_WEIGHTS,
     )
     if training.ema is not None:
         torch.save(
             {k: v.cpu() if torch.is_tensor(v) else v for k, v in training.ema.state_dict().items()},
-            Path(folder) / "model_ema_final.pt",
+            Path(folder) / EMA_WEIGHTS,
         )
 
 
