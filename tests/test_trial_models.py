@@ -64,10 +64,10 @@ def test_a_trial_deploys_its_emas_weights_where_they_scored_higher_in_the_last_e
             p.copy_(torch.randn_like(p))
     metrics = training._evaluate_epoch()
     assert metrics["ema_val_acc"] > metrics["val_acc"] and training.deploys_ema
-    assert training.deploy_weights is training.ema.module
+    assert training.deployed_network is training.ema.module
     training.ema.module.load_state_dict(training.model.state_dict())  # equal: the model's own weights
     training._evaluate_epoch()
-    assert not training.deploys_ema and training.deploy_weights is training.model
+    assert not training.deploys_ema and training.deployed_network is training.model
 
 
 @pytest.mark.parametrize("tag", [None, "model_final.pt", "model_ema_final.pt"])

@@ -251,7 +251,7 @@ class Training:
         return metrics
 
     @property
-    def deploy_weights(self) -> nn.Module:
+    def deployed_network(self) -> nn.Module:
         """The network a finished trial deploys (its MLflow model, ``export``): its EMA where that scored higher in
         the last evaluation (``model_ema_final.pt``), else the model itself (``model_final.pt``)."""
         return self.ema.module if self.deploys_ema else self.model

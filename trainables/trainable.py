@@ -179,7 +179,7 @@ def log_model(training: Training, run: TrialRun, sweep: SweepContext) -> None:
             run.client,
             sweep.experiment_id,
             run.run_id,
-            training.deploy_weights,
+            training.deployed_network,
             input_shape(training),
             training.cfg.to_dict(),
         )
