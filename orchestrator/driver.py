@@ -327,6 +327,9 @@ def _log_sweep_end(client, ctx: SweepContext, sweep: Sweep, rows: list[dict], na
             ctx.parent_run_id, f"best_{metric}" if not metric.startswith("best_") else metric, best[metric]
         )
         client.set_tag(ctx.parent_run_id, "best_trial_run_id", best["mlflow_run_id"])
+        theta = summary.best_theta_omega_row(rows, metric, mode)
+        if theta:  # the best trial with θ/ω to show: the ui hint links its figure
+            client.set_tag(ctx.parent_run_id, "theta_omega_run_id", theta["mlflow_run_id"])
         _register_best(client, ctx, name, best["mlflow_run_id"])
     statuses = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     client.set_tag(ctx.parent_run_id, "trial_statuses", json.dumps(statuses))

@@ -74,6 +74,12 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
     return pick(candidates, key=lambda r: r[metric])
 
 
+def best_theta_omega_row(rows: list[dict], metric: str, mode: str) -> dict | None:
+    """The best trial that has θ/ω to show (LSLU sites: its results hold ``theta_conv/…``, what the trial's
+    ``theta_omega.png`` draws), or None."""
+    return best_row([r for r in rows if any(k.startswith("theta_conv/") for k in r)], metric, mode)
+
+
 def ranked(rows: list[dict], metric: str, mode: str) -> list[dict]:
     """Best first by ``metric``; trials without a result (diverged, failed) last, in their original order."""
     done = sorted(finished(rows, metric), key=lambda r: r[metric], reverse=mode == "max")

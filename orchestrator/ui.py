@@ -64,11 +64,16 @@ def ui_base(tracking_uri: str) -> str:
 
 
 def sweep_links(base: str, parent: Run) -> list[str]:
-    """The lines that point at one sweep: its trials best first, and the best trial's θ/ω figure once there is one."""
+    """The lines that point at one sweep: its trials best first, and the θ/ω figure of the best trial that has one
+    (``theta_omega_run_id``), or the best trial's learning curves where none has."""
     exp_id, tags = parent.info.experiment_id, parent.data.tags
     lines = [f"  trials, best first:  {sweep_url(base, exp_id, parent.info.run_name)}"]
-    if tags.get("best_trial_run_id"):
-        lines.append(f"  best trial's θ/ω:    {artifact_url(base, exp_id, tags['best_trial_run_id'])}")
+    best, theta = tags.get("best_trial_run_id"), tags.get("theta_omega_run_id")
+    if theta:
+        label = "best trial's θ/ω:   " if theta == best else "best LSLU trial's θ/ω:"
+        lines.append(f"  {label} {artifact_url(base, exp_id, theta)}")
+    elif best:
+        lines.append(f"  best trial's curves: {artifact_url(base, exp_id, best, 'learning_curves.png')}")
     lines.append(f"  every sweep of {tags.get('sweep', 'this file')}: {experiment_url(base, exp_id)}")
     return lines
 

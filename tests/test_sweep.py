@@ -160,6 +160,13 @@ def test_quickstart_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch, cap
     best = load_sweep(best_file)  # directly runnable
     assert best.spec.search.num_samples == 1 and not best.spec.space and best.base.policy == "mask"
     assert parent.data.tags["best_trial_run_id"] in {c.info.run_id for c in children}
+    # the ui hint's θ/ω link: the best of the trials that hold θ/ω (LSLU sites), whichever trial is best
+    with_theta = [c for c in children if any(k.startswith("theta/") for k in c.data.metrics)]
+    if with_theta:  # (smoke accuracies tie often: the tagged trial is one of the best)
+        tagged = next(c for c in with_theta if c.info.run_id == parent.data.tags["theta_omega_run_id"])
+        assert tagged.data.metrics["best_val_acc"] == max(c.data.metrics["best_val_acc"] for c in with_theta)
+    else:
+        assert "theta_omega_run_id" not in parent.data.tags
     # the sweep's saved UI view lists exactly its trials, best first
     experiment_tags = client.get_experiment(parent.info.experiment_id).tags
     view = json.loads(experiment_tags[f"mlflow.sharedViewState.{parent.info.run_name}"])

@@ -107,6 +107,15 @@ def test_browse_lines_say_how_to_open_the_ui(tracking_uri, quickstart, monkeypat
     client = MlflowClient(tracking_uri)
     client.set_tag(ctx.parent_run_id, "best_trial_run_id", "feed")
     parent = client.get_run(ctx.parent_run_id)
+    # no trial with θ/ω (no LSLU sites in any): the best trial's learning curves; then the best trial's θ/ω, or the
+    # best LSLU trial's where the best has none
+    curves = artifact_url("http://127.0.0.1:5000", ctx.experiment_id, "feed", "learning_curves.png")
+    assert f"  best trial's curves: {curves}" in browse_lines(tracking_uri, parent)
+    client.set_tag(ctx.parent_run_id, "theta_omega_run_id", "beef")
+    theta = artifact_url("http://127.0.0.1:5000", ctx.experiment_id, "beef")
+    assert f"  best LSLU trial's θ/ω: {theta}" in browse_lines(tracking_uri, client.get_run(ctx.parent_run_id))
+    client.set_tag(ctx.parent_run_id, "theta_omega_run_id", "feed")
+    parent = client.get_run(ctx.parent_run_id)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # the store is not the working directory's: its URI is named
     lines = browse_lines(tracking_uri, parent)
