@@ -261,9 +261,12 @@ def _finish(
     pending = unfinished_trials(path, sweep.spec.search.num_samples if trials is None else trials)
     if pending:  # open trial runs stay open: `resume` reopens them
         return _interrupted(name, path, ctx, echo, f"{pending} trial(s) unfinished", rows, result_grid)
-    closed = close_leftover_runs(ctx)
-    complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
-    best, ranked, statuses, tables = _log_sweep_end(client, ctx, sweep, rows, name)
+    try:
+        closed = close_leftover_runs(ctx)
+        complete_figures(ctx)  # waits for the figure queue, then draws what a restart or an error left out
+        best, ranked, statuses, tables = _log_sweep_end(client, ctx, sweep, rows, name)
+    except KeyboardInterrupt:  # Ctrl+C after the last trial: `resume` does the end again
+        return _interrupted(name, path, ctx, echo, "every trial ended but not the sweep's end", rows, result_grid)
     text = "\n".join(_summary_lines(sweep, name, path, ctx, client, best, ranked, statuses, tables, closed, extra))
     echo(text)
     return SweepOutcome(name, path, ctx, rows, best, text, results=result_grid)

@@ -385,6 +385,32 @@ def test_interrupted_sweep_resumes_with_the_same_runs(ray_local, tmp_path, track
     assert len(client.search_model_versions("name = 'stopgo'")) == versions == 1
 
 
+def test_a_ctrl_c_after_the_last_trial_leaves_the_sweeps_end_to_resume(ray_local, tmp_path, tracking_uri, monkeypatch):
+    import orchestrator.driver as driver
+
+    calls = []
+
+    def figures_then_ctrl_c(ctx):  # the first sweep's end is interrupted in its first step, as a Ctrl+C does
+        calls.append(ctx)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return complete_figures(ctx)
+
+    complete_figures = driver.complete_figures
+    monkeypatch.setattr(driver, "complete_figures", figures_then_ctrl_c)
+    storage = str(tmp_path / "ray")
+    first = run_sweep(_sweep(tmp_path, "endgo", 2), tracking_uri=tracking_uri, storage=storage)
+    assert first.interrupted and "was interrupted with every trial ended but not the sweep's end" in first.text
+    assert "Continue it with: lslu-sweep resume endgo-" in first.text
+    client, parents, children = _runs(tracking_uri, "endgo")
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["sweep_status"] == "interrupted"
+    second = resume_sweep("endgo", storage=storage, tracking_uri=tracking_uri)
+    assert not second.interrupted and second.name == first.name and second.best is not None
+    client, parents, children = _runs(tracking_uri, "endgo")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+    assert [str(v.version) for v in client.search_model_versions("name = 'endgo'")] == ["1"]
+
+
 def test_a_resnet18_trial_with_cifar_stem_and_downsampling_policy(ray_local, tmp_path, tracking_uri):
     text = textwrap.dedent("""
         # lslu-sweep run resnet18_downsampling.yaml
