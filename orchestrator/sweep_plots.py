@@ -57,10 +57,7 @@ def searched_axes(sweep: Sweep, rows: list[dict], *, trained: bool = False) -> l
     for key, dist in space.items():
         values = [s.get(key) for s in shown]
         if dist.type == "sites":
-            axes += [
-                Axis(f"site_{i}", [OFF if m == OFF else int(m[i]) for m in values], [0, 1])
-                for i in range(sweep.site_count)
-            ]
+            axes += [Axis(f"site_{i}", [int(m[i]) for m in values], [0, 1]) for i in range(sweep.site_count)]
         elif dist.type == "categorical":
             choices = list(dist.choices)
             choices += [v for v in _unique(values) if v not in (None, OFF) and repr(v) not in map(repr, choices)]
